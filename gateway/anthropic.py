@@ -1,0 +1,413 @@
+"""Anthropic Messages API adapter: request -> canonical, stream -> SSE or JSON.
+
+Follows the Messages API as documented and as Claude Code uses it: ``?beta=true``,
+``anthropic-beta`` headers, ``role: "system"`` entries inside ``messages``,
+``cache_control`` on blocks, ``thinking`` (enabled/disabled/adaptive),
+``output_config``, ``context_management`` and ``metadata`` (accepted and kept as
+extras for an Anthropic upstream), and the full SSE grammar.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from gateway.collect import Collected
+from gateway.errors import ApiError, from_fail, validation_error
+from protocol import messages as m
+from protocol.chat import (
+    ChatRequest,
+    ImagePart,
+    Message,
+    Part,
+    TextPart,
+    ThinkingConfig,
+    ThinkingPart,
+    Tool,
+    ToolChoice,
+    ToolResultPart,
+    ToolUsePart,
+)
+
+# ----------------------------------------------------------------- request model
+
+
+class _B(msgspec.Struct, tag_field="type", omit_defaults=True):
+    pass
+
+
+class AText(_B, tag="text"):
+    text: str
+    cache_control: dict[str, Any] | None = None
+    citations: Any = None
+
+
+class AImageSource(msgspec.Struct):
+    type: Literal["base64", "url", "file"]
+    media_type: str = ""
+    data: str = ""
+    url: str = ""
+    file_id: str = ""
+
+
+class AImage(_B, tag="image"):
+    source: AImageSource
+    cache_control: dict[str, Any] | None = None
+
+
+class ADocument(_B, tag="document"):
+    source: dict[str, Any]
+    title: str | None = None
+    context: str | None = None
+    cache_control: dict[str, Any] | None = None
+    citations: Any = None
+
+
+class AToolUse(_B, tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: dict[str, Any] | None = None
+
+
+class AToolResult(_B, tag="tool_result"):
+    tool_use_id: str
+    content: str | list[AText | AImage | ADocument] = ""
+    is_error: bool = False
+    cache_control: dict[str, Any] | None = None
+
+
+class AThinking(_B, tag="thinking"):
+    thinking: str
+    signature: str = ""
+
+
+class ARedactedThinking(_B, tag="redacted_thinking"):
+    data: str
+
+
+ABlock = AText | AImage | ADocument | AToolUse | AToolResult | AThinking | ARedactedThinking
+
+
+class AMessage(msgspec.Struct):
+    role: Literal["user", "assistant", "system"]
+    content: str | list[ABlock]
+
+
+class ATool(msgspec.Struct, omit_defaults=True):
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = msgspec.field(default_factory=dict)
+    type: str | None = None  # "custom" or a server tool such as web_search_20250305
+    cache_control: dict[str, Any] | None = None
+
+
+class AToolChoice(msgspec.Struct):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str = ""
+    disable_parallel_tool_use: bool = False
+
+
+class AThinkingConfig(msgspec.Struct):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int = 0
+
+
+class AMetadata(msgspec.Struct):
+    user_id: str | None = None
+
+
+class _Common(msgspec.Struct, kw_only=True):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    messages: list[AMessage]
+    system: str | list[AText] | None = None
+    tools: list[ATool] | None = None
+    tool_choice: AToolChoice | None = None
+    thinking: AThinkingConfig | None = None
+    metadata: AMetadata | None = None
+    output_config: dict[str, Any] | None = None
+    context_management: dict[str, Any] | None = None
+    mcp_servers: list[dict[str, Any]] | None = None
+    container: Any = None
+    service_tier: str | None = None
+
+
+class MessagesRequest(_Common, kw_only=True):
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    stream: bool = False
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    stop_sequences: list[str] | None = None
+
+
+class CountTokensRequest(_Common, kw_only=True):
+    pass
+
+
+_messages_dec = msgspec.json.Decoder(MessagesRequest)
+_count_dec = msgspec.json.Decoder(CountTokensRequest)
+
+
+def _doc_text(d: ADocument) -> str:
+    src = d.source
+    if src.get("type") == "text":
+        return str(src.get("data", ""))
+    if src.get("type") == "content" and isinstance(src.get("content"), list):
+        return "\n".join(str(c.get("text", "")) for c in src["content"] if isinstance(c, dict))
+    return f"[document: {d.title or src.get('type', 'unknown')}]"
+
+
+def _image(b: AImage) -> ImagePart:
+    s = b.source
+    return ImagePart(media_type=s.media_type, data=s.data, url=s.url or (f"file:{s.file_id}" if s.file_id else ""))
+
+
+def _blocks(content: str | list[ABlock]) -> list[Part]:
+    if isinstance(content, str):
+        return [TextPart(content)]
+    out: list[Part] = []
+    for b in content:
+        if isinstance(b, AText):
+            out.append(TextPart(b.text, cache=b.cache_control is not None))
+        elif isinstance(b, AImage):
+            out.append(_image(b))
+        elif isinstance(b, ADocument):
+            out.append(TextPart(_doc_text(b), cache=b.cache_control is not None))
+        elif isinstance(b, AToolUse):
+            out.append(ToolUsePart(b.id, b.name, b.input))
+        elif isinstance(b, AToolResult):
+            inner: list[TextPart | ImagePart] = []
+            if isinstance(b.content, str):
+                inner.append(TextPart(b.content))
+            else:
+                for c in b.content:
+                    if isinstance(c, AText):
+                        inner.append(TextPart(c.text))
+                    elif isinstance(c, AImage):
+                        inner.append(_image(c))
+                    else:
+                        inner.append(TextPart(_doc_text(c)))
+            out.append(ToolResultPart(b.tool_use_id, inner, b.is_error))
+        elif isinstance(b, AThinking):
+            out.append(ThinkingPart(b.thinking, b.signature))
+        elif isinstance(b, ARedactedThinking):
+            out.append(ThinkingPart(b.data, redacted=True))
+    return out
+
+
+def session_id(headers: Any, metadata: AMetadata | None) -> str:
+    """Claude Code's conversation id: its header, else inside ``metadata.user_id``
+    (a JSON string carrying ``session_id``)."""
+    sid = headers.get("X-Claude-Code-Session-Id") if headers is not None else None
+    if sid:
+        return str(sid)
+    if metadata is not None and metadata.user_id:
+        try:
+            val = json.loads(metadata.user_id)
+            if isinstance(val, dict) and isinstance(val.get("session_id"), str):
+                return val["session_id"]
+        except ValueError:
+            pass
+    return ""
+
+
+def _canonical(r: _Common, headers: Any, max_tokens: int, stream: bool) -> ChatRequest:
+    if not r.messages:
+        raise ApiError(400, "messages: at least one message is required", param="messages")
+    system: list[TextPart] = []
+    if isinstance(r.system, str):
+        if r.system:
+            system.append(TextPart(r.system))
+    elif r.system:
+        system = [TextPart(b.text, cache=b.cache_control is not None) for b in r.system]
+    extra: dict[str, Any] = {}
+    for k in ("output_config", "context_management", "mcp_servers", "container", "service_tier"):
+        v = getattr(r, k)
+        if v is not None:
+            extra[k] = v
+    if r.metadata is not None and r.metadata.user_id is not None:
+        extra["metadata"] = {"user_id": r.metadata.user_id}
+    beta = headers.get("anthropic-beta") if headers is not None else None
+    if beta:
+        extra["anthropic_beta"] = [b.strip() for b in str(beta).split(",") if b.strip()]
+    tc = r.tool_choice
+    return ChatRequest(
+        model=r.model,
+        messages=[Message(role=msg.role, content=_blocks(msg.content)) for msg in r.messages],
+        max_tokens=max_tokens,
+        system=system,
+        tools=[Tool(t.name, t.description, t.input_schema) for t in (r.tools or [])],
+        tool_choice=ToolChoice(tc.type, tc.name, tc.disable_parallel_tool_use) if tc else None,
+        stream=stream,
+        thinking=ThinkingConfig(r.thinking.type, r.thinking.budget_tokens) if r.thinking else None,
+        session_id=session_id(headers, r.metadata),
+        api="anthropic",
+        extra=extra,
+    )
+
+
+def parse_messages(body: bytes, headers: Any = None) -> ChatRequest:
+    try:
+        r = _messages_dec.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise validation_error(e) from None
+    if r.tool_choice is not None and r.tool_choice.type == "tool" and not r.tool_choice.name:
+        raise ApiError(400, "tool_choice.name: Field required when type is 'tool'", param="tool_choice.name")
+    req = _canonical(r, headers, r.max_tokens, r.stream)
+    req.temperature = r.temperature
+    req.top_p = r.top_p
+    req.top_k = r.top_k
+    req.stop = list(r.stop_sequences or [])
+    return req
+
+
+def parse_count_tokens(body: bytes, headers: Any = None) -> ChatRequest:
+    try:
+        r = _count_dec.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise validation_error(e) from None
+    return _canonical(r, headers, 1, False)
+
+
+# --------------------------------------------------------------------- responses
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def _client_stop_reason(reason: str) -> str:
+    return "end_turn" if reason == "cancelled" else reason
+
+
+def _usage(u: Any) -> dict[str, int]:
+    return {
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_creation_input_tokens": u.cache_creation_input_tokens,
+        "cache_read_input_tokens": u.cache_read_input_tokens,
+    }
+
+
+def message_body(c: Collected, model: str, msg_id: str, want_thinking: bool) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    for p in c.parts:
+        if isinstance(p, TextPart):
+            content.append({"type": "text", "text": p.text})
+        elif isinstance(p, ToolUsePart):
+            content.append({"type": "tool_use", "id": p.id, "name": p.name, "input": p.input})
+        elif isinstance(p, ThinkingPart) and want_thinking:
+            content.append({"type": "thinking", "thinking": p.thinking, "signature": p.signature})
+    return {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": _client_stop_reason(c.stop_reason),
+        "stop_sequence": c.stop_sequence or None,
+        "usage": _usage(c.usage),
+    }
+
+
+_enc = msgspec.json.Encoder()
+
+
+def sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + _enc.encode(data) + b"\n\n"
+
+
+PING = sse("ping", {"type": "ping"})
+
+
+class SseEncoder:
+    """Turns stream messages into Anthropic SSE events, keeping block state.
+
+    Grammar: message_start, then per block content_block_start, deltas,
+    content_block_stop; then message_delta (stop_reason, usage) and message_stop.
+    A failure mid-stream is ``event: error`` and the stream ends."""
+
+    def __init__(self, model: str, msg_id: str, want_thinking: bool) -> None:
+        self.model = model
+        self.msg_id = msg_id
+        self.want_thinking = want_thinking
+        self.index = -1
+        self.open: str | None = None  # "text" | "thinking" | "tool_use"
+        self.tool_index: int | None = None
+        self.input_tokens = 0
+        self.cache_read = 0
+        self.started = False
+        self.finished = False
+
+    def _start_block(self, kind: str, block: dict[str, Any], out: list[bytes]) -> None:
+        self._stop_block(out)
+        self.index += 1
+        self.open = kind
+        out.append(sse("content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}))
+
+    def _stop_block(self, out: list[bytes]) -> None:
+        if self.open is not None:
+            out.append(sse("content_block_stop", {"type": "content_block_stop", "index": self.index}))
+            self.open = None
+
+    def _delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+        out.append(sse("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta}))
+
+    def start(self, input_tokens: int, cache_read: int) -> bytes:
+        self.started = True
+        self.input_tokens = input_tokens
+        self.cache_read = cache_read
+        return sse("message_start", {
+            "type": "message_start",
+            "message": {
+                "id": self.msg_id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 0,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": cache_read},
+            },
+        })
+
+    def encode(self, msg: m.StreamMsg) -> bytes:
+        out: list[bytes] = []
+        if isinstance(msg, m.TextDelta):
+            if self.open != "text":
+                self._start_block("text", {"type": "text", "text": ""}, out)
+            self._delta({"type": "text_delta", "text": msg.text}, out)
+        elif isinstance(msg, m.ThinkingDelta):
+            if not self.want_thinking:
+                return b""
+            if self.open != "thinking":
+                self._start_block("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
+            if msg.text:
+                self._delta({"type": "thinking_delta", "thinking": msg.text}, out)
+            if msg.signature:
+                self._delta({"type": "signature_delta", "signature": msg.signature}, out)
+        elif isinstance(msg, m.ToolCallStart):
+            self._start_block("tool_use", {"type": "tool_use", "id": msg.id, "name": msg.name, "input": {}}, out)
+            self.tool_index = msg.index
+        elif isinstance(msg, m.ToolArgsDelta):
+            if self.open == "tool_use" and msg.index == self.tool_index:
+                self._delta({"type": "input_json_delta", "partial_json": msg.partial_json}, out)
+        elif isinstance(msg, m.Ping):
+            out.append(PING)
+        elif isinstance(msg, m.Done):
+            self._stop_block(out)
+            u = msg.usage
+            out.append(sse("message_delta", {
+                "type": "message_delta",
+                "delta": {"stop_reason": _client_stop_reason(msg.stop_reason), "stop_sequence": msg.stop_sequence or None},
+                "usage": {"input_tokens": u.input_tokens or self.input_tokens, "output_tokens": u.output_tokens,
+                          "cache_creation_input_tokens": u.cache_creation_input_tokens,
+                          "cache_read_input_tokens": u.cache_read_input_tokens or self.cache_read},
+            }))
+            out.append(sse("message_stop", {"type": "message_stop"}))
+            self.finished = True
+        elif isinstance(msg, m.Failed):
+            err = from_fail(msg.kind, msg.message)
+            out.append(sse("error", err.body("anthropic")))
+            self.finished = True
+        return b"".join(out)

@@ -1,0 +1,315 @@
+"""The HTTP surface: routes, auth, request ids, error shapes.
+
+Routes:
+    HEAD /                          200, no body (Claude Code's preconnect; no token)
+    GET  /healthz                   200 once the gateway and every configured worker is ready
+    POST /v1/messages               Anthropic Messages (stream and not)
+    POST /v1/messages/count_tokens  Anthropic token counting
+    POST /v1/chat/completions       OpenAI Chat Completions (stream and not)
+    GET  /v1/models[/{id}]          Anthropic shape when ``anthropic-version`` is sent, else OpenAI's
+    GET  /admin/workers             the supervisor's worker table
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gateway import anthropic, openai_chat
+from gateway.auth import check_token
+from gateway.bus import Bus, RequestStream
+from gateway.collect import collect
+from gateway.errors import ApiError, ApiShape, from_fail
+from protocol import messages as m
+from protocol.chat import ChatRequest
+from protocol.config import ModelConfig
+
+log = structlog.get_logger()
+
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+TOKEN: web.AppKey[str] = web.AppKey("token", str)
+STARTED_AT: web.AppKey[float] = web.AppKey("started_at", float)
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive"}
+_enc = msgspec.json.Encoder()
+
+
+def _shape(request: web.Request) -> ApiShape:
+    if request.path.startswith("/v1/chat") or (
+        request.path.startswith("/v1/models") and "anthropic-version" not in request.headers
+    ):
+        return "openai"
+    return "anthropic"
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_enc.encode(data), status=status, content_type="application/json", headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = "req_" + secrets.token_hex(10)
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    t0 = time.perf_counter()
+    shape = _shape(request)
+    status = 500
+    try:
+        if not (request.path == "/healthz" or (request.path == "/" and request.method == "HEAD")):
+            presented = request.headers.get("x-api-key")
+            auth = request.headers.get("Authorization", "")
+            if presented is None and auth[:7].lower() == "bearer ":
+                presented = auth[7:].strip()
+            if not check_token(presented, request.app[TOKEN]):
+                # Never echo what was presented: it may be a real key sent by mistake.
+                raise ApiError(401, "invalid or missing API token: send it as 'x-api-key' or 'Authorization: Bearer' (see `turnout token`)")
+        resp = await handler(request)
+        status = resp.status
+    except ApiError as e:
+        status = e.status
+        resp = e.response(shape)
+    except web.HTTPRequestEntityTooLarge as e:
+        status = 413
+        resp = ApiError(413, f"request body too large: the limit is {e.max_size} bytes").response(shape)
+    except web.HTTPException as e:
+        status = e.status
+        msg = {404: f"not found: {request.method} {request.path}", 405: f"method {request.method} not allowed on {request.path}"}.get(e.status, e.reason)
+        resp = ApiError(e.status, msg).response(shape)
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        resp = ApiError(500, "internal error in turnout; see its log for details").response(shape)
+    finally:
+        log.info("http", method=request.method, path=request.path, status=status,
+                 ms=round((time.perf_counter() - t0) * 1000, 2))
+        structlog.contextvars.unbind_contextvars("request_id")
+    if not resp.prepared:
+        resp.headers["request-id"] = rid
+    return resp
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except ValueError as e:
+        raise ApiError(400, f"cannot read the request body: {e}") from None
+
+
+def resolve(bus: Bus, name: str) -> ModelConfig:
+    mc = bus.model_config(name)
+    if mc is None:
+        raise ApiError(404, f"model: {name!r} is not served by turnout (see GET /v1/models)", param="model", code="model_not_found")
+    return mc
+
+
+async def _first(st: RequestStream) -> list[m.StreamMsg]:
+    """The first batch; a failure before any output becomes an HTTP error status."""
+    batch = await st.next_batch()
+    if isinstance(batch[0], m.Failed):
+        raise from_fail(batch[0].kind, batch[0].message)
+    return batch
+
+
+async def _pump(request: web.Request, st: RequestStream, head: bytes, first: list[m.StreamMsg],
+                encode: Callable[[m.StreamMsg], bytes]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=SSE_HEADERS)
+    resp.headers["request-id"] = structlog.contextvars.get_contextvars().get("request_id", "")
+    await resp.prepare(request)
+    batch = first
+    chunks = [head]
+    while True:
+        finished = False
+        for msg in batch:
+            b = encode(msg)
+            if b:
+                chunks.append(b)
+            if isinstance(msg, m.TERMINAL):
+                finished = True
+        await resp.write(b"".join(chunks))
+        chunks = []
+        if finished:
+            break
+        batch = await st.next_batch()
+    await resp.write_eof()
+    return resp
+
+
+async def _with_stream(bus: Bus, mc: ModelConfig, req: ChatRequest, body: Callable[[RequestStream], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    st = await bus.open(mc, req)
+    try:
+        return await body(st)
+    except (ConnectionResetError, ConnectionError):
+        log.info("client_disconnected")
+        return web.Response(status=499)
+    finally:
+        if not st.done:
+            bus.cancel(st)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    bus = request.app[BUS]
+    req = anthropic.parse_messages(await read_body(request), request.headers)
+    mc = resolve(bus, req.model)
+    want_thinking = req.thinking is not None and req.thinking.type != "disabled"
+    msg_id = anthropic.new_message_id()
+
+    async def body(st: RequestStream) -> web.StreamResponse:
+        if not req.stream:
+            c = await collect(st)
+            return _json(anthropic.message_body(c, req.model, msg_id, want_thinking))
+        first = await _first(st)
+        enc = anthropic.SseEncoder(req.model, msg_id, want_thinking)
+        head = b""
+        if isinstance(first[0], m.Started):
+            s = first.pop(0)
+            assert isinstance(s, m.Started)
+            head = enc.start(s.input_tokens, s.cache_read_input_tokens)
+        else:
+            head = enc.start(0, 0)
+        return await _pump(request, st, head, first, enc.encode)
+
+    return await _with_stream(bus, mc, req, body)
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    bus = request.app[BUS]
+    req = anthropic.parse_count_tokens(await read_body(request), request.headers)
+    mc = resolve(bus, req.model)
+    st = await bus.open(mc, req, count=True)
+    try:
+        batch = await st.next_batch()
+    finally:
+        if not st.done:
+            bus.cancel(st)
+    msg = batch[-1]
+    if isinstance(msg, m.Failed):
+        raise from_fail(msg.kind, msg.message)
+    if not isinstance(msg, m.Counted):
+        raise ApiError(500, "worker answered a count with something else")
+    return _json({"input_tokens": msg.input_tokens})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    bus = request.app[BUS]
+    req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers)
+    mc = resolve(bus, req.model)
+    cid = openai_chat.new_completion_id()
+
+    async def body(st: RequestStream) -> web.StreamResponse:
+        if not req.stream:
+            c = await collect(st)
+            return _json(openai_chat.completion_body(c, req.model, cid))
+        first = await _first(st)
+        enc = openai_chat.ChunkEncoder(req.model, cid, include_usage)
+        return await _pump(request, st, enc.start(), first, enc.encode)
+
+    return await _with_stream(bus, mc, req, body)
+
+
+def _model_names(bus: Bus) -> list[tuple[str, ModelConfig]]:
+    out: list[tuple[str, ModelConfig]] = []
+    for mc in bus.config.models:
+        out.append((mc.name, mc))
+        out.extend((a, mc) for a in mc.aliases if not any(c in a for c in "*?["))
+    return out
+
+
+def _model_entry(name: str, mc: ModelConfig, anthropic_shape: bool, created: float) -> dict[str, Any]:
+    if anthropic_shape:
+        entry: dict[str, Any] = {
+            "type": "model", "id": name, "display_name": name if name == mc.name else f"{name} → {mc.name}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+        }
+    else:
+        entry = {"id": name, "object": "model", "created": int(created), "owned_by": "turnout"}
+    entry["backend"] = mc.backend
+    if mc.context_window:
+        entry["context_window"] = mc.context_window
+    return entry
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    bus = request.app[BUS]
+    created = request.app[STARTED_AT]
+    a = "anthropic-version" in request.headers
+    data = [_model_entry(n, mc, a, created) for n, mc in _model_names(bus)]
+    if a:
+        return _json({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                      "last_id": data[-1]["id"] if data else None})
+    return _json({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.StreamResponse:
+    bus = request.app[BUS]
+    name = request.match_info["model_id"]
+    mc = resolve(bus, name)
+    return _json(_model_entry(name, mc, "anthropic-version" in request.headers, request.app[STARTED_AT]))
+
+
+async def head_root(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=200)
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    return _json({"name": "turnout", "status": "ok"})
+
+
+def expected_workers(bus: Bus) -> int:
+    return sum(mc.workers for mc in bus.config.models)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    bus = request.app[BUS]
+    ready = sum(1 for w in bus.workers.values() if w.ready)
+    want = expected_workers(bus)
+    ok = ready >= want
+    return _json({"status": "ok" if ok else "starting", "workers_ready": ready, "workers_expected": want},
+                 status=200 if ok else 503)
+
+
+async def admin_workers(request: web.Request) -> web.StreamResponse:
+    bus = request.app[BUS]
+    try:
+        reply = await bus.command(m.ListWorkers())
+    except TimeoutError:
+        raise ApiError(503, "the supervisor did not answer") from None
+    if not isinstance(reply, m.WorkersReply):
+        raise ApiError(500, "unexpected reply from the supervisor")
+    out = []
+    for w in reply.workers:
+        d = msgspec.structs.asdict(w)
+        ref = bus.workers.get(w.id)
+        d["in_flight"] = len(ref.in_flight) if ref is not None else 0
+        out.append(d)
+    return _json(out)
+
+
+def build_app(bus: Bus, token: str, max_body_bytes: int) -> web.Application:
+    app = web.Application(middlewares=[middleware], client_max_size=max_body_bytes)
+    app[BUS] = bus
+    app[TOKEN] = token
+    app[STARTED_AT] = time.time()
+    r = app.router
+    r.add_route("HEAD", "/", head_root)
+    r.add_get("/", root, allow_head=False)
+    r.add_get("/healthz", healthz)
+    r.add_post("/v1/messages", messages)
+    r.add_post("/v1/messages/count_tokens", count_tokens)
+    r.add_post("/v1/chat/completions", chat_completions)
+    r.add_get("/v1/models", list_models)
+    r.add_get("/v1/models/{model_id:.+}", get_model)
+    r.add_get("/admin/workers", admin_workers)
+    return app

@@ -1,0 +1,364 @@
+"""The gateway's side of the ZeroMQ bus.
+
+Sockets (all owned by the event loop's thread, read through ``loop.add_reader`` on
+the ZeroMQ file descriptors, which are edge-triggered: every reader drains until
+``EAGAIN``):
+
+* ROUTER, bound: workers connect their DEALER; ``Generate``/``Cancel`` go out,
+  ``Hello``/``Ready`` come in.
+* SUB, bound, subscribed once to this gateway's id: every token of every stream.
+* DEALER to the supervisor's control ROUTER: hello, ready, commands.
+* SUB to the supervisor's event PUB: worker state changes (a worker that exited
+  fails the requests it held).
+
+Streams are checked for ``seq`` gaps: a gap fails the request, never splices.
+Frames for request ids the gateway no longer tracks are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+import zmq
+
+from gateway.errors import ApiError
+from protocol import messages as m
+from protocol.chat import ChatRequest
+from protocol.config import Config, ModelConfig
+from protocol.sockets import Endpoints, bind, make_socket, unlink_ipc
+
+log = structlog.get_logger()
+
+
+@dataclass
+class WorkerRef:
+    id: str
+    ident: bytes
+    pid: int
+    models: set[str]
+    max_concurrency: int
+    ready: bool = False
+    in_flight: set[str] = field(default_factory=set)
+
+
+class RequestStream:
+    """The messages of one request, in order, as the worker sends them."""
+
+    __slots__ = ("bus", "buf", "cancel_handle", "done", "expected_seq", "model",
+                 "rid", "t_cancel_ns", "waiter", "worker_id")
+
+    def __init__(self, bus: Bus, rid: str, worker_id: str, model: str) -> None:
+        self.bus = bus
+        self.rid = rid
+        self.worker_id = worker_id
+        self.model = model
+        self.buf: deque[m.StreamMsg] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.expected_seq = 0
+        self.done = False  # a terminal message has been received
+        self.t_cancel_ns = 0
+        self.cancel_handle: asyncio.TimerHandle | None = None
+
+    def push(self, msg: m.StreamMsg) -> None:
+        self.buf.append(msg)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next_batch(self) -> list[m.StreamMsg]:
+        """Every message received since the last call (at least one)."""
+        while not self.buf:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+            self.waiter = None
+        out = list(self.buf)
+        self.buf.clear()
+        return out
+
+
+class Bus:
+    """Options:
+    gateway_id: this gateway's id; the stream subscription topic.
+    endpoints: where the sockets live.
+    config: worker wait time, cancel deadline, queue bound.
+    """
+
+    def __init__(self, gateway_id: str, endpoints: Endpoints, config: Config) -> None:
+        self.gateway_id = gateway_id
+        self.endpoints = endpoints
+        self.config = config
+        self.ctx = zmq.Context()
+        self.workers: dict[str, WorkerRef] = {}
+        self.streams: dict[str, RequestStream] = {}
+        self.dropped_frames = 0
+        self._ids = itertools.count(1)
+        self._rid_prefix = f"{os.getpid():x}-{int(time.time()):x}-"
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec_stream = msgspec.msgpack.Decoder(m.StreamMsg)
+        self._dec_hello = msgspec.msgpack.Decoder(m.Hello | m.Ready)
+        self._dec_sup = msgspec.msgpack.Decoder(m.FromSupervisor)
+        self._dec_event = msgspec.msgpack.Decoder(m.Event)
+        self._worker_changed: asyncio.Event | None = None
+        self._cmd_lock: asyncio.Lock | None = None
+        self._cmd_reply: asyncio.Future[m.FromSupervisor] | None = None
+        self.on_cancel_done: Callable[[RequestStream, m.Done], None] | None = None
+
+    # ---------------------------------------------------------------- set-up
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._worker_changed = asyncio.Event()
+        self._cmd_lock = asyncio.Lock()
+        self.router = make_socket(self.ctx, zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its id
+        bind(self.router, self.endpoints.gateway_requests(self.gateway_id))
+        self.sub = make_socket(self.ctx, zmq.SUB)
+        bind(self.sub, self.endpoints.gateway_streams(self.gateway_id))
+        self.sub.setsockopt(zmq.SUBSCRIBE, self.gateway_id.encode())  # once, never per request
+        self.sup = make_socket(self.ctx, zmq.DEALER, identity=self.gateway_id.encode())
+        self.sup.connect(self.endpoints.control)
+        self.events = make_socket(self.ctx, zmq.SUB)
+        self.events.connect(self.endpoints.events)
+        self.events.setsockopt(zmq.SUBSCRIBE, m.EVENTS_TOPIC)
+        for sock, fn in ((self.router, self._drain_router), (self.sub, self._drain_streams),
+                         (self.sup, self._drain_sup), (self.events, self._drain_events)):
+            loop.add_reader(sock.getsockopt(zmq.FD), fn)
+            loop.call_soon(fn)  # edge-triggered: pick up anything already queued
+        self._send_sup(m.Hello(role="gateway", id=self.gateway_id, pid=os.getpid()))
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in (self.router, self.sub, self.sup, self.events):
+            try:
+                loop.remove_reader(sock.getsockopt(zmq.FD))
+            except Exception:
+                pass
+            sock.close(0)
+        self.ctx.term()
+        unlink_ipc(self.endpoints.gateway_requests(self.gateway_id))
+        unlink_ipc(self.endpoints.gateway_streams(self.gateway_id))
+
+    def announce_ready(self, port: int) -> None:
+        self._send_sup(m.Ready(id=self.gateway_id, port=port))
+
+    def _send_sup(self, msg: m.ToSupervisor) -> None:
+        self.sup.send(self._enc.encode(msg))
+        asyncio.get_running_loop().call_soon(self._drain_sup)  # sends can eat the edge
+
+    # --------------------------------------------------------------- readers
+
+    def _drain_router(self) -> None:
+        while True:
+            try:
+                ident, raw = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                msg = self._dec_hello.decode(raw)
+            except msgspec.DecodeError:
+                log.warning("bad_worker_message", size=len(raw))
+                continue
+            wid = ident.decode(errors="replace")
+            if isinstance(msg, m.Hello):
+                if msg.protocol_version != m.PROTOCOL_VERSION:
+                    log.error("worker_protocol_mismatch", worker=wid, version=msg.protocol_version)
+                    continue
+                old = self.workers.get(wid)
+                if old is not None and old.pid != msg.pid:
+                    self._fail_worker_requests(old, "worker restarted")
+                if old is None or old.pid != msg.pid:
+                    self.workers[wid] = WorkerRef(wid, ident, msg.pid, set(msg.models), msg.max_concurrency)
+            elif isinstance(msg, m.Ready):
+                w = self.workers.get(wid)
+                if w is not None and not w.ready:
+                    w.ready = True
+                    log.info("worker_ready", worker=wid, pid=w.pid)
+                    self._notify()
+
+    def _drain_streams(self) -> None:
+        dec = self._dec_stream
+        streams = self.streams
+        while True:
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = dec.decode(frames[1])
+            except (msgspec.DecodeError, IndexError):
+                self.dropped_frames += 1
+                continue
+            st = streams.get(msg.request_id)
+            if st is None or st.done:
+                self.dropped_frames += 1
+                continue
+            if msg.seq != st.expected_seq:
+                log.error("stream_gap", request_id=st.rid, expected=st.expected_seq, got=msg.seq)
+                self._terminate(st, m.Failed(st.rid, st.expected_seq, "internal",
+                                             f"stream out of order: expected message {st.expected_seq}, got {msg.seq}"))
+                self.cancel(st)
+                continue
+            st.expected_seq += 1
+            if isinstance(msg, m.TERMINAL):
+                self._terminate(st, msg)
+            else:
+                st.push(msg)
+
+    def _drain_sup(self) -> None:
+        while True:
+            try:
+                raw = self.sup.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = self._dec_sup.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(msg, m.Refused):
+                log.error("supervisor_refused", message=msg.message)
+                continue
+            fut = self._cmd_reply
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                _topic, raw = self.events.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                ev = self._dec_event.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(ev, m.WorkerEvent) and ev.state in ("exited", "failed", "stopping"):
+                w = self.workers.get(ev.worker_id)
+                if w is not None and (ev.pid == 0 or ev.pid == w.pid):
+                    # Anything the dead worker managed to send is delivered first.
+                    self._drain_streams()
+                    w.ready = False
+                    self._fail_worker_requests(w, f"worker {ev.worker_id} {ev.state}: {ev.reason}".rstrip(": "))
+                    del self.workers[ev.worker_id]
+                    self._notify()
+
+    # ------------------------------------------------------------- streams
+
+    def _notify(self) -> None:
+        assert self._worker_changed is not None
+        self._worker_changed.set()
+        self._worker_changed = asyncio.Event()
+
+    def _terminate(self, st: RequestStream, msg: m.StreamMsg) -> None:
+        st.done = True
+        self.streams.pop(st.rid, None)
+        w = self.workers.get(st.worker_id)
+        if w is not None:
+            w.in_flight.discard(st.rid)
+        if st.cancel_handle is not None:
+            st.cancel_handle.cancel()
+        if st.t_cancel_ns and isinstance(msg, m.Done) and self.on_cancel_done is not None:
+            self.on_cancel_done(st, msg)
+        st.push(msg)
+
+    def _fail_worker_requests(self, w: WorkerRef, reason: str) -> None:
+        for rid in list(w.in_flight):
+            st = self.streams.get(rid)
+            if st is not None:
+                self._terminate(st, m.Failed(rid, st.expected_seq, "worker_died", reason))
+        w.in_flight.clear()
+
+    def ready_workers(self, model: str) -> list[WorkerRef]:
+        return [w for w in self.workers.values() if w.ready and model in w.models]
+
+    def _pick(self, model: str) -> WorkerRef | None:
+        limit_extra = self.config.server.max_queue_per_worker
+        best: WorkerRef | None = None
+        for w in self.workers.values():
+            if not w.ready or model not in w.models:
+                continue
+            if len(w.in_flight) >= w.max_concurrency + limit_extra:
+                continue
+            if best is None or len(w.in_flight) < len(best.in_flight):
+                best = w
+        return best
+
+    async def open(self, mc: ModelConfig, req: ChatRequest, *, count: bool = False) -> RequestStream:
+        """Send a request to the least-loaded ready worker of ``mc`` and return its
+        stream. Waits up to ``worker_wait_s`` for a worker (one restarting, say),
+        then raises 529 with Retry-After."""
+        deadline = time.monotonic() + self.config.server.worker_wait_s
+        while True:
+            w = self._pick(mc.name)
+            if w is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                busy = bool(self.ready_workers(mc.name))
+                raise ApiError(529, f"model {mc.name!r} is {'at capacity' if busy else 'not ready: no worker is up'}; retry shortly", retry_after=1)
+            assert self._worker_changed is not None
+            try:
+                await asyncio.wait_for(self._worker_changed.wait(), timeout=min(left, 0.25))
+            except TimeoutError:
+                pass
+        rid = f"{self._rid_prefix}{next(self._ids)}"
+        st = RequestStream(self, rid, w.id, mc.name)
+        self.streams[rid] = st
+        w.in_flight.add(rid)
+        msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
+        try:
+            self.router.send_multipart([w.ident, self._enc.encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            # EHOSTUNREACH (ROUTER_MANDATORY): the worker has gone since it said ready.
+            w.ready = False
+            self._terminate(st, m.Failed(rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
+        asyncio.get_running_loop().call_soon(self._drain_router)
+        return st
+
+    def cancel(self, st: RequestStream) -> None:
+        """The client went away: tell the worker, and give it ``cancel_deadline_s``
+        to stop before it is treated as wedged and restarted."""
+        if st.t_cancel_ns:
+            return
+        st.t_cancel_ns = time.monotonic_ns()
+        w = self.workers.get(st.worker_id)
+        if st.done or w is None:
+            return
+        try:
+            self.router.send_multipart([w.ident, self._enc.encode(m.Cancel(st.rid))], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        asyncio.get_running_loop().call_soon(self._drain_router)
+        st.cancel_handle = asyncio.get_running_loop().call_later(
+            self.config.server.cancel_deadline_s, self._cancel_overdue, st)
+
+    def _cancel_overdue(self, st: RequestStream) -> None:
+        if st.done:
+            return
+        log.error("cancel_overdue", request_id=st.rid, worker=st.worker_id)
+        self._send_sup(m.RestartWorker(st.worker_id, reason="did not answer a cancel in time"))
+        self._terminate(st, m.Failed(st.rid, st.expected_seq, "worker_died", "worker wedged"))
+
+    async def command(self, cmd: m.Command, timeout: float = 5.0) -> m.FromSupervisor:
+        assert self._cmd_lock is not None
+        async with self._cmd_lock:
+            self._cmd_reply = asyncio.get_running_loop().create_future()
+            self._send_sup(cmd)
+            try:
+                return await asyncio.wait_for(self._cmd_reply, timeout)
+            finally:
+                self._cmd_reply = None
+
+    def model_config(self, name: str) -> ModelConfig | None:
+        return self.config.resolve_model(name)

@@ -1,0 +1,87 @@
+"""Entry point of the gateway process: ``python -m gateway.main SPEC_JSON``.
+
+Started by the supervisor. Runs aiohttp on uvloop with handler cancellation on, so
+a client that disconnects cancels its handler at once (and so its worker request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.auth import load_or_create_token
+from gateway.bus import Bus, RequestStream
+from protocol import messages as m
+from protocol.config import decode_config
+from protocol.logs import setup_logging
+from protocol.sockets import Endpoints
+from supervisor.arbiter import GatewaySpec
+
+log = structlog.get_logger()
+
+EXIT_BIND_ERROR = 5
+
+
+def _log_cancel(st: RequestStream, done: m.Done) -> None:
+    # Time from the gateway noticing the disconnect to the worker's loop stopping;
+    # both are CLOCK_MONOTONIC, which is system-wide.
+    log.info("request_cancelled", request_id=st.rid, worker=st.worker_id,
+             cancel_ms=round((done.t_stop_ns - st.t_cancel_ns) / 1e6, 3),
+             t_cancel_ns=st.t_cancel_ns, t_stop_ns=done.t_stop_ns)
+
+
+async def serve(spec: GatewaySpec) -> int:
+    config = decode_config(spec.config_json)
+    token = load_or_create_token()
+    bus = Bus(spec.id, Endpoints(spec.runtime_dir), config)
+    bus.on_cancel_done = _log_cancel
+    bus.start()
+    app = build_app(bus, token, int(config.server.max_body_mb * 1024 * 1024))
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, spec.host, spec.port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError as e:
+        log.error("cannot_listen", host=spec.host, port=spec.port, error=e.strerror)
+        await runner.cleanup()
+        bus.close()
+        return EXIT_BIND_ERROR
+    port = spec.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    bus.announce_ready(port)
+    log.info("gateway_started", host=spec.host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor owns Ctrl-C
+    await stop.wait()
+    log.info("gateway_stopping")
+    await runner.cleanup()
+    bus.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = msgspec.json.decode(argv[0], type=GatewaySpec)
+    setup_logging("gateway")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # Windows: the default loop
+        pass
+    return asyncio.run(serve(spec))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""turnout's configuration file (TOML), shared by every process.
+
+Example::
+
+    [server]
+    host = "127.0.0.1"
+    port = 8765
+
+    [[models]]
+    name = "fake"
+    backend = "fake"
+    aliases = ["claude-*"]
+    workers = 1
+    [models.options]
+    token_delay_ms = 5
+
+``options`` is backend-specific and is validated by the backend itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+DEFAULT_PORT = 8765
+DEFAULT_MODEL_NAME = "gemma3-270m"
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    max_body_mb: float = 32.0
+    # How long a request waits for a ready worker (one that is restarting, say)
+    # before it is answered 529 with Retry-After.
+    worker_wait_s: float = 5.0
+    # How long a worker may take to acknowledge a cancel before it is restarted.
+    cancel_deadline_s: float = 2.0
+    # A worker whose compute loop has not sent a heartbeat for this long is hung.
+    heartbeat_timeout_s: float = 10.0
+    # Requests queued on a worker beyond what it runs at once; past that, 529.
+    max_queue_per_worker: int = 256
+
+
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    backend: str
+    aliases: list[str] = msgspec.field(default_factory=list)  # exact names or globs
+    workers: int = 1
+    path: str = ""
+    context_window: int = 0
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    models: list[ModelConfig] = msgspec.field(default_factory=list)
+
+    def resolve_model(self, name: str) -> ModelConfig | None:
+        """The model a request's ``model`` string names: exact name first, then
+        exact alias, then the first glob alias that matches."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        for m in self.models:
+            if name in m.aliases:
+                return m
+        for m in self.models:
+            for a in m.aliases:
+                if any(c in a for c in "*?[") and fnmatch.fnmatchcase(name, a):
+                    return m
+        return None
+
+
+class ConfigError(Exception):
+    pass
+
+
+def default_config() -> Config:
+    """No config file: the bundled default model answers every Claude model id."""
+    return Config(
+        models=[
+            ModelConfig(
+                name=DEFAULT_MODEL_NAME,
+                backend="llama_cpp",
+                aliases=["claude-*", "default"],
+            )
+        ]
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    if path is None:
+        return default_config()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {p}: {e.strerror}") from None
+    try:
+        cfg = msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    names = [m.name for m in cfg.models]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"{p}: model names must be unique, repeated: {sorted(dupes)}")
+    for m in cfg.models:
+        if m.workers < 0:
+            raise ConfigError(f"{p}: models.{m.name}.workers must be >= 0")
+    return cfg
+
+
+def encode_config(cfg: Config) -> bytes:
+    return msgspec.json.encode(cfg)
+
+
+def decode_config(data: bytes | str) -> Config:
+    return msgspec.json.decode(data, type=Config)

@@ -1,0 +1,42 @@
+"""structlog set-up shared by every turnout process.
+
+JSON lines when stderr is not a terminal (daemon, tests, CI), a readable console
+format when it is. ``TURNOUT_LOG_LEVEL`` picks the level (default ``info``).
+The request id is bound with :func:`structlog.contextvars.bind_contextvars`, so every
+line logged while handling a request carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def setup_logging(process: str, *, json: bool | None = None) -> None:
+    level_name = os.environ.get("TURNOUT_LOG_LEVEL", "info").upper()
+    level = getattr(logging, level_name, logging.INFO)
+    if json is None:
+        json = not sys.stderr.isatty()
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if json:
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(proc=process)

@@ -1,0 +1,516 @@
+"""The worker process: one base loop for every backend.
+
+Roles (one owner per socket):
+
+* **I/O thread** (:class:`IOThread`) owns every ZeroMQ socket: the DEALER to the
+  gateway (requests in), the XPUB to the gateway (streams out), the DEALER to the
+  supervisor (hello, heartbeats) and the inproc PULL that carries what the compute
+  loop produces. It marks a ``Cancel`` in the shared abort set the moment it arrives.
+* **Compute loop** (:class:`ComputeLoop`, the main thread) runs the backend. It
+  interleaves up to ``backend.max_concurrency`` requests, checks the abort set
+  between steps, and sends heartbeats, so a live heartbeat means a live loop.
+
+A backend is an object with ``models``, ``max_concurrency``, ``load()``,
+``count_tokens(req)`` and ``generate(request_id, req, ctx)``; ``generate`` is a
+generator of stream messages (without ``seq``; the loop stamps it) and may yield a
+:class:`Pause` to ask not to be stepped again before a moment (the fake backend's
+token delay), so other requests proceed meanwhile.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import psutil
+import structlog
+import zmq
+
+from protocol import messages as m
+from protocol.chat import ChatRequest
+from protocol.sockets import Endpoints, make_socket
+
+log = structlog.get_logger()
+
+# Named exit codes: the supervisor reads them (STYLE: terminal states are explicit).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_MODEL_LOAD_ERROR = 3  # do not restart in a loop: the model cannot load
+EXIT_PROTOCOL_ERROR = 4
+
+HEARTBEAT_INTERVAL_S = 0.5
+
+_DEST_GATEWAY = b"g"
+_DEST_SUPERVISOR = b"s"
+
+
+class BackendError(Exception):
+    """A request the backend refuses, with the kind the gateway maps to a status."""
+
+    def __init__(self, kind: m.FailKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: m.FailKind = kind
+        self.message = message
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Pause:
+    """Yielded by a generator: do not step me again before ``until_ns`` (monotonic)."""
+
+    until_ns: int
+
+
+GenItem = m.StreamMsg | Pause
+
+
+class GenContext:
+    """What a backend's generator may ask of the loop while it runs."""
+
+    def __init__(self, loop: ComputeLoop, request_id: str) -> None:
+        self._loop = loop
+        self.request_id = request_id
+
+    def cancelled(self) -> bool:
+        return self.request_id in self._loop.abort
+
+    def heartbeat(self) -> None:
+        """Call from long blocking steps (prompt processing) to stay alive."""
+        self._loop.maybe_heartbeat()
+
+
+class Backend(Protocol):
+    models: list[str]
+    max_concurrency: int
+
+    def load(self) -> None: ...
+
+    def count_tokens(self, req: ChatRequest) -> int: ...
+
+    def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]: ...
+
+
+class WorkerSpec(msgspec.Struct):
+    """Everything a worker process needs, passed by the supervisor as JSON."""
+
+    id: str
+    backend: str
+    model: str
+    runtime_dir: str
+    gateway_ids: list[str]
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    path: str = ""
+    context_window: int = 0
+    aliases: list[str] = msgspec.field(default_factory=list)
+
+
+# ------------------------------------------------------------------------ I/O thread
+
+
+class IOThread(threading.Thread):
+    """Owns the worker's sockets. Talks to the compute loop through ``inbox``
+    (a queue.Queue of ToWorker messages) and the inproc PULL socket."""
+
+    def __init__(self, spec: WorkerSpec, ctx: zmq.Context, loop: ComputeLoop) -> None:
+        super().__init__(name="worker-io", daemon=True)
+        self.spec = spec
+        self.ctx = ctx
+        self.loop = loop
+        self.endpoints = Endpoints(spec.runtime_dir)
+        self.loaded = threading.Event()
+        self.stop_event = threading.Event()
+        self.live: set[str] = set()  # request ids forwarded and not yet terminated
+        self._ready_sent: set[str] = set()
+        self.bound = threading.Event()  # the inproc PULL exists
+
+    def hello(self) -> m.Hello:
+        return m.Hello(
+            role="worker",
+            id=self.spec.id,
+            pid=os.getpid(),
+            backend=self.spec.backend,
+            models=[self.spec.model, *self.spec.aliases],
+            max_concurrency=self.loop.backend.max_concurrency,
+        )
+
+    def run(self) -> None:  # noqa: C901 - one poll loop, kept in one place on purpose
+        enc = msgspec.msgpack.Encoder()
+        dec_in = msgspec.msgpack.Decoder(m.ToWorker)
+        ident = self.spec.id.encode()
+        pull = make_socket(self.ctx, zmq.PULL)
+        pull.bind(f"inproc://out-{self.spec.id}")
+        self.bound.set()
+        sup = make_socket(self.ctx, zmq.DEALER, identity=ident)
+        sup.connect(self.endpoints.control)
+        sup.send(enc.encode(self.hello()))
+        gw_dealers: dict[str, zmq.Socket] = {}
+        xpub = make_socket(self.ctx, zmq.XPUB)
+        for gid in self.spec.gateway_ids:
+            d = make_socket(self.ctx, zmq.DEALER, identity=ident)
+            d.connect(self.endpoints.gateway_requests(gid))
+            d.send(enc.encode(self.hello()))
+            gw_dealers[gid] = d
+            xpub.connect(self.endpoints.gateway_streams(gid))
+        subscribed: set[str] = set()
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        poller.register(sup, zmq.POLLIN)
+        for d in gw_dealers.values():
+            poller.register(d, zmq.POLLIN)
+        parent = os.getppid()
+        abort = self.loop.abort
+        inbox = self.loop.inbox
+        was_loaded = False
+        try:
+            while not self.stop_event.is_set():
+                events = dict(poller.poll(250))
+                if os.getppid() != parent:  # supervisor gone (macOS: no PDEATHSIG)
+                    log.warning("supervisor_gone")
+                    os._exit(EXIT_ERROR)
+                if pull in events:
+                    # Forward everything the compute loop produced, in order.
+                    while True:
+                        try:
+                            frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+                        except zmq.Again:
+                            break
+                        dest = frames[0]
+                        if dest == _DEST_SUPERVISOR:
+                            sup.send(frames[1])
+                        else:
+                            xpub.send_multipart(frames[1:])
+                            if len(frames) > 3:  # a terminal message carries its rid
+                                rid = frames[3].decode()
+                                self.live.discard(rid)
+                                abort.discard(rid)
+                if xpub in events:
+                    while True:
+                        try:
+                            sub = xpub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if sub[:1] == b"\x01":
+                            gid = sub[1:].decode(errors="replace")
+                            if gid in gw_dealers:
+                                subscribed.add(gid)
+                                # a (re)subscribing gateway may be a restarted one
+                                self._ready_sent.discard(gid)
+                                gw_dealers[gid].send(enc.encode(self.hello()))
+                for gid, d in gw_dealers.items():
+                    if d in events:
+                        while True:
+                            try:
+                                raw = d.recv(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            try:
+                                msg = dec_in.decode(raw)
+                            except msgspec.DecodeError:
+                                log.error("bad_message_from_gateway", size=len(raw))
+                                continue
+                            if isinstance(msg, m.Cancel):
+                                if msg.request_id in self.live:
+                                    abort.add(msg.request_id)
+                                    inbox.put(msg)  # wakes a paused compute loop
+                            elif isinstance(msg, m.Generate | m.CountTokens):
+                                self.live.add(msg.request_id)
+                                inbox.put(msg)
+                            elif isinstance(msg, m.Drain):
+                                inbox.put(msg)
+                if sup in events:
+                    while True:
+                        try:
+                            sup.recv(zmq.NOBLOCK)  # acks; nothing to do yet
+                        except zmq.Again:
+                            break
+                loaded = self.loaded.is_set()
+                if loaded and not was_loaded:
+                    sup.send(enc.encode(m.Ready(id=self.spec.id)))
+                    was_loaded = True
+                if loaded:
+                    for gid in subscribed - self._ready_sent:
+                        gw_dealers[gid].send(enc.encode(m.Ready(id=self.spec.id)))
+                        self._ready_sent.add(gid)
+        finally:
+            for s in [pull, sup, xpub, *gw_dealers.values()]:
+                s.close(0)
+
+
+# ---------------------------------------------------------------------- compute loop
+
+
+@dataclass(order=True)
+class _Slot:
+    due_ns: int
+    order: int
+    request_id: str = field(compare=False)
+    gen: Iterator[GenItem] = field(compare=False)
+    topic: bytes = field(compare=False)
+    seq: int = field(compare=False, default=0)
+
+
+class ComputeLoop:
+    """Runs the backend on the main thread. See the module docstring."""
+
+    def __init__(self, spec: WorkerSpec, backend: Backend, ctx: zmq.Context) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.ctx = ctx
+        self.inbox: queue.Queue[m.ToWorker] = queue.Queue()
+        # Written by the I/O thread, read here; single set operations are atomic.
+        self.abort: set[str] = set()
+        self.stopping = False
+        self.draining = False
+        self._enc = msgspec.msgpack.Encoder()
+        self._push: zmq.Socket | None = None
+        self._last_hb = 0.0
+        self._proc = psutil.Process()
+        self._active: list[_Slot] = []  # heap by due time
+        self._order = 0
+        self.last_step_ns = time.monotonic_ns()
+
+    # -- output
+
+    def _send(self, topic: bytes, msg: m.StreamMsg, terminal: bool = False) -> None:
+        assert self._push is not None
+        payload = self._enc.encode(msg)
+        if terminal:
+            self._push.send_multipart([_DEST_GATEWAY, topic, payload, msg.request_id.encode()])
+        else:
+            self._push.send_multipart([_DEST_GATEWAY, topic, payload])
+
+    def maybe_heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        self.last_step_ns = time.monotonic_ns()
+        if not force and now - self._last_hb < HEARTBEAT_INTERVAL_S:
+            return
+        self._last_hb = now
+        try:
+            rss = self._proc.memory_info().rss
+        except psutil.Error:
+            rss = 0
+        hb = m.Heartbeat(
+            id=self.spec.id,
+            last_step_ns=self.last_step_ns,
+            rss_bytes=rss,
+            in_flight=len(self._active) + self.inbox.qsize(),
+            models=[self.spec.model],
+        )
+        assert self._push is not None
+        self._push.send_multipart([_DEST_SUPERVISOR, self._enc.encode(hb)])
+
+    # -- main loop
+
+    def run(self, io: IOThread) -> None:
+        io.bound.wait()
+        self._push = make_socket(self.ctx, zmq.PUSH)
+        self._push.connect(f"inproc://out-{self.spec.id}")
+        try:
+            self.backend.load()
+        except ModelLoadError as e:
+            log.error("model_load_failed", error=str(e))
+            sys.stderr.flush()
+            os._exit(EXIT_MODEL_LOAD_ERROR)
+        io.loaded.set()
+        log.info("worker_ready", backend=self.spec.backend, model=self.spec.model)
+        self.maybe_heartbeat(force=True)
+        while not self.stopping:
+            self._intake()
+            self._step_due()
+            self.maybe_heartbeat()
+        self._fail_all("overloaded", "worker stopping")
+        self._push.close(linger=1000)
+
+    def _timeout(self) -> float:
+        if not self._active:
+            return HEARTBEAT_INTERVAL_S
+        wait = (self._active[0].due_ns - time.monotonic_ns()) / 1e9
+        return max(0.0, min(wait, HEARTBEAT_INTERVAL_S))
+
+    def _intake(self) -> None:
+        timeout = self._timeout()
+        block = timeout > 0
+        while True:
+            try:
+                msg = self.inbox.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                return
+            block = False  # after the first, take only what is already there
+            if isinstance(msg, m.Generate):
+                self._start(msg)
+            elif isinstance(msg, m.CountTokens):
+                self._count(msg)
+            elif isinstance(msg, m.Drain):
+                self.draining = True
+            # Cancel: the abort set already holds it; the message only woke us.
+            if self.abort:
+                self._reap_cancelled()
+
+    def _topic(self, request_id: str, gateway_id: str) -> bytes:
+        return f"{gateway_id}/{request_id}".encode()
+
+    def _count(self, msg: m.CountTokens) -> None:
+        topic = self._topic(msg.request_id, msg.gateway_id)
+        try:
+            n = self.backend.count_tokens(msg.request)
+        except BackendError as e:
+            self._send(topic, m.Failed(msg.request_id, 0, e.kind, e.message), True)
+            return
+        except Exception as e:  # a backend bug must cost one request, not the worker
+            log.error("count_tokens_crashed", error=repr(e), tb=traceback.format_exc())
+            self._send(topic, m.Failed(msg.request_id, 0, "internal", _safe(e)), True)
+            return
+        self._send(topic, m.Counted(msg.request_id, 0, n), True)
+
+    def _start(self, msg: m.Generate) -> None:
+        topic = self._topic(msg.request_id, msg.gateway_id)
+        rid = msg.request_id
+        if rid in self.abort:
+            self.abort.discard(rid)
+            self._send(topic, m.Done(rid, 0, "cancelled", t_stop_ns=time.monotonic_ns()), True)
+            return
+        if self.draining:
+            self._send(topic, m.Failed(rid, 0, "overloaded", "worker is draining"), True)
+            return
+        ctx = GenContext(self, rid)
+        gen = self.backend.generate(rid, msg.request, ctx)
+        self._order += 1
+        heapq.heappush(self._active, _Slot(0, self._order, rid, gen, topic))
+
+    def _reap_cancelled(self) -> None:
+        keep: list[_Slot] = []
+        for slot in self._active:
+            if slot.request_id in self.abort:
+                self._finish_cancelled(slot)
+            else:
+                keep.append(slot)
+        if len(keep) != len(self._active):
+            heapq.heapify(keep)
+            self._active = keep
+
+    def _finish_cancelled(self, slot: _Slot) -> None:
+        slot.gen.close()
+        t = time.monotonic_ns()
+        self.abort.discard(slot.request_id)
+        self._send(slot.topic, m.Done(slot.request_id, slot.seq, "cancelled", t_stop_ns=t), True)
+        log.debug("cancelled", request_id=slot.request_id)
+
+    def _step_due(self) -> None:
+        """Step every due request once (round robin by due time)."""
+        now = time.monotonic_ns()
+        stepped = 0
+        while self._active and self._active[0].due_ns <= now:
+            slot = heapq.heappop(self._active)
+            if slot.request_id in self.abort:
+                self._finish_cancelled(slot)
+                continue
+            if self._step(slot):
+                heapq.heappush(self._active, slot)
+            stepped += 1
+            if stepped % 64 == 0:
+                self.maybe_heartbeat()
+                if not self.inbox.empty():
+                    return  # let cancels and new work in
+
+    def _step(self, slot: _Slot) -> bool:
+        """Advance one request by one item. Returns False when it has ended."""
+        try:
+            item = next(slot.gen)
+        except StopIteration:
+            # a backend that ends without Done is a bug: still end the stream cleanly
+            self._send(slot.topic, m.Failed(slot.request_id, slot.seq, "internal", "backend ended without a result"), True)
+            return False
+        except BackendError as e:
+            self._send(slot.topic, m.Failed(slot.request_id, slot.seq, e.kind, e.message), True)
+            return False
+        except Exception as e:
+            log.error("generate_crashed", request_id=slot.request_id, error=repr(e), tb=traceback.format_exc())
+            self._send(slot.topic, m.Failed(slot.request_id, slot.seq, "internal", _safe(e)), True)
+            return False
+        if isinstance(item, Pause):
+            self._order += 1
+            slot.due_ns = item.until_ns
+            slot.order = self._order
+            return True
+        item.seq = slot.seq
+        slot.seq += 1
+        if isinstance(item, m.Done):
+            if slot.request_id in self.abort:
+                item.stop_reason = "cancelled"
+                self.abort.discard(slot.request_id)
+            item.t_stop_ns = time.monotonic_ns()
+            self._send(slot.topic, item, True)
+            slot.gen.close()
+            return False
+        if isinstance(item, m.Failed):
+            self._send(slot.topic, item, True)
+            slot.gen.close()
+            return False
+        self._send(slot.topic, item)
+        self._order += 1
+        slot.order = self._order
+        return True
+
+    def _fail_all(self, kind: m.FailKind, message: str) -> None:
+        for slot in self._active:
+            self._send(slot.topic, m.Failed(slot.request_id, slot.seq, kind, message), True)
+            slot.gen.close()
+        self._active = []
+
+
+def _safe(e: BaseException) -> str:
+    """An error message for a client: the exception's type and text, no traceback."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"[:500] if text else type(e).__name__
+
+
+def _set_pdeathsig() -> None:
+    """Linux: die with the supervisor even if it is SIGKILLed."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_worker(spec: WorkerSpec, backend: Backend) -> int:
+    _set_pdeathsig()
+    # The compute loop holds the GIL while it generates; a short switch interval lets
+    # the I/O thread mark a cancel within a millisecond.
+    sys.setswitchinterval(0.0005)
+    ctx = zmq.Context()
+    loop = ComputeLoop(spec, backend, ctx)
+    io = IOThread(spec, ctx, loop)
+
+    def _on_term(signum: int, frame: Any) -> None:
+        # Signal handlers only set a flag; the loop acts on it.
+        loop.stopping = True
+
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns Ctrl-C
+    io.start()
+    try:
+        loop.run(io)
+    finally:
+        io.stop_event.set()
+        io.join(timeout=2)
+        ctx.term()
+    return EXIT_OK

@@ -1,0 +1,51 @@
+"""Entry point of a worker process: ``python -m workers.main SPEC_JSON``.
+
+The supervisor starts it (spawn, never fork) with a :class:`WorkerSpec`; the backend
+module is ``workers.<backend>`` and must provide ``create(spec) -> Backend``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import msgspec
+import structlog
+
+from protocol.logs import setup_logging
+from workers.base import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR, ModelLoadError, WorkerSpec, run_worker
+
+BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = msgspec.json.decode(argv[0], type=WorkerSpec)
+    # numpy/BLAS threads fight the model runtime for the same cores (MEASURED.md).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    setup_logging(f"worker:{spec.id}")
+    structlog.contextvars.bind_contextvars(worker=spec.id)
+    log = structlog.get_logger()
+    if spec.backend not in BACKENDS:
+        log.error("unknown_backend", backend=spec.backend)
+        return EXIT_MODEL_LOAD_ERROR
+    try:
+        mod = importlib.import_module(f"workers.{spec.backend}")
+        backend = mod.create(spec)
+    except ModelLoadError as e:
+        log.error("model_load_failed", error=str(e))
+        return EXIT_MODEL_LOAD_ERROR
+    except ImportError as e:
+        log.error("backend_unavailable", backend=spec.backend, error=str(e))
+        return EXIT_MODEL_LOAD_ERROR
+    try:
+        return run_worker(spec, backend)
+    except Exception:
+        log.exception("worker_crashed")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
