@@ -36,6 +36,7 @@ log = structlog.get_logger()
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at", float)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 _enc = msgspec.json.Encoder()
@@ -77,9 +78,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except ApiError as e:
         status = e.status
         resp = e.response(shape)
-    except web.HTTPRequestEntityTooLarge as e:
+    except web.HTTPRequestEntityTooLarge:
         status = 413
-        resp = ApiError(413, f"request body too large: the limit is {e.max_size} bytes").response(shape)
+        resp = ApiError(413, f"request body too large: the limit is {request.app[MAX_BODY]} bytes (server.max_body_mb)").response(shape)
     except web.HTTPException as e:
         status = e.status
         msg = {404: f"not found: {request.method} {request.path}", 405: f"method {request.method} not allowed on {request.path}"}.get(e.status, e.reason)
@@ -302,6 +303,7 @@ def build_app(bus: Bus, token: str, max_body_bytes: int) -> web.Application:
     app[BUS] = bus
     app[TOKEN] = token
     app[STARTED_AT] = time.time()
+    app[MAX_BODY] = max_body_bytes
     r = app.router
     r.add_route("HEAD", "/", head_root)
     r.add_get("/", root, allow_head=False)
