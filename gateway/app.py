@@ -24,16 +24,16 @@ from aiohttp import web
 
 from gateway import anthropic, openai_chat
 from gateway.auth import check_token
-from gateway.bus import Bus, RequestStream
+from gateway.bus import Bus
 from gateway.collect import collect
 from gateway.errors import ApiError, ApiShape, from_fail
+from gateway.routing import BUS, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
 from protocol.config import ModelConfig
 
 log = structlog.get_logger()
 
-BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at", float)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
@@ -109,14 +109,7 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(400, f"cannot read the request body: {e}") from None
 
 
-def resolve(bus: Bus, name: str) -> ModelConfig:
-    mc = bus.model_config(name)
-    if mc is None:
-        raise ApiError(404, f"model: {name!r} is not served by turnout (see GET /v1/models)", param="model", code="model_not_found")
-    return mc
-
-
-async def _first(st: RequestStream) -> list[m.StreamMsg]:
+async def _first(st: Source) -> list[m.StreamMsg]:
     """The first batch; a failure before any output becomes an HTTP error status."""
     batch = await st.next_batch()
     if isinstance(batch[0], m.Failed):
@@ -124,7 +117,7 @@ async def _first(st: RequestStream) -> list[m.StreamMsg]:
     return batch
 
 
-async def _pump(request: web.Request, st: RequestStream, head: bytes, first: list[m.StreamMsg],
+async def _pump(request: web.Request, st: Source, head: bytes, first: list[m.StreamMsg],
                 encode: Callable[[m.StreamMsg], bytes]) -> web.StreamResponse:
     resp = web.StreamResponse(headers=SSE_HEADERS)
     resp.headers["request-id"] = structlog.contextvars.get_contextvars().get("request_id", "")
@@ -148,8 +141,8 @@ async def _pump(request: web.Request, st: RequestStream, head: bytes, first: lis
     return resp
 
 
-async def _with_stream(bus: Bus, mc: ModelConfig, req: ChatRequest, body: Callable[[RequestStream], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    st = await bus.open(mc, req)
+async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[Source], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    st = await open_source(request, req)
     try:
         return await body(st)
     except (ConnectionResetError, ConnectionError):
@@ -157,17 +150,15 @@ async def _with_stream(bus: Bus, mc: ModelConfig, req: ChatRequest, body: Callab
         return web.Response(status=499)
     finally:
         if not st.done:
-            bus.cancel(st)
+            st.cancel()
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    bus = request.app[BUS]
     req = anthropic.parse_messages(await read_body(request), request.headers)
-    mc = resolve(bus, req.model)
     want_thinking = req.thinking is not None and req.thinking.type != "disabled"
     msg_id = anthropic.new_message_id()
 
-    async def body(st: RequestStream) -> web.StreamResponse:
+    async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
             c = await collect(st)
             return _json(anthropic.message_body(c, req.model, msg_id, want_thinking))
@@ -182,19 +173,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
             head = enc.start(0, 0)
         return await _pump(request, st, head, first, enc.encode)
 
-    return await _with_stream(bus, mc, req, body)
+    return await _with_stream(request, req, body)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    bus = request.app[BUS]
     req = anthropic.parse_count_tokens(await read_body(request), request.headers)
-    mc = resolve(bus, req.model)
-    st = await bus.open(mc, req, count=True)
+    st = await open_source(request, req, count=True)
     try:
         batch = await st.next_batch()
     finally:
         if not st.done:
-            bus.cancel(st)
+            st.cancel()
     msg = batch[-1]
     if isinstance(msg, m.Failed):
         raise from_fail(msg.kind, msg.message)
@@ -204,12 +193,10 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    bus = request.app[BUS]
     req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers)
-    mc = resolve(bus, req.model)
     cid = openai_chat.new_completion_id()
 
-    async def body(st: RequestStream) -> web.StreamResponse:
+    async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
             c = await collect(st)
             return _json(openai_chat.completion_body(c, req.model, cid))
@@ -217,7 +204,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         enc = openai_chat.ChunkEncoder(req.model, cid, include_usage)
         return await _pump(request, st, enc.start(), first, enc.encode)
 
-    return await _with_stream(bus, mc, req, body)
+    return await _with_stream(request, req, body)
 
 
 def _model_names(bus: Bus) -> list[tuple[str, ModelConfig]]:

@@ -52,8 +52,18 @@ class WorkerRef:
 class RequestStream:
     """The messages of one request, in order, as the worker sends them."""
 
-    __slots__ = ("bus", "buf", "cancel_handle", "done", "expected_seq", "model",
-                 "rid", "t_cancel_ns", "waiter", "worker_id")
+    __slots__ = (
+        "buf",
+        "bus",
+        "cancel_handle",
+        "done",
+        "expected_seq",
+        "model",
+        "rid",
+        "t_cancel_ns",
+        "waiter",
+        "worker_id",
+    )
 
     def __init__(self, bus: Bus, rid: str, worker_id: str, model: str) -> None:
         self.bus = bus
@@ -72,6 +82,9 @@ class RequestStream:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+    def cancel(self) -> None:
+        self.bus.cancel(self)
 
     async def next_batch(self) -> list[m.StreamMsg]:
         """Every message received since the last call (at least one)."""

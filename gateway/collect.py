@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.bus import RequestStream
-from gateway.errors import ApiError, from_fail
+from gateway.errors import from_fail
+from gateway.routing import Source
 from protocol import messages as m
 from protocol.chat import Part, TextPart, ThinkingPart, ToolUsePart, Usage
 
@@ -72,7 +72,7 @@ def parse_tool_args(raw: str) -> dict[str, Any]:
     return val if isinstance(val, dict) else {"value": val}
 
 
-async def collect(st: RequestStream) -> Collected:
+async def collect(st: Source) -> Collected:
     """Wait for the whole answer; a failure raises the matching ApiError."""
     out = Collected()
     while True:

@@ -61,6 +61,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+CLI_PLUGINS = ("workers.models", "gateway.keys", "gateway.endpoints")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turnout", description="One local base URL for Claude Code and every Anthropic/OpenAI client.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     tok = sub.add_parser("token", help="print the API token (created on first use)")
     tok.set_defaults(func=cmd_token)
-    try:
-        from workers.models import register_cli
-    except ImportError:
-        pass
-    else:
-        register_cli(sub)
+    # Subcommands owned by other packages register themselves here.
+    import importlib
+
+    for mod in CLI_PLUGINS:
+        try:
+            plugin = importlib.import_module(mod)
+        except ImportError:
+            continue
+        plugin.register_cli(sub)
     return p
 
 

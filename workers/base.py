@@ -146,7 +146,7 @@ class IOThread(threading.Thread):
             max_concurrency=self.loop.backend.max_concurrency,
         )
 
-    def run(self) -> None:  # noqa: C901 - one poll loop, kept in one place on purpose
+    def run(self) -> None:
         enc = msgspec.msgpack.Encoder()
         dec_in = msgspec.msgpack.Decoder(m.ToWorker)
         ident = self.spec.id.encode()
@@ -210,7 +210,7 @@ class IOThread(threading.Thread):
                                 # a (re)subscribing gateway may be a restarted one
                                 self._ready_sent.discard(gid)
                                 gw_dealers[gid].send(enc.encode(self.hello()))
-                for gid, d in gw_dealers.items():
+                for d in gw_dealers.values():
                     if d in events:
                         while True:
                             try:
