@@ -1,0 +1,567 @@
+"""The ``llama_cpp`` backend: one GGUF model in this worker process, via llama-cpp-python.
+
+Roles:
+
+* :class:`LlamaBackend` loads the model with its context size pinned (``n_ctx``
+  fixed at load, so no request forces a reload), renders requests with
+  :mod:`workers.chat_templates`, and streams tokens through the parsers of
+  :mod:`workers.tool_calls`.
+* :class:`PromptCache` keeps KV-state checkpoints of earlier prompts (LRU, bounded
+  in bytes), so a conversation that comes back after another one ran, or a new
+  conversation that shares Claude Code's ~19k-token system+tools prefix, skips the
+  prefill of what it shares. The live KV cache is reused first when it can be.
+
+Prefill runs in ``n_batch`` chunks: between chunks the generator yields ``Ping``
+(the compute loop cannot send while we block) and checks for a cancel; inside a
+chunk an abort callback (``llama_set_abort_callback``) stops llama.cpp within a
+graph node when the request is cancelled, and sends heartbeats. Decoding checks the
+cancel flag before every token.
+
+Options (``[models.options]``, validated by :class:`LlamaOptions`): see its fields.
+"""
+
+from __future__ import annotations
+
+import os
+
+# OpenMP reads this once, when llama.cpp's library loads: spinning threads collapse
+# decode speed 5-8x when another process wants the same cores (MEASURED.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import codecs
+import ctypes
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import structlog
+
+from protocol import messages as m
+from protocol.chat import ChatRequest, Usage
+from workers import chat_templates as ct
+from workers import tool_calls as tc
+from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from workers.models import ModelError, gguf_info, resolve
+
+log = structlog.get_logger()
+
+ARGS_CHUNK = 64  # characters of tool-call JSON per ToolArgsDelta
+HEARTBEAT_EVERY_S = 0.25  # from the abort callback, during prefill
+
+
+class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """llama.cpp knobs for one model.
+
+    ``n_ctx``: context size (0: the worker's ``context_window``, else the GGUF's
+    training context capped at ``n_ctx_max``). ``n_threads``/``n_threads_batch``:
+    decode/prefill threads (0: all cores). ``swa_full``: keep a full-size KV cache
+    for sliding-window layers (Gemma 3): lets the live cache rewind anywhere, at ~2x
+    the RSS; without it, :class:`PromptCache` checkpoints give the same reuse.
+    ``cache_capacity_mb``: bytes of prompt checkpoints kept (0 disables).
+    ``checkpoint_every``: also checkpoint long prefills every N tokens (SWA models
+    only), so conversations that share a long prefix reuse it.
+    ``chat_format``/``tool_format``: override template detection.
+    ``seed``: sampling seed (-1: random). The rest are sampling defaults used when
+    the request does not set them."""
+
+    n_ctx: int = 0
+    n_ctx_max: int = 32768
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    n_batch: int = 512
+    n_ubatch: int = 512
+    swa_full: bool = False
+    flash_attn: bool = False
+    use_mlock: bool = False
+    cache_capacity_mb: int = 1024
+    checkpoint_every: int = 4096
+    chat_format: str = ""
+    tool_format: str = ""
+    seed: int = -1
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+
+
+# ---------------------------------------------------------------- prompt cache
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    tokens: np.ndarray  # the prompt tokens whose KV state this is
+    state: Any  # ctypes uint8 array from llama_state_seq_get_data
+    size: int
+
+
+class PromptCache:
+    """LRU of KV checkpoints, looked up by longest token prefix, bounded in bytes."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self.used = 0
+        self._entries: OrderedDict[int, _Checkpoint] = OrderedDict()
+        self._next = 0
+
+    def best(self, tokens: np.ndarray, limit: int) -> _Checkpoint | None:
+        """The longest checkpoint that is a prefix of ``tokens`` and no longer than
+        ``limit`` tokens (at least one prompt token must be left to evaluate)."""
+        best_key, best = None, None
+        for key, e in self._entries.items():
+            n = len(e.tokens)
+            if n <= limit and (best is None or n > len(best.tokens)) and np.array_equal(tokens[:n], e.tokens):
+                best_key, best = key, e
+        if best_key is not None:
+            self._entries.move_to_end(best_key)
+        return best
+
+    def has(self, tokens: np.ndarray) -> bool:
+        return any(len(e.tokens) == len(tokens) and np.array_equal(e.tokens, tokens) for e in self._entries.values())
+
+    def put(self, tokens: np.ndarray, state: Any, size: int) -> None:
+        if size > self.capacity:
+            return
+        while self.used + size > self.capacity and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self.used -= old.size
+        self._entries[self._next] = _Checkpoint(tokens.copy(), state, size)
+        self._next += 1
+        self.used += size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# ---------------------------------------------------------------- stop strings
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, holding back only what could begin one.
+
+    ``client`` stops (``req.stop``) end with ``stop_sequence``; ``turn`` stops (the
+    template's end-of-turn strings) end with ``end_turn``."""
+
+    def __init__(self, client: list[str], turn: list[str]) -> None:
+        self.client = [s for s in client if s]
+        self.turn = [s for s in turn if s and s not in self.client]
+        self._all = tuple(self.client + self.turn)
+        self._buf = ""
+
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """-> (text safe to emit, the stop string hit or None)."""
+        self._buf += text
+        hits = [(self._buf.find(s), s) for s in self._all if s in self._buf]
+        if hits:
+            i, s = min(hits)
+            out, self._buf = self._buf[:i], ""
+            return out, s
+        keep = tc._holdback(self._buf, self._all)
+        out = self._buf[: len(self._buf) - keep]
+        self._buf = self._buf[len(self._buf) - keep :]
+        return out, None
+
+    def flush(self) -> str:
+        out, self._buf = self._buf, ""
+        return out
+
+
+# ---------------------------------------------------------------- backend
+
+
+class LlamaBackend:
+    """See the module docstring. One request at a time (``max_concurrency = 1``):
+    llama.cpp's single KV sequence is the conversation being generated."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        try:
+            self.opts = msgspec.convert(spec.options, LlamaOptions)
+        except msgspec.ValidationError as e:
+            raise ModelLoadError(f"llama_cpp options: {e}") from None
+        self.spec = spec
+        self.models = [spec.model]
+        self.max_concurrency = 1
+        self.context_window = 0  # known after load()
+        self.llm: Any = None
+        self.template: ct.TemplateInfo | None = None
+        self.cache = PromptCache(self.opts.cache_capacity_mb << 20)
+        self._n_swa = 0
+        self._add_bos = True
+        self._bos_text = ""
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._abort_cb: Any = None
+        self._abort_ctx: GenContext | None = None
+        self._last_hb = 0.0
+        self._main = threading.get_ident()
+
+    # -- load
+
+    def load(self) -> None:
+        o = self.opts
+        try:
+            path = resolve(self.spec.path)
+            info = gguf_info(path)
+        except ModelError as e:
+            raise ModelLoadError(str(e)) from None
+        n_ctx = o.n_ctx or self.spec.context_window or min(info.context_length or 4096, o.n_ctx_max)
+        if info.context_length and n_ctx > info.context_length:
+            log.warning("n_ctx_capped", asked=n_ctx, trained=info.context_length)
+            n_ctx = info.context_length
+        threads = os.cpu_count() or 1
+        try:
+            from llama_cpp import Llama
+        except ImportError as e:
+            raise ModelLoadError(f"llama-cpp-python is not installed: {e} (pip install llama-cpp-python==0.3.36)") from None
+        t0 = time.monotonic()
+        try:
+            self.llm = Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_batch=o.n_batch,
+                n_ubatch=o.n_ubatch,
+                n_threads=o.n_threads or threads,
+                n_threads_batch=o.n_threads_batch or threads,
+                logits_all=False,  # logits only for the last token: halves prefill
+                swa_full=o.swa_full,
+                flash_attn=o.flash_attn,
+                use_mlock=o.use_mlock,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ModelLoadError(f"cannot load {path}: {e}") from None
+        import llama_cpp as lc
+
+        self._lc = lc
+        self.context_window = self.llm.n_ctx()
+        self._n_swa = 0 if o.swa_full else int(lc.llama_model_n_swa(self.llm.model))
+        vocab = lc.llama_model_get_vocab(self.llm.model)
+        self._vocab = vocab
+        self._add_bos = bool(lc.llama_vocab_get_add_bos(vocab))
+        bos, eos = self.llm.token_bos(), self.llm.token_eos()
+        self._bos_text = self._piece(bos) if bos >= 0 else ""
+        eos_text = self._piece(eos) if eos >= 0 else ""
+        self._stop_ids = set(info.stop_token_ids)
+        try:
+            self.template = ct.detect(
+                info.chat_template,
+                info.architecture,
+                bos_token=self._bos_text,
+                eos_token=eos_text,
+                chat_format=o.chat_format,
+                tool_format=o.tool_format,
+            )
+        except ValueError as e:
+            raise ModelLoadError(f"llama_cpp options: {e}") from None
+        # Kept referenced: llama.cpp holds a raw pointer to it. Installed only while a
+        # prefill runs (see _prefill): it is called once per graph node, which would
+        # cost a few percent of decode speed for nothing.
+        self._abort_cb = lc.ggml_abort_callback(self._on_abort_poll)
+        self._no_abort_cb = lc.ggml_abort_callback()  # NULL
+        log.info(
+            "model_loaded",
+            path=str(path),
+            n_ctx=self.context_window,
+            family=self.template.family,
+            tool_format=self.template.tool_format,
+            load_s=round(time.monotonic() - t0, 2),
+        )
+
+    # -- tokens
+
+    def _piece(self, token: int) -> str:
+        return self._piece_bytes(token).decode("utf-8", "replace")
+
+    def _piece_bytes(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:  # a piece longer than the buffer (rare): grow and retry
+            self._piece_buf = buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def _tokenize(self, prompt: str) -> list[int]:
+        # A template that writes the BOS text itself must not get a second BOS.
+        add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
+        return list(self.llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def _render(self, req: ChatRequest) -> ct.Rendered:
+        assert self.template is not None, "load() first"
+        try:
+            return ct.render(req, self.template)
+        except ct.TemplateError as e:
+            raise BackendError("invalid_request", f"the model's chat template refused the conversation: {e}") from None
+
+    def count_tokens(self, req: ChatRequest) -> int:
+        return len(self._tokenize(self._render(req).prompt))
+
+    # -- abort callback (called by llama.cpp from the thread running llama_decode)
+
+    def _on_abort_poll(self, _data: Any) -> bool:
+        ctx = self._abort_ctx
+        if ctx is None:
+            return False
+        now = time.monotonic()
+        if now - self._last_hb >= HEARTBEAT_EVERY_S and threading.get_ident() == self._main:
+            self._last_hb = now
+            ctx.heartbeat()  # the compute loop's own heartbeat, from its own thread
+        return ctx.cancelled()
+
+    # -- KV cache
+
+    def _reuse(self, tokens: np.ndarray) -> int:
+        """Bring the KV cache to the longest usable prefix of ``tokens``; return its
+        length (0: start from scratch)."""
+        llm, lc = self.llm, self._lc
+        limit = len(tokens) - 1  # the last prompt token is always evaluated (logits)
+        n_live = 0
+        if llm.n_tokens:
+            live = llm.input_ids[: min(llm.n_tokens, limit)]
+            diff = np.flatnonzero(live != tokens[: len(live)])
+            n_live = int(diff[0]) if diff.size else len(live)
+            if n_live < llm.n_tokens and self._n_swa:
+                # A sliding-window cache keeps only the last window of positions:
+                # rewinding is valid only if it still holds the window before n_live
+                # (the rule llama-server uses).
+                mem = lc.llama_get_memory(llm.ctx)
+                pos_min = lc.llama_memory_seq_pos_min(mem, 0)
+                if pos_min > max(0, n_live - self._n_swa):
+                    n_live = 0
+        ck = self.cache.best(tokens, limit) if self.cache.capacity else None
+        if ck is not None and len(ck.tokens) > n_live:
+            mem = lc.llama_get_memory(llm.ctx)
+            lc.llama_memory_clear(mem, True)
+            if lc.llama_state_seq_set_data(llm.ctx, ck.state, ck.size, 0) == ck.size:
+                n = len(ck.tokens)
+                llm.input_ids[:n] = ck.tokens
+                llm.n_tokens = n
+                return n
+            log.warning("checkpoint_restore_failed", tokens=len(ck.tokens))
+            lc.llama_memory_clear(mem, True)
+            llm.n_tokens = 0
+            return 0
+        if n_live == 0:
+            if llm.n_tokens:
+                lc.llama_memory_clear(lc.llama_get_memory(llm.ctx), True)
+                llm.n_tokens = 0
+            return 0
+        if n_live < llm.n_tokens:
+            if not llm._ctx.kv_cache_seq_rm(-1, n_live, -1):
+                lc.llama_memory_clear(lc.llama_get_memory(llm.ctx), True)
+                llm.n_tokens = 0
+                return 0
+            llm.n_tokens = n_live
+        return n_live
+
+    def _checkpoint(self) -> None:
+        """Save the KV state of the tokens evaluated so far."""
+        llm, lc = self.llm, self._lc
+        n = llm.n_tokens
+        tokens = llm.input_ids[:n]
+        if not self.cache.capacity or n == 0 or self.cache.has(tokens):
+            return
+        size = lc.llama_state_seq_get_size(llm.ctx, 0)
+        if size > self.cache.capacity:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        written = lc.llama_state_seq_get_data(llm.ctx, buf, size, 0)
+        if written:
+            self.cache.put(tokens, buf, int(written))
+
+    # -- generate
+
+    def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]:
+        llm = self.llm
+        rendered = self._render(req)
+        tokens = np.asarray(self._tokenize(rendered.prompt), dtype=np.intc)
+        n_prompt = len(tokens)
+        max_prompt = self.context_window - 1  # room for at least one output token
+        if n_prompt > max_prompt:
+            raise BackendError("context_overflow", f"prompt is too long: {n_prompt} tokens > {max_prompt} maximum")
+        grammar, forced = self._grammar(req, rendered)
+        n_cached = self._reuse(tokens)
+        # Anthropic usage: input_tokens excludes what was read from the cache.
+        usage = Usage(input_tokens=n_prompt - n_cached, cache_read_input_tokens=n_cached)
+        yield m.Started(request_id, 0, input_tokens=usage.input_tokens, cache_read_input_tokens=n_cached)
+
+        # ---- prefill, in chunks, cancellable inside a chunk
+        done = yield from self._prefill(request_id, tokens, ctx)
+        if not done:
+            yield m.Done(request_id, 0, "cancelled", usage)
+            return
+
+        # ---- decode
+        sampler = self._sampler(req, grammar)
+        try:
+            yield from self._decode(request_id, req, rendered, sampler, forced, n_prompt, usage, ctx)
+        finally:
+            sampler.close()
+
+    def _prefill(self, request_id: str, tokens: np.ndarray, ctx: GenContext) -> Iterator[GenItem]:
+        """Evaluate the prompt tokens not in the cache. Returns False if cancelled."""
+        llm = self.llm
+        n_batch = llm.n_batch
+        end = len(tokens) - 1  # checkpoint before the last token, then evaluate it
+        every = self.opts.checkpoint_every if self._n_swa else 0
+        self._abort_ctx = ctx
+        self._lc.llama_set_abort_callback(llm.ctx, self._abort_cb, None)
+        try:
+            while llm.n_tokens < len(tokens):
+                if ctx.cancelled():
+                    return False
+                start = llm.n_tokens
+                stop = min(start + n_batch, end) if start < end else len(tokens)
+                if every and start // every != stop // every and stop < end:
+                    stop = (stop // every) * every  # land on a checkpoint boundary
+                try:
+                    llm.eval(tokens[start:stop].tolist())
+                except RuntimeError:
+                    # llama_decode aborted (cancel) or failed: drop the partial batch
+                    llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+                    if ctx.cancelled():
+                        return False
+                    raise
+                if llm.n_tokens == end or (every and llm.n_tokens % every == 0 and llm.n_tokens < end):
+                    self._checkpoint()
+                if llm.n_tokens < len(tokens):
+                    yield m.Ping(request_id, 0)
+        finally:
+            self._lc.llama_set_abort_callback(llm.ctx, self._no_abort_cb, None)
+            self._abort_ctx = None
+        return True
+
+    def _grammar(self, req: ChatRequest, rendered: ct.Rendered) -> tuple[Any, bool]:
+        choice = req.tool_choice
+        if not rendered.tools_enabled or choice is None or choice.type not in ("any", "tool"):
+            return None, False
+        name = choice.name if choice.type == "tool" else ""
+        try:
+            return tc.tool_grammar(req.tools, name), True
+        except ValueError as e:
+            raise BackendError("invalid_request", f"tool_choice: {e}") from None
+        except Exception as e:  # a schema llama.cpp's converter cannot express
+            log.warning("tool_grammar_failed", error=repr(e))
+            return None, False
+
+    def _sampler(self, req: ChatRequest, grammar: Any) -> Any:
+        from llama_cpp._internals import LlamaSampler
+
+        o = self.opts
+        temp = o.temperature if req.temperature is None else req.temperature
+        top_p = o.top_p if req.top_p is None else req.top_p
+        top_k = o.top_k if req.top_k is None else req.top_k
+        seed = o.seed if o.seed >= 0 else self._lc.LLAMA_DEFAULT_SEED
+        s = LlamaSampler()
+        if o.repeat_penalty != 1.0:
+            s.add_penalties(self.llm.n_vocab(), 64, o.repeat_penalty, 0.0, 0.0)
+        if grammar is not None:
+            s.add_grammar(self.llm._model, grammar)
+        if temp <= 0:
+            s.add_greedy()
+        else:
+            s.add_top_k(top_k if top_k > 0 else self.llm.n_vocab())
+            s.add_top_p(top_p, 1)
+            s.add_min_p(o.min_p, 1)
+            s.add_temp(temp)
+            s.add_dist(seed)
+        return s
+
+    def _decode(
+        self,
+        request_id: str,
+        req: ChatRequest,
+        rendered: ct.Rendered,
+        sampler: Any,
+        forced: bool,
+        n_prompt: int,
+        usage: Usage,
+        ctx: GenContext,
+    ) -> Iterator[GenItem]:
+        llm, lc = self.llm, self._lc
+        budget = min(req.max_tokens, self.context_window - n_prompt)
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopMatcher(req.stop, rendered.stop)
+        thinking = req.thinking is not None and req.thinking.type != "disabled"
+        think = tc.ThinkSplitter(thinking, rendered.thinking_open)
+        parser = tc.ToolCallParser(
+            [t.name for t in req.tools] if rendered.tools_enabled else [],
+            enabled=rendered.tools_enabled,
+            forced=forced,
+        )
+        single_call = forced or bool(req.tool_choice and req.tool_choice.disable_parallel)
+        stop_reason: Any = "max_tokens"
+        stop_sequence = ""
+        n_out = 0
+        n_calls = 0
+
+        def convert(events: list[Any]) -> Iterator[m.StreamMsg]:
+            nonlocal n_calls
+            for ev in events:
+                if isinstance(ev, tc.Thinking):
+                    if ev.text:
+                        yield m.ThinkingDelta(request_id, 0, text=ev.text)
+                elif isinstance(ev, tc.Text):
+                    if ev.text:
+                        yield m.TextDelta(request_id, 0, ev.text)
+                else:
+                    yield m.ToolCallStart(request_id, 0, index=n_calls, id=ev.id, name=ev.name)
+                    for i in range(0, len(ev.arguments), ARGS_CHUNK):
+                        yield m.ToolArgsDelta(request_id, 0, index=n_calls, partial_json=ev.arguments[i : i + ARGS_CHUNK])
+                    n_calls += 1
+
+        def route(text: str) -> Iterator[m.StreamMsg]:
+            for part in think.feed(text):
+                if isinstance(part, tc.Thinking):
+                    yield from convert([part])
+                else:
+                    yield from convert(parser.feed(part.text))
+
+        while n_out < budget:
+            if ctx.cancelled():
+                stop_reason = "cancelled"
+                break
+            token = sampler.sample(llm._ctx, -1)
+            n_out += 1
+            if lc.llama_vocab_is_eog(self._vocab, token) or token in self._stop_ids:
+                stop_reason = "end_turn"
+                break
+            text = utf8.decode(self._piece_bytes(token))
+            emit, hit = stops.feed(text)
+            if emit:
+                yield from route(emit)
+            if hit is not None:
+                if hit in stops.client:
+                    stop_reason, stop_sequence = "stop_sequence", hit
+                else:
+                    stop_reason = "end_turn"
+                break
+            if single_call and n_calls:
+                stop_reason = "end_turn"
+                break
+            if llm.n_tokens >= self.context_window:
+                break
+            llm.eval([token])  # feed it back: the next token's logits
+        else:
+            stop_reason = "max_tokens"
+        # What was held back as a possible stop string's start never became one.
+        tail = stops.flush() + utf8.decode(b"", final=True)
+        if tail:
+            yield from route(tail)
+        for part in think.finish():
+            if isinstance(part, tc.Thinking):
+                yield from convert([part])
+            else:
+                yield from convert(parser.feed(part.text))
+        yield from convert(parser.finish())
+        if n_calls and stop_reason in ("end_turn", "stop_sequence"):
+            stop_reason = "tool_use"
+        usage.output_tokens = n_out
+        yield m.Done(request_id, 0, stop_reason, usage, stop_sequence=stop_sequence)
+
+
+def create(spec: WorkerSpec) -> LlamaBackend:
+    return LlamaBackend(spec)

