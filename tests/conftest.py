@@ -26,6 +26,9 @@ aliases = ["claude-*", "some-local-model", "settings-main-model", "local-model"]
 reply_tokens = 12
 """
 
+# The same, streaming max_tokens tokens 20 ms apart: for tests that act mid-stream.
+SLOW_CONFIG = FAKE_CONFIG.replace("reply_tokens = 12", "reply_tokens = 0\ntoken_delay_ms = 20")
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,10 +14,9 @@ import pytest
 import urllib3
 
 from supervisor.launch import TurnoutProcess
-from tests.conftest import FAKE_CONFIG
+from tests.conftest import FAKE_CONFIG, SLOW_CONFIG
 from tests.helpers import poll_until
 
-SLOW_CONFIG = FAKE_CONFIG.replace("reply_tokens = 12", "reply_tokens = 0\ntoken_delay_ms = 20")
 
 
 def client(t: TurnoutProcess) -> anthropic.Anthropic:

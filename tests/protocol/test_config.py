@@ -1,0 +1,73 @@
+"""Config file parsing and model resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from protocol.config import ConfigError, default_config, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_models_and_aliases(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+[server]
+port = 9999
+[[models]]
+name = "a"
+backend = "fake"
+aliases = ["alpha", "claude-*"]
+[[models]]
+name = "b"
+backend = "fake"
+aliases = ["claude-haiku-*"]
+"""))
+    assert cfg.server.port == 9999
+    assert cfg.resolve_model("a").name == "a"  # type: ignore[union-attr]
+    assert cfg.resolve_model("alpha").name == "a"  # type: ignore[union-attr]
+    assert cfg.resolve_model("claude-opus-4-8").name == "a"  # type: ignore[union-attr]
+    assert cfg.resolve_model("nothing") is None
+
+
+def test_exact_alias_beats_glob(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+[[models]]
+name = "a"
+backend = "fake"
+aliases = ["claude-*"]
+[[models]]
+name = "b"
+backend = "fake"
+aliases = ["claude-haiku-4-5"]
+"""))
+    assert cfg.resolve_model("claude-haiku-4-5").name == "b"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("[[models]]\nbackend = 'fake'\n", "name"),
+    ("[server]\nprot = 1\n", "prot"),
+    ("[[models]]\nname='a'\nbackend='fake'\n[[models]]\nname='a'\nbackend='fake'\n", "unique"),
+    ("[server\n", "TOML"),
+    ("[server]\nport = 'x'\n", "port"),
+])
+def test_bad_config_says_what(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, text))
+    assert needle in str(ei.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_default_config_serves_claude_ids() -> None:
+    cfg = default_config()
+    assert cfg.resolve_model("claude-opus-4-8") is not None
+    assert cfg.models[0].backend == "llama_cpp"
