@@ -18,7 +18,6 @@ from tests.conftest import FAKE_CONFIG, SLOW_CONFIG
 from tests.helpers import poll_until
 
 
-
 def client(t: TurnoutProcess) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=t.base_url, api_key=t.token, max_retries=0)
 
@@ -171,7 +170,7 @@ def test_stop_leaves_nothing_behind(turnout_factory, sig: int) -> None:  # type:
 
 def test_gateway_crash_is_restarted(turnout_factory) -> None:  # type: ignore[no-untyped-def]
     t = turnout_factory()
-    gw = [k for k in t.descendants() if "gateway.main" in " ".join(k.cmdline())][0]
+    gw = next(k for k in t.descendants() if "gateway.main" in " ".join(k.cmdline()))
     gw.kill()
     time.sleep(0.2)
     assert poll_until(lambda: _try(t), timeout=20) == "hello again hello"
