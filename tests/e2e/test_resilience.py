@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import time
 
 import anthropic
 import pytest
@@ -172,5 +171,5 @@ def test_gateway_crash_is_restarted(turnout_factory) -> None:  # type: ignore[no
     t = turnout_factory()
     gw = next(k for k in t.descendants() if "gateway.main" in " ".join(k.cmdline()))
     gw.kill()
-    time.sleep(0.2)
+    gw.wait(5)
     assert poll_until(lambda: _try(t), timeout=20) == "hello again hello"
