@@ -94,6 +94,12 @@ class ThinkSplitter:
                 if self.OPEN.startswith(stripped):
                     return out  # could still become <think>
                 self._state = "answer"
+            if self._state == "after_think":
+                # the newlines that separate thinking from the answer are not answer
+                self._buf = self._buf.lstrip("\n")
+                if not self._buf:
+                    return out
+                self._state = "answer"
             if self._state == "answer":
                 out.append(Text(self._buf))
                 self._buf = ""
@@ -103,8 +109,8 @@ class ThinkSplitter:
             if i >= 0:
                 if i and self.enabled:
                     out.append(Thinking(self._buf[:i]))
-                self._buf = self._buf[i + len(self.CLOSE) :].lstrip("\n")
-                self._state = "answer"
+                self._buf = self._buf[i + len(self.CLOSE) :]
+                self._state = "after_think"
                 continue
             keep = _holdback(self._buf, (self.CLOSE,))
             emit = self._buf[: len(self._buf) - keep]
@@ -169,7 +175,7 @@ def _as_call(obj: Any, known: set[str] | None) -> Call | None:
             break
     if isinstance(args, str):
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = json.loads(args, strict=False) if args.strip() else {}
         except ValueError:
             return None
     if not isinstance(args, dict):
@@ -197,7 +203,9 @@ def _calls_from(body: str, known: set[str] | None) -> list[Call] | None:
         if end is None:
             return None
         try:
-            value = json.loads(body[pos:end])
+            # strict=False: models (and grammar-constrained output) put raw tabs or
+            # control characters inside strings; re-encoding escapes them.
+            value = json.loads(body[pos:end], strict=False)
         except ValueError:
             return None
         for item in value if isinstance(value, list) else [value]:
@@ -381,17 +389,27 @@ class ToolCallParser:
 # ---------------------------------------------------------------- grammar
 
 
-# JSON-schema keywords llama.cpp's converter does not understand and that only
-# annotate (they never change which documents are valid for our purposes).
-_DROP = {"$schema", "$id", "title", "examples", "default", "deprecated", "readOnly", "writeOnly", "propertyNames"}
+# JSON-schema keywords that only annotate, which llama.cpp's converter rejects or
+# mishandles (a schema of only a description is "unrecognized"; `{}` is any object).
+_DROP = {"$schema", "$id", "$comment", "title", "description", "examples", "default", "deprecated", "readOnly", "writeOnly", "propertyNames"}
+_SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions"}
 
 
 def _clean_schema(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _clean_schema(v) for k, v in schema.items() if k not in _DROP}
+    """Drop annotation keywords; property names are data, never dropped."""
     if isinstance(schema, list):
         return [_clean_schema(v) for v in schema]
-    return schema
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in _DROP:
+            continue
+        if k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: _clean_schema(sub) for name, sub in v.items()}
+        else:
+            out[k] = _clean_schema(v)
+    return out
 
 
 def call_schema(tools: list[Tool], name: str = "") -> dict[str, Any]:

@@ -1,0 +1,317 @@
+"""The llama_cpp backend driven in-process, as the compute loop drives it, on a tiny
+random-weight GGUF (fast) and, for the few ``slow`` tests, the real default model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import StubCtx
+
+from protocol import messages as m
+from protocol.chat import ChatRequest, Message, TextPart, Tool, ToolChoice
+from workers.base import BackendError, ModelLoadError, WorkerSpec
+from workers.llama_cpp import LlamaBackend, create
+
+LONG = " ".join(f"item{i} is here." for i in range(120))  # ~1500 tokens on the tiny vocab
+
+
+def backend(path: Path | str, context_window: int = 0, **options: Any) -> LlamaBackend:
+    options.setdefault("seed", 7)
+    spec = WorkerSpec(
+        id="w1", backend="llama_cpp", model="tiny", runtime_dir="/tmp", gateway_ids=[],
+        path=str(path), context_window=context_window, options=options,
+    )
+    b = create(spec)
+    b.load()
+    return b
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_gguf: Path) -> LlamaBackend:
+    return backend(tiny_gguf)
+
+
+def request(text: str = "hello world", max_tokens: int = 24, **kw: Any) -> ChatRequest:
+    kw.setdefault("temperature", 0.0)
+    return ChatRequest(
+        model="tiny", max_tokens=max_tokens, system=[TextPart("You are terse.")],
+        messages=[Message("user", [TextPart(text)])], **kw,
+    )
+
+
+def run(b: LlamaBackend, req: ChatRequest, ctx: StubCtx | None = None) -> list[Any]:
+    return list(b.generate("req-1", req, ctx or StubCtx()))
+
+
+def text_of(msgs: list[Any]) -> str:
+    return "".join(x.text for x in msgs if isinstance(x, m.TextDelta))
+
+
+def test_stream_shape_and_usage(tiny: LlamaBackend) -> None:
+    req = request(max_tokens=12)
+    out = run(tiny, req)
+    assert isinstance(out[0], m.Started) and isinstance(out[-1], m.Done)
+    started, done = out[0], out[-1]
+    n = tiny.count_tokens(req)
+    assert started.input_tokens + started.cache_read_input_tokens == n
+    assert done.usage.input_tokens == started.input_tokens
+    assert done.usage.cache_read_input_tokens == started.cache_read_input_tokens
+    assert done.stop_reason in ("max_tokens", "end_turn")
+    if done.stop_reason == "max_tokens":
+        assert done.usage.output_tokens == 12
+    assert all(isinstance(x, m.Started | m.Ping | m.TextDelta | m.Done) for x in out)
+
+
+def test_second_turn_reuses_the_kv_cache_and_answers_the_same(tiny: LlamaBackend) -> None:
+    req = request("a question about caching")
+    first = run(tiny, req)
+    second = run(tiny, req)
+    n = tiny.count_tokens(req)
+    assert second[0].cache_read_input_tokens == n - 1  # all but the last prompt token
+    assert second[0].input_tokens == 1
+    assert text_of(second) == text_of(first)  # reuse must not change the answer
+
+
+def test_checkpoints_bring_back_an_earlier_conversation(tiny_gguf: Path) -> None:
+    b = backend(tiny_gguf)
+    a, other = request("conversation A " + LONG), request("conversation B is different")
+    fresh_a = text_of(run(b, a))
+    run(b, other)  # the live cache now holds B
+    again = run(b, a)
+    assert again[0].cache_read_input_tokens == b.count_tokens(a) - 1
+    assert text_of(again) == fresh_a
+    assert len(b.cache) >= 2
+
+
+def test_no_cache_without_capacity_still_reuses_live_prefix(tiny_gguf: Path) -> None:
+    b = backend(tiny_gguf, cache_capacity_mb=0)
+    req, other = request("x " + LONG), request("something else")
+    run(b, req)
+    run(b, other)
+    a = b._tokenize(b._render(req).prompt)
+    o = b._tokenize(b._render(other).prompt)
+    shared = next(i for i, (x, y) in enumerate(zip(a, o)) if x != y)
+    assert 0 < shared < 40  # the system prompt and the start of the user turn
+    assert run(b, req)[0].cache_read_input_tokens == shared
+    assert len(b.cache) == 0
+
+
+def test_count_tokens_uses_the_models_tokenizer(tiny: LlamaBackend) -> None:
+    req = request("hello world")
+    n = tiny.count_tokens(req)
+    prompt = tiny._render(req).prompt
+    assert n == len(tiny.llm.tokenize(prompt.encode(), add_bos=True, special=True))
+    assert n != len(prompt.split())
+
+
+def test_stop_sequence(tiny: LlamaBackend) -> None:
+    base = text_of(run(tiny, request(max_tokens=30)))
+    stop = base[8:10]
+    assert len(base) > 12, base
+    out = run(tiny, request(max_tokens=30, stop=[stop]))
+    done = out[-1]
+    assert done.stop_reason == "stop_sequence" and done.stop_sequence == stop
+    assert text_of(out) == base[: base.index(stop)]
+
+
+def test_context_overflow_is_raised_before_started(tiny_gguf: Path) -> None:
+    b = backend(tiny_gguf, context_window=256)
+    assert b.context_window == 256
+    req = request(LONG)
+    n = b.count_tokens(req)
+    gen = b.generate("r", req, StubCtx())
+    with pytest.raises(BackendError) as ei:
+        next(gen)
+    assert ei.value.kind == "context_overflow"
+    assert ei.value.message == f"prompt is too long: {n} tokens > 255 maximum"
+
+
+def test_output_is_capped_by_the_context_window(tiny_gguf: Path) -> None:
+    b = backend(tiny_gguf, context_window=256)
+    req = request("hi", max_tokens=1000, temperature=1.0)
+    n = b.count_tokens(req)
+    done = run(b, req)[-1]
+    assert done.usage.output_tokens <= 256 - n
+
+
+def test_cancel_during_decode(tiny: LlamaBackend) -> None:
+    ctx = StubCtx()
+    out = []
+    for x in tiny.generate("r", request(max_tokens=200), ctx):
+        out.append(x)
+        if sum(isinstance(y, m.TextDelta) for y in out) == 3:
+            ctx.cancel = True
+    assert out[-1].stop_reason == "cancelled"
+    assert out[-1].usage.output_tokens <= 4
+
+
+class CancelInsidePrefill(StubCtx):
+    """Cancelled on the first poll that comes from inside llama_decode (the abort
+    callback), i.e. in the middle of a prefill chunk."""
+
+    def __init__(self, backend: LlamaBackend) -> None:
+        super().__init__()
+        self.b = backend
+        self.in_decode_polls = 0
+
+    def cancelled(self) -> bool:
+        if self.b._abort_ctx is self and not self.cancel:
+            import inspect
+
+            if any(f.function == "_on_abort_poll" for f in inspect.stack()[1:3]):
+                self.in_decode_polls += 1
+                self.cancel = True
+        return super().cancelled()
+
+
+def test_cancel_interrupts_prefill_inside_a_chunk(tiny_gguf: Path) -> None:
+    b = backend(tiny_gguf, n_batch=2048, n_ubatch=2048)
+    req = request("cancel me " + LONG)
+    ctx = CancelInsidePrefill(b)
+    out = list(b.generate("r", req, ctx))
+    assert ctx.in_decode_polls == 1
+    assert [type(x) for x in out] == [m.Started, m.Done]  # no chunk completed, no token
+    assert out[-1].stop_reason == "cancelled"
+    assert b.llm.n_tokens == 0
+    # the model state is consistent afterwards: same answer as a fresh backend
+    assert text_of(run(b, req)) == text_of(run(backend(tiny_gguf), req))
+
+
+def test_pings_and_heartbeats_during_a_chunked_prefill(tiny_gguf: Path) -> None:
+    b = backend(tiny_gguf, n_batch=64, n_ubatch=64)
+    req = request(LONG, max_tokens=2)
+    ctx = StubCtx()
+    t = time.monotonic()
+    out = run(b, req, ctx)
+    n = b.count_tokens(req)
+    pings = sum(isinstance(x, m.Ping) for x in out)
+    assert pings >= n // 64 - 1
+    assert isinstance(out[0], m.Started) and isinstance(out[1], m.Ping)
+    assert ctx.polls >= pings  # cancel is checked at every chunk
+    assert time.monotonic() - t < 30
+
+
+SCHEMA_TOOL = Tool(
+    name="Bash",
+    description="Run a command",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "command": {"type": "string", "maxLength": 12},
+            "count": {"type": "integer"},
+        },
+        "required": ["command", "count"],
+        "additionalProperties": False,
+    },
+)
+OTHER_TOOL = Tool(name="Greet", input_schema={"type": "object", "properties": {"who": {"enum": ["héllo wörld", "ünïcode ✓"]}}, "required": ["who"]})
+
+
+def calls_of(out: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    names = {x.index: x.name for x in out if isinstance(x, m.ToolCallStart)}
+    args: dict[int, str] = {}
+    for x in out:
+        if isinstance(x, m.ToolArgsDelta):
+            args[x.index] = args.get(x.index, "") + x.partial_json
+    return [(names[i], json.loads(args[i])) for i in sorted(names)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_forced_tool_call_is_valid_json_against_the_schema(tiny_gguf: Path, seed: int) -> None:
+    b = backend(tiny_gguf, seed=seed)
+    req = request("run it", max_tokens=200, temperature=1.0, tools=[SCHEMA_TOOL, OTHER_TOOL],
+                  tool_choice=ToolChoice(type="tool", name="Bash"))
+    out = run(b, req)
+    calls = calls_of(out)
+    assert len(calls) == 1 and calls[0][0] == "Bash"
+    args = calls[0][1]
+    assert set(args) == {"command", "count"}
+    # (random weights write random bytes: maxLength counts code points, and
+    # undecodable bytes come back as U+FFFD, so the length is not checked here)
+    assert isinstance(args["command"], str)
+    assert isinstance(args["count"], int)
+    assert out[-1].stop_reason == "tool_use"
+    assert not [x for x in out if isinstance(x, m.TextDelta) and x.text.strip()]
+
+
+def test_tool_choice_any_picks_one_of_the_tools_and_keeps_utf8_whole(tiny_gguf: Path) -> None:
+    b = backend(tiny_gguf, seed=5)
+    req = request("greet", max_tokens=200, temperature=1.0, tools=[OTHER_TOOL], tool_choice=ToolChoice(type="any"))
+    out = run(b, req)
+    (name, args), = calls_of(out)
+    assert name == "Greet" and args["who"] in ("héllo wörld", "ünïcode ✓")  # multi-byte split over byte tokens
+    assert out[-1].stop_reason == "tool_use"
+
+
+def test_forcing_an_unknown_tool_is_a_bad_request(tiny: LlamaBackend) -> None:
+    req = request(tools=[SCHEMA_TOOL], tool_choice=ToolChoice(type="tool", name="Nope"))
+    with pytest.raises(BackendError) as ei:
+        next(tiny.generate("r", req, StubCtx()))
+    assert ei.value.kind == "invalid_request"
+
+
+def test_bad_model_path_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no such model file"):
+        backend(tmp_path / "missing.gguf")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ModelLoadError):
+        backend(junk)
+
+
+def test_unknown_option_is_a_load_error(tiny_gguf: Path) -> None:
+    with pytest.raises(ModelLoadError, match="n_thread"):
+        create(WorkerSpec(id="w", backend="llama_cpp", model="t", runtime_dir="/tmp", gateway_ids=[],
+                          path=str(tiny_gguf), options={"n_thread": 2}))
+
+
+def test_context_window_is_pinned_from_gguf_and_option(tiny_gguf: Path) -> None:
+    assert backend(tiny_gguf).context_window == 2048
+    assert backend(tiny_gguf, n_ctx=512).context_window == 512
+    assert backend(tiny_gguf, context_window=99999).context_window == 2048  # capped at training ctx
+
+
+# ---------------------------------------------------------------- real default model
+
+
+@pytest.fixture(scope="module")
+def gemma(default_model: Path) -> LlamaBackend:
+    return backend("", n_ctx=8192)  # empty path: the default model
+
+
+@pytest.mark.slow
+def test_default_model_second_turn_reuses_the_prefix(gemma: LlamaBackend) -> None:
+    """Gemma 3 has sliding-window layers: the live cache cannot rewind, so the
+    second turn comes back through a checkpoint; its answer must match a cold run."""
+    turn1 = request("Tell me about cats. " + " ".join(f"Fact {i}: cats are nice." for i in range(150)), max_tokens=16)
+    out1 = run(gemma, turn1)
+    reply = text_of(out1)
+    turn2 = ChatRequest(model="m", max_tokens=16, temperature=0.0, system=turn1.system, messages=[
+        *turn1.messages, Message("assistant", [TextPart(reply)]), Message("user", [TextPart("And dogs?")])])
+    t = time.monotonic()
+    out2 = run(gemma, turn2)
+    warm = time.monotonic() - t
+    n1 = gemma.count_tokens(turn1)
+    assert out2[0].cache_read_input_tokens >= n1 - 1
+    cold = backend("", n_ctx=8192)
+    t = time.monotonic()
+    assert text_of(run(cold, turn2)) == text_of(out2)
+    assert warm < (time.monotonic() - t) * 0.5
+
+
+@pytest.mark.slow
+def test_default_model_forced_tool_call_on_claude_code_request(gemma: LlamaBackend) -> None:
+    from conftest import claude_code_request
+
+    req = claude_code_request("03-tool-bash-request-2.json")
+    req.tools = [t for t in req.tools if t.name == "Bash"]  # keep the prompt ~3k tokens
+    req.tool_choice = ToolChoice(type="tool", name="Bash")
+    req.max_tokens = 120
+    out = run(gemma, req)
+    (name, args), = calls_of(out)
+    assert name == "Bash" and isinstance(args.get("command"), str)
+    assert out[-1].stop_reason == "tool_use"
