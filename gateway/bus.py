@@ -143,7 +143,7 @@ class Bus:
         self.events.setsockopt(zmq.SUBSCRIBE, m.EVENTS_TOPIC)
         for sock, fn in ((self.router, self._drain_router), (self.sub, self._drain_streams),
                          (self.sup, self._drain_sup), (self.events, self._drain_events)):
-            loop.add_reader(sock.getsockopt(zmq.FD), fn)
+            loop.add_reader(int(sock.getsockopt(zmq.FD)), fn)
             loop.call_soon(fn)  # edge-triggered: pick up anything already queued
         self._send_sup(m.Hello(role="gateway", id=self.gateway_id, pid=os.getpid()))
 
@@ -151,7 +151,7 @@ class Bus:
         loop = asyncio.get_running_loop()
         for sock in (self.router, self.sub, self.sup, self.events):
             try:
-                loop.remove_reader(sock.getsockopt(zmq.FD))
+                loop.remove_reader(int(sock.getsockopt(zmq.FD)))
             except Exception:
                 pass
             sock.close(0)

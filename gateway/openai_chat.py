@@ -162,8 +162,8 @@ def parse_chat(body: bytes, headers: Any = None) -> tuple[ChatRequest, bool]:
             content = _parts(om.content)
             if om.reasoning_content:
                 content.insert(0, ThinkingPart(om.reasoning_content))
-            for tc in om.tool_calls or []:
-                content.append(ToolUsePart(tc.id, tc.function.name, parse_tool_args(tc.function.arguments)))
+            for call in om.tool_calls or []:
+                content.append(ToolUsePart(call.id, call.function.name, parse_tool_args(call.function.arguments)))
             msgs.append(Message("assistant", content))
         else:  # tool
             if not om.tool_call_id:

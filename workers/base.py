@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,7 +100,7 @@ class Backend(Protocol):
 
     def count_tokens(self, req: ChatRequest) -> int: ...
 
-    def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]: ...
+    def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Generator[GenItem, None, None]: ...
 
 
 class WorkerSpec(msgspec.Struct):
@@ -258,7 +258,7 @@ class _Slot:
     due_ns: int
     order: int
     request_id: str = field(compare=False)
-    gen: Iterator[GenItem] = field(compare=False)
+    gen: Generator[GenItem, None, None] = field(compare=False)
     topic: bytes = field(compare=False)
     seq: int = field(compare=False, default=0)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import msgspec
@@ -71,7 +71,7 @@ class FakeBackend:
     def count_tokens(self, req: ChatRequest) -> int:
         return count_words(all_text(req))
 
-    def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]:
+    def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Generator[GenItem, None, None]:
         o = self.opts
         text = last_user_text(req)
         crash_at, hang_at, grow_mb = o.crash_after_tokens, o.hang_after_tokens, o.grow_mb_per_token
