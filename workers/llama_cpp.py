@@ -375,7 +375,6 @@ class LlamaBackend:
     # -- generate
 
     def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]:
-        llm = self.llm
         rendered = self._render(req)
         tokens = np.asarray(self._tokenize(rendered.prompt), dtype=np.intc)
         n_prompt = len(tokens)

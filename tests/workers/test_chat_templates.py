@@ -8,7 +8,15 @@ import json
 import pytest
 from conftest import claude_code_request
 
-from protocol.chat import ChatRequest, Message, TextPart, Tool, ToolChoice, ToolResultPart, ToolUsePart
+from protocol.chat import (
+    ChatRequest,
+    Message,
+    TextPart,
+    Tool,
+    ToolChoice,
+    ToolResultPart,
+    ToolUsePart,
+)
 from workers import chat_templates as ct
 
 CHATML_JINJA = (

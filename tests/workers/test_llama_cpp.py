@@ -94,7 +94,7 @@ def test_no_cache_without_capacity_still_reuses_live_prefix(tiny_gguf: Path) -> 
     run(b, other)
     a = b._tokenize(b._render(req).prompt)
     o = b._tokenize(b._render(other).prompt)
-    shared = next(i for i, (x, y) in enumerate(zip(a, o)) if x != y)
+    shared = next(i for i, (x, y) in enumerate(zip(a, o, strict=False)) if x != y)
     assert 0 < shared < 40  # the system prompt and the start of the user turn
     assert run(b, req)[0].cache_read_input_tokens == shared
     assert len(b.cache) == 0

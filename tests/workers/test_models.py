@@ -9,6 +9,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -84,8 +85,9 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     """Serves ``/{org}/{repo}/resolve/{revision}/{filename}`` (HEAD and GET) with the
     headers huggingface_hub checks: X-Repo-Commit, ETag, Content-Length."""
 
-    files: dict[str, bytes] = {}  # set per server in the fixture (a subclass)
-    seen: list[tuple[str, str]] = []
+    # set per server by the fixture, on a fresh subclass (never shared between tests)
+    files: ClassVar[dict[str, bytes]] = {}
+    seen: ClassVar[list[tuple[str, str]]] = []
 
     def _find(self) -> bytes | None:
         self.seen.append((self.command, self.path))
@@ -153,7 +155,7 @@ def test_pull_downloads_registers_and_removes(hub: type[HubHandler], tiny_gguf: 
 
 
 def test_pull_of_a_missing_file_says_so(hub: type[HubHandler]) -> None:
-    with pytest.raises(models.ModelError, match="cannot pull hf://acme/tiny-GGUF/nope.gguf"):
+    with pytest.raises(models.ModelError, match=r"cannot pull hf://acme/tiny-GGUF/nope\.gguf"):
         models.pull("hf://acme/tiny-GGUF/nope.gguf", progress=False)
 
 

@@ -184,6 +184,7 @@ def test_unknown_forced_tool_is_an_error() -> None:
 
 def test_grammar_builds_for_every_claude_code_tool() -> None:
     from conftest import fixture_body
+
     from protocol.chat import Tool as T
 
     body = fixture_body("01-print-hello-request-2.json")

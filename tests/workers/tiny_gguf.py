@@ -49,7 +49,7 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
             tokens.append(p)
             types.append(TokenType.NORMAL)
     # SPM merges by score: longer pieces score higher so words stay whole.
-    scores = [0.0 if t != TokenType.NORMAL else float(len(tok)) - 10.0 for tok, t in zip(tokens, types)]
+    scores = [0.0 if t != TokenType.NORMAL else float(len(tok)) - 10.0 for tok, t in zip(tokens, types, strict=True)]
     return tokens, scores, [int(t) for t in types]
 
 
