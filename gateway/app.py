@@ -215,7 +215,14 @@ def _model_names(bus: Bus) -> list[tuple[str, ModelConfig]]:
     return out
 
 
-def _model_entry(name: str, mc: ModelConfig, anthropic_shape: bool, created: float) -> dict[str, Any]:
+def context_window(bus: Bus, mc: ModelConfig) -> int:
+    """The configured window, else what the model's workers loaded it with."""
+    if mc.context_window:
+        return mc.context_window
+    return max((w.context_window for w in bus.workers.values() if mc.name in w.models), default=0)
+
+
+def _model_entry(name: str, mc: ModelConfig, anthropic_shape: bool, created: float, window: int) -> dict[str, Any]:
     if anthropic_shape:
         entry: dict[str, Any] = {
             "type": "model", "id": name, "display_name": name if name == mc.name else f"{name} → {mc.name}",
@@ -224,8 +231,8 @@ def _model_entry(name: str, mc: ModelConfig, anthropic_shape: bool, created: flo
     else:
         entry = {"id": name, "object": "model", "created": int(created), "owned_by": "turnout"}
     entry["backend"] = mc.backend
-    if mc.context_window:
-        entry["context_window"] = mc.context_window
+    if window:
+        entry["context_window"] = window
     return entry
 
 
@@ -233,7 +240,7 @@ async def list_models(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
     created = request.app[STARTED_AT]
     a = "anthropic-version" in request.headers
-    data = [_model_entry(n, mc, a, created) for n, mc in _model_names(bus)]
+    data = [_model_entry(n, mc, a, created, context_window(bus, mc)) for n, mc in _model_names(bus)]
     if a:
         return _json({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                       "last_id": data[-1]["id"] if data else None})
@@ -244,7 +251,8 @@ async def get_model(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
     name = request.match_info["model_id"]
     mc = resolve(bus, name)
-    return _json(_model_entry(name, mc, "anthropic-version" in request.headers, request.app[STARTED_AT]))
+    return _json(_model_entry(name, mc, "anthropic-version" in request.headers, request.app[STARTED_AT],
+                              context_window(bus, mc)))
 
 
 async def head_root(request: web.Request) -> web.StreamResponse:

@@ -47,6 +47,7 @@ class WorkerRef:
     max_concurrency: int
     ready: bool = False
     in_flight: set[str] = field(default_factory=set)
+    context_window: int = 0
 
 
 class RequestStream:
@@ -195,6 +196,7 @@ class Bus:
                 w = self.workers.get(wid)
                 if w is not None and not w.ready:
                     w.ready = True
+                    w.context_window = msg.context_window
                     log.info("worker_ready", worker=wid, pid=w.pid)
                     self._notify()
 

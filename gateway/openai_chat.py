@@ -215,10 +215,12 @@ def new_completion_id() -> str:
 
 
 def _usage(u: Any) -> dict[str, Any]:
+    # Anthropic's input_tokens excludes cache reads; OpenAI's prompt_tokens includes them.
+    prompt = u.input_tokens + u.cache_read_input_tokens
     return {
-        "prompt_tokens": u.input_tokens,
+        "prompt_tokens": prompt,
         "completion_tokens": u.output_tokens,
-        "total_tokens": u.input_tokens + u.output_tokens,
+        "total_tokens": prompt + u.output_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
     }
 

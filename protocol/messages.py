@@ -164,6 +164,7 @@ class Ready(_Msg, tag="ready"):
 
     id: str
     port: int = 0  # gateway: the HTTP port it listens on
+    context_window: int = 0  # workers: the context size the model was loaded with
 
 
 class Heartbeat(_Msg, tag="hb"):

@@ -41,6 +41,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         cfg.server.host = args.host
     if args.port is not None:
         cfg.server.port = args.port
+    if any(mc.backend == "llama_cpp" and not mc.path for mc in cfg.models):
+        # Assemble the bundled default model here, so its progress bar shows in the
+        # user's terminal before any worker starts (the worker would do it otherwise).
+        from workers.models import ensure_default_model
+
+        ensure_default_model()
     try:
         load_or_create_token()  # once, before the gateway starts: no race to create it
     except RuntimeError as e:

@@ -239,11 +239,11 @@ class IOThread(threading.Thread):
                             break
                 loaded = self.loaded.is_set()
                 if loaded and not was_loaded:
-                    sup.send(enc.encode(m.Ready(id=self.spec.id)))
+                    sup.send(enc.encode(m.Ready(id=self.spec.id, context_window=self.loop.context_window())))
                     was_loaded = True
                 if loaded:
                     for gid in subscribed - self._ready_sent:
-                        gw_dealers[gid].send(enc.encode(m.Ready(id=self.spec.id)))
+                        gw_dealers[gid].send(enc.encode(m.Ready(id=self.spec.id, context_window=self.loop.context_window())))
                         self._ready_sent.add(gid)
         finally:
             for s in [pull, sup, xpub, *gw_dealers.values()]:
@@ -282,6 +282,10 @@ class ComputeLoop:
         self._active: list[_Slot] = []  # heap by due time
         self._order = 0
         self.last_step_ns = time.monotonic_ns()
+
+    def context_window(self) -> int:
+        """The window the backend pinned at load (0 when it has none)."""
+        return int(getattr(self.backend, "context_window", 0) or 0)
 
     # -- output
 
