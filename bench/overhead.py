@@ -24,7 +24,6 @@ import asyncio
 import json
 import platform
 import socket
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from bench.stats import pct, summary
 from protocol.chat import ChatRequest, Message, TextPart
 from supervisor.launch import TurnoutProcess
 from workers.base import Pause, WorkerSpec
@@ -57,18 +57,6 @@ token_delay_ms = 5
 """
 
 _dec = msgspec.json.Decoder()
-
-
-def pct(xs: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
-    return s[k]
-
-
-def summary(xs: list[float]) -> dict[str, float]:
-    return {"n": len(xs), "p50": round(pct(xs, 50), 4), "p95": round(pct(xs, 95), 4),
-            "p99": round(pct(xs, 99), 4), "mean": round(statistics.fmean(xs), 4)}
 
 
 def body(prompt: str, max_tokens: int, model: str = "fake") -> bytes:

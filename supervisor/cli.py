@@ -67,7 +67,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-CLI_PLUGINS = ("workers.models", "gateway.keys", "gateway.endpoints")
+CLI_PLUGINS = ("workers.models", "gateway.keys", "gateway.endpoints", "bench.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

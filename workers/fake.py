@@ -60,6 +60,7 @@ class FakeBackend:
             raise ModelLoadError(f"fake backend options: {e}") from None
         self.models = [spec.model]
         self.max_concurrency = self.opts.max_concurrency
+        self.context_window = self.opts.context_window
         self._hoard: list[bytearray] = []
 
     def load(self) -> None:

@@ -10,10 +10,7 @@ import pytest
 import urllib3
 
 from supervisor.launch import TurnoutProcess
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "claude-code"
-if not FIXTURES.exists():  # a checkout with shared/ beside it, as CI has
-    FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "claude-code"
+from tests.helpers import FIXTURES
 
 
 def client(t: TurnoutProcess, **kw: object) -> anthropic.Anthropic:

@@ -11,8 +11,7 @@ from gateway import anthropic as a
 from gateway.errors import ApiError
 from protocol import messages as m
 from protocol.chat import TextPart, ThinkingPart, ToolResultPart, ToolUsePart, Usage
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "claude-code"
+from tests.helpers import FIXTURES
 
 
 def _posts() -> list[Path]:

@@ -1,0 +1,297 @@
+"""What a benchmark talks to: a turnout endpoint (by model name), an
+OpenAI-compatible server (a peer such as llama_cpp.server, Ollama, vLLM), or
+llama-cpp-python called in-process (the floor for local inference).
+
+Every target answers ``run(request)`` with a :class:`StreamResult` measured the same
+way: time to the first output token, total time, tokens out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from bench.prompts import BenchRequest
+
+_dec = msgspec.json.Decoder()
+
+
+@dataclass
+class StreamResult:
+    ttft_s: float | None
+    total_s: float
+    output_tokens: int
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    text: str = ""
+    error: str = ""
+
+    @property
+    def decode_tps(self) -> float | None:
+        """Tokens per second after the first one."""
+        if self.ttft_s is None or self.output_tokens < 2 or self.total_s <= self.ttft_s:
+            return None
+        return (self.output_tokens - 1) / (self.total_s - self.ttft_s)
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes, bytes]]:
+    """(event, data) pairs of a server-sent-event stream; event is b"" when unnamed."""
+    buf = b""
+    async for chunk in resp.content.iter_any():
+        buf += chunk.replace(b"\r\n", b"\n")
+        while True:
+            i = buf.find(b"\n\n")
+            if i < 0:
+                break
+            raw, buf = buf[:i], buf[i + 2:]
+            ev, data = b"", b""
+            for line in raw.split(b"\n"):
+                if line.startswith(b"event: "):
+                    ev = line[7:]
+                elif line.startswith(b"data: "):
+                    data = line[6:]
+            yield ev, data
+
+
+class Target:
+    """Options: name (shown in reports), context_window (0: unknown)."""
+
+    kind = "base"
+
+    def __init__(self, name: str, context_window: int = 0) -> None:
+        self.name = name
+        self.context_window = context_window
+
+    async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
+        raise NotImplementedError
+
+    async def count_tokens(self, req: BenchRequest) -> int | None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
+class TurnoutTarget(Target):
+    """A model served by turnout, through ``POST /v1/messages`` (stream)."""
+
+    kind = "turnout"
+
+    def __init__(self, name: str, base_url: str, token: str, model: str, context_window: int = 0) -> None:
+        super().__init__(name, context_window)
+        self.url = base_url.rstrip("/")
+        self.model = model
+        self.headers = {"x-api-key": token, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800))
+
+    async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
+        t0 = time.perf_counter()
+        ttft: float | None = None
+        n, text, usage_in, cache_read = 0, [], 0, 0
+        async with self.session.post(self.url + "/v1/messages", data=json.dumps(req.body(self.model)),
+                                     headers=self.headers) as resp:
+            if resp.status != 200:
+                body = await resp.text()
+                return StreamResult(None, time.perf_counter() - t0, 0, error=f"HTTP {resp.status}: {body[:300]}")
+            async for ev, data in sse_events(resp):
+                if ev == b"content_block_delta":
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    n += 1
+                    d = _dec.decode(data)["delta"]
+                    text.append(d.get("text") or d.get("partial_json") or "")
+                    if cancel_after is not None and n >= cancel_after:
+                        resp.close()  # the client goes away mid-stream
+                        break
+                elif ev == b"message_start":
+                    u = _dec.decode(data)["message"]["usage"]
+                    usage_in, cache_read = u.get("input_tokens", 0), u.get("cache_read_input_tokens", 0)
+                elif ev == b"message_delta":
+                    n = max(n, _dec.decode(data)["usage"].get("output_tokens", n))
+                elif ev == b"error":
+                    return StreamResult(ttft, time.perf_counter() - t0, n, error=data.decode()[:300])
+                elif ev == b"message_stop":
+                    break
+        return StreamResult(ttft, time.perf_counter() - t0, n, usage_in, cache_read, "".join(text))
+
+    async def count_tokens(self, req: BenchRequest) -> int | None:
+        body = req.body(self.model)
+        for k in ("max_tokens", "stream", "temperature"):
+            body.pop(k, None)
+        async with self.session.post(self.url + "/v1/messages/count_tokens", data=json.dumps(body),
+                                     headers=self.headers) as resp:
+            if resp.status != 200:
+                return None
+            return int((await resp.json())["input_tokens"])
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class CompletionsTarget(Target):
+    """An OpenAI-compatible server fed the exact prompt text turnout's template
+    renders, through ``/v1/completions`` (so the comparison is like for like)."""
+
+    kind = "openai_completions"
+
+    def __init__(self, name: str, base_url: str, model: str, render: Any, api_key: str = "none",
+                 context_window: int = 0) -> None:
+        super().__init__(name, context_window)
+        self.url = base_url.rstrip("/")
+        self.model = model
+        self.render = render  # BenchRequest -> prompt text
+        self.headers = {"Authorization": f"Bearer {api_key}", "content-type": "application/json"}
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800))
+
+    async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
+        body = {"model": self.model, "prompt": self.render(req), "max_tokens": req.max_tokens,
+                "stream": True, "temperature": 0}
+        t0 = time.perf_counter()
+        ttft: float | None = None
+        n, text = 0, []
+        async with self.session.post(self.url + "/v1/completions", data=json.dumps(body), headers=self.headers) as resp:
+            if resp.status != 200:
+                return StreamResult(None, time.perf_counter() - t0, 0, error=f"HTTP {resp.status}: {(await resp.text())[:300]}")
+            async for _ev, data in sse_events(resp):
+                if data == b"[DONE]":
+                    break
+                piece = _dec.decode(data)["choices"][0].get("text", "")
+                if piece:
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    n += 1
+                    text.append(piece)
+                    if cancel_after is not None and n >= cancel_after:
+                        resp.close()
+                        break
+        return StreamResult(ttft, time.perf_counter() - t0, n, text="".join(text))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class InProcessLlamaTarget(Target):
+    """llama-cpp-python in this process, on the prompt turnout's template renders:
+    the floor any server of the same model can reach."""
+
+    kind = "inprocess"
+
+    def __init__(self, name: str, backend: Any) -> None:
+        super().__init__(name, int(getattr(backend, "context_window", 0)))
+        self.backend = backend  # a loaded workers.llama_cpp.LlamaBackend (template, tokenizer, Llama)
+        self.lock = threading.Lock()
+
+    def render(self, req: BenchRequest) -> str:
+        from gateway.anthropic import parse_messages
+
+        chat = parse_messages(json.dumps(req.body("x")).encode(), {})
+        return str(self.backend._render(chat).prompt)
+
+    def _run_sync(self, req: BenchRequest, cancel_after: int | None) -> StreamResult:
+        with self.lock:
+            prompt = self.render(req)
+            tokens = self.backend._tokenize(prompt)
+            t0 = time.perf_counter()
+            ttft: float | None = None
+            n, text = 0, []
+            it = self.backend.llm.create_completion(tokens, max_tokens=req.max_tokens, stream=True, temperature=0)
+            for chunk in it:
+                piece = chunk["choices"][0]["text"]
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                n += 1
+                text.append(piece)
+                if cancel_after is not None and n >= cancel_after:
+                    it.close()
+                    break
+            return StreamResult(ttft, time.perf_counter() - t0, n, len(tokens), text="".join(text))
+
+    async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
+        return await asyncio.to_thread(self._run_sync, req, cancel_after)
+
+    async def count_tokens(self, req: BenchRequest) -> int | None:
+        return len(self.backend._tokenize(self.render(req)))
+
+
+def to_openai_chat(req: BenchRequest, model: str) -> dict[str, Any]:
+    """The same conversation in OpenAI Chat Completions' shape."""
+    msgs: list[dict[str, Any]] = []
+    if req.system:
+        msgs.append({"role": "system", "content": "\n".join(b["text"] for b in req.system)})
+    for m in req.messages:
+        c = m["content"]
+        if isinstance(c, str):
+            msgs.append({"role": m["role"], "content": c})
+            continue
+        texts = [b["text"] for b in c if b["type"] == "text"]
+        calls = [b for b in c if b["type"] == "tool_use"]
+        results = [b for b in c if b["type"] == "tool_result"]
+        for r in results:
+            msgs.append({"role": "tool", "tool_call_id": r["tool_use_id"], "content": r["content"]})
+        if m["role"] == "assistant":
+            out: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts) or None}
+            if calls:
+                out["tool_calls"] = [{"id": b["id"], "type": "function",
+                                      "function": {"name": b["name"], "arguments": json.dumps(b["input"])}} for b in calls]
+            msgs.append(out)
+        elif texts:
+            msgs.append({"role": "user", "content": "\n".join(texts)})
+    body: dict[str, Any] = {"model": model, "messages": msgs, "max_tokens": req.max_tokens, "stream": True,
+                            "temperature": 0}
+    if req.tools:
+        body["tools"] = [{"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
+                                                           "parameters": t.get("input_schema", {})}} for t in req.tools]
+    return body
+
+
+class ChatTarget(Target):
+    """Any OpenAI-compatible server (Ollama, LM Studio, vLLM, llama-server) through
+    ``/v1/chat/completions`` with its own chat template."""
+
+    kind = "openai_chat"
+
+    def __init__(self, name: str, base_url: str, model: str, api_key: str = "none", context_window: int = 0) -> None:
+        super().__init__(name, context_window)
+        self.url = base_url.rstrip("/")
+        self.model = model
+        self.headers = {"Authorization": f"Bearer {api_key}", "content-type": "application/json"}
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800))
+
+    async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
+        t0 = time.perf_counter()
+        ttft: float | None = None
+        n, text = 0, []
+        async with self.session.post(self.url + "/v1/chat/completions", data=json.dumps(to_openai_chat(req, self.model)),
+                                     headers=self.headers) as resp:
+            if resp.status != 200:
+                return StreamResult(None, time.perf_counter() - t0, 0, error=f"HTTP {resp.status}: {(await resp.text())[:300]}")
+            async for _ev, data in sse_events(resp):
+                if data == b"[DONE]":
+                    break
+                choices = _dec.decode(data).get("choices") or []
+                if not choices:
+                    continue
+                d = choices[0].get("delta") or {}
+                piece = d.get("content") or d.get("reasoning_content") or ""
+                for tc in d.get("tool_calls") or []:
+                    piece += (tc.get("function") or {}).get("arguments") or ""
+                if piece:
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    n += 1
+                    text.append(piece)
+                    if cancel_after is not None and n >= cancel_after:
+                        resp.close()
+                        break
+        return StreamResult(ttft, time.perf_counter() - t0, n, text="".join(text))
+
+    async def close(self) -> None:
+        await self.session.close()
