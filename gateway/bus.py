@@ -98,6 +98,21 @@ class RequestStream:
         return out
 
 
+class JobStream(RequestStream):
+    """A media job's stream: as :class:`RequestStream`, plus the binary frames that
+    came with each ``JobOutput`` (zero-copy ``zmq.Frame`` objects, by ``seq``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, bus: Bus, rid: str, worker_id: str, model: str) -> None:
+        super().__init__(bus, rid, worker_id, model)
+        self.data: dict[int, list[zmq.Frame]] = {}
+
+    def frames(self, msg: m.JobOutput) -> list[zmq.Frame]:
+        """The binary frames of ``msg`` (once: they are released after)."""
+        return self.data.pop(msg.seq, [])
+
+
 class Bus:
     """Options:
     gateway_id: this gateway's id; the stream subscription topic.
@@ -204,13 +219,17 @@ class Bus:
         dec = self._dec_stream
         streams = self.streams
         while True:
+            # Received frame by frame (as recv_multipart does) so that the binary
+            # frames of a media output, which follow the message, are not copied.
             try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+                self.sub.recv(zmq.NOBLOCK)  # topic
             except zmq.Again:
                 return
+            raw = self.sub.recv() if self.sub.getsockopt(zmq.RCVMORE) else b""
+            extra = self.sub.recv_multipart(copy=False) if self.sub.getsockopt(zmq.RCVMORE) else None
             try:
-                msg = dec.decode(frames[1])
-            except (msgspec.DecodeError, IndexError):
+                msg = dec.decode(raw)
+            except msgspec.DecodeError:
                 self.dropped_frames += 1
                 continue
             st = streams.get(msg.request_id)
@@ -224,6 +243,8 @@ class Bus:
                 self.cancel(st)
                 continue
             st.expected_seq += 1
+            if extra is not None and isinstance(msg, m.JobOutput) and isinstance(st, JobStream):
+                st.data[msg.seq] = extra
             if isinstance(msg, m.TERMINAL):
                 self._terminate(st, msg)
             else:
@@ -336,6 +357,33 @@ class Bus:
             self.router.send_multipart([w.ident, self._enc.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError as e:
             # EHOSTUNREACH (ROUTER_MANDATORY): the worker has gone since it said ready.
+            w.ready = False
+            self._terminate(st, m.Failed(rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
+        asyncio.get_running_loop().call_soon(self._drain_router)
+        return st
+
+    async def open_job(self, mc: ModelConfig, params: m.JobParams, data: list[bytes | memoryview]) -> JobStream:
+        """Send a media job (``data``: its input, as extra frames, not copied) to the
+        least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
+        deadline = time.monotonic() + self.config.server.worker_wait_s
+        while (w := self._pick(mc.name)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                busy = bool(self.ready_workers(mc.name))
+                raise ApiError(529, f"model {mc.name!r} is {'at capacity' if busy else 'not ready: no worker is up'}; retry shortly", retry_after=1)
+            assert self._worker_changed is not None
+            try:
+                await asyncio.wait_for(self._worker_changed.wait(), timeout=min(left, 0.25))
+            except TimeoutError:
+                pass
+        rid = f"{self._rid_prefix}{next(self._ids)}"
+        st = JobStream(self, rid, w.id, mc.name)
+        self.streams[rid] = st
+        w.in_flight.add(rid)
+        msg = m.Job(rid, self.gateway_id, params, n_frames=len(data))
+        try:
+            self.router.send_multipart([w.ident, self._enc.encode(msg), *data], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as e:
             w.ready = False
             self._terminate(st, m.Failed(rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
         asyncio.get_running_loop().call_soon(self._drain_router)

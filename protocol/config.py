@@ -55,9 +55,25 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class MediaConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Limits of the media endpoints (``[media]``); past one, the answer is 413 and
+    says which limit. The gateway sends them with each job; workers enforce what
+    needs decoding (pixels, seconds), the gateway the rest."""
+
+    max_upload_mb: float = 25.0  # one uploaded file (OpenAI's limit for audio)
+    max_audio_seconds: float = 3600.0
+    max_image_pixels: int = 40_000_000  # per OCR page
+    max_pages: int = 50  # multi-page TIFF/GIF sent to OCR
+    max_upscale_pixels: int = 4_000_000  # input; at 4x that is 64 MP out
+    max_speech_chars: int = 4096  # OpenAI's limit for /v1/audio/speech input
+    # Replace images sent to a local chat model that cannot see by their OCR text.
+    ocr_images: bool = False
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
+    media: MediaConfig = msgspec.field(default_factory=MediaConfig)
 
     def resolve_model(self, name: str) -> ModelConfig | None:
         """The model a request's ``model`` string names: exact name first, then

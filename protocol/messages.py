@@ -54,7 +54,57 @@ class Drain(_Msg, tag="drain"):
     """Finish in-flight work, accept nothing new."""
 
 
-ToWorker = Generate | CountTokens | Cancel | Drain
+# Media jobs (ocr, stt, tts, upscale). The parameters of each kind are a typed struct;
+# the input (an image or an audio file, as uploaded) is never inside the msgpack
+# frame: it travels as ``n_frames`` extra ZeroMQ frames after it, sent and received
+# without copying. Limits ride along with the job, so the gateway's config is the one
+# source of truth and a worker needs no config of its own to enforce them.
+
+
+class _Params(msgspec.Struct, tag_field="k", omit_defaults=True):
+    pass
+
+
+class OcrParams(_Params, tag="ocr"):
+    max_pixels: int = 0  # 0: no limit; per page
+    max_pages: int = 0
+
+
+class SttParams(_Params, tag="stt"):
+    language: str = ""  # ISO 639-1; "" detects (multilingual models)
+    prompt: str = ""
+    temperature: float = 0.0
+    word_timestamps: bool = False
+    max_seconds: float = 0.0  # 0: no limit
+
+
+class TtsParams(_Params, tag="tts"):
+    text: str = ""
+    voice: str = ""
+    speed: float = 1.0  # OpenAI's 0.25..4.0; Piper's length_scale is 1/speed
+    sample_rate: int = 0  # 0: the voice's own rate; else resampled (OpenAI pcm: 24000)
+
+
+class UpscaleParams(_Params, tag="upscale"):
+    scale: int = 2
+    output_format: str = "png"  # png | jpeg | webp
+    max_pixels: int = 0  # input pixels; 0: no limit
+
+
+JobParams = OcrParams | SttParams | TtsParams | UpscaleParams
+
+
+class Job(_Msg, tag="job"):
+    """A media job; answered by ``JobOutput`` messages and a final ``Done``/``Failed``.
+    ``n_frames`` input frames (the uploaded file) follow this frame."""
+
+    request_id: str
+    gateway_id: str
+    params: JobParams
+    n_frames: int = 0
+
+
+ToWorker = Generate | CountTokens | Cancel | Drain | Job
 
 
 # ----------------------------------------------------------- worker -> gateway (PUB)
@@ -119,6 +169,7 @@ FailKind = Literal[
     "overloaded",  # worker busy/draining (529)
     "worker_died",  # worker exited mid-request (529 / in-stream overloaded_error)
     "internal",  # a bug or runtime error in the backend (500)
+    "too_large",  # a media input over a configured limit (413)
 ]
 
 
@@ -135,7 +186,60 @@ class Counted(_Msg, tag="counted"):
     input_tokens: int
 
 
-StreamMsg = Started | Ping | TextDelta | ThinkingDelta | ToolCallStart | ToolArgsDelta | Done | Failed | Counted
+class Segment(msgspec.Struct, omit_defaults=True):
+    """A transcribed stretch of audio (faster-whisper's fields, as OpenAI's
+    verbose_json names them)."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    seek: int = 0
+    tokens: list[int] = msgspec.field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: list[Word] = msgspec.field(default_factory=list)
+
+
+class Word(msgspec.Struct, omit_defaults=True):
+    word: str
+    start: float
+    end: float
+    probability: float = 0.0
+
+
+class OcrLine(msgspec.Struct, omit_defaults=True):
+    text: str
+    confidence: float
+    box: list[list[float]] = msgspec.field(default_factory=list)  # 4 corners, pixels
+    page: int = 0
+
+
+class JobOutput(_Msg, tag="jobout"):
+    """Part of a media job's result, streamed as it is made: STT segments, OCR lines
+    of a page, a chunk of synthesised audio, the upscaled image. Binary data (audio,
+    image) travels in ``n_frames`` extra frames after this one.
+
+    ``media_type`` names the frames' content (``audio/pcm;rate=22050`` is 16-bit
+    little-endian mono; ``image/png``...); ``info`` carries per-job facts the first
+    or the last output knows (language, duration, sizes), as strings or numbers."""
+
+    request_id: str
+    seq: int
+    segments: list[Segment] = msgspec.field(default_factory=list)
+    lines: list[OcrLine] = msgspec.field(default_factory=list)
+    media_type: str = ""
+    n_frames: int = 0
+    duration_s: float = 0.0  # audio this output covers (stt: input; tts: output)
+    language: str = ""
+    width: int = 0
+    height: int = 0
+    pages: int = 0
+
+
+StreamMsg = Started | Ping | TextDelta | ThinkingDelta | ToolCallStart | ToolArgsDelta | Done | Failed | Counted | JobOutput
 
 TERMINAL = (Done, Failed, Counted)
 

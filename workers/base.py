@@ -15,6 +15,17 @@ A backend is an object with ``models``, ``max_concurrency``, ``load()``,
 generator of stream messages (without ``seq``; the loop stamps it) and may yield a
 :class:`Pause` to ask not to be stepped again before a moment (the fake backend's
 token delay), so other requests proceed meanwhile.
+
+Media backends (ocr, stt, tts, upscale) also have ``run_job(request_id, job, frames,
+ctx)``: a generator like ``generate`` that may yield :class:`WithFrames` (a
+``JobOutput`` and the binary frames that follow it). Its input frames arrive from the
+gateway without a copy, and the loop checks the abort set between the items it
+yields, so a job is cancellable between pages, segments and tiles.
+
+Frame layouts on the inproc PUSH -> PULL (the first frame says where it goes):
+``[g, topic, msg]``, ``[g, topic, msg, rid]`` (terminal: the I/O thread forgets the
+request), ``[s, msg]`` (to the supervisor) and ``[f, topic, msg, *data]`` (an output
+with binary frames, forwarded to the XPUB without copying).
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ HEARTBEAT_INTERVAL_S = 0.5
 
 _DEST_GATEWAY = b"g"
 _DEST_SUPERVISOR = b"s"
+_DEST_GATEWAY_FRAMES = b"f"
 
 
 class BackendError(Exception):
@@ -74,7 +86,24 @@ class Pause:
     until_ns: int
 
 
-GenItem = m.StreamMsg | Pause
+@dataclass(slots=True)
+class WithFrames:
+    """Yielded by a job: ``msg`` followed by binary ``frames`` (bytes, or anything
+    with the buffer protocol: a numpy array is sent without a copy)."""
+
+    msg: m.JobOutput
+    frames: list[Any]
+
+
+GenItem = m.StreamMsg | Pause | WithFrames
+
+
+@dataclass(slots=True)
+class JobIn:
+    """A job as the I/O thread hands it to the compute loop: with its input frames."""
+
+    msg: m.Job
+    frames: list[zmq.Frame]
 
 
 class GenContext:
@@ -185,10 +214,16 @@ class IOThread(threading.Thread):
                     # Forward everything the compute loop produced, in order.
                     while True:
                         try:
-                            frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+                            dest = pull.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        dest = frames[0]
+                        if dest == _DEST_GATEWAY_FRAMES:
+                            # media output: the data frames are passed on as they
+                            # are, never copied (an image or seconds of audio).
+                            out = pull.recv_multipart(copy=False)
+                            xpub.send_multipart(out, copy=False)
+                            continue
+                        frames = [dest, *pull.recv_multipart(copy=True)]
                         if dest == _DEST_SUPERVISOR:
                             sup.send(frames[1])
                         else:
@@ -217,6 +252,9 @@ class IOThread(threading.Thread):
                                 raw = d.recv(zmq.NOBLOCK)
                             except zmq.Again:
                                 break
+                            # A job's input follows as more frames of the same
+                            # message; they are kept as zero-copy zmq.Frames.
+                            extra = d.recv_multipart(copy=False) if d.getsockopt(zmq.RCVMORE) else None
                             try:
                                 msg = dec_in.decode(raw)
                             except msgspec.DecodeError:
@@ -229,6 +267,9 @@ class IOThread(threading.Thread):
                             elif isinstance(msg, m.Generate | m.CountTokens):
                                 self.live.add(msg.request_id)
                                 inbox.put(msg)
+                            elif isinstance(msg, m.Job):
+                                self.live.add(msg.request_id)
+                                inbox.put(JobIn(msg, extra or []))
                             elif isinstance(msg, m.Drain):
                                 inbox.put(msg)
                 if sup in events:
@@ -270,7 +311,7 @@ class ComputeLoop:
         self.spec = spec
         self.backend = backend
         self.ctx = ctx
-        self.inbox: queue.Queue[m.ToWorker] = queue.Queue()
+        self.inbox: queue.Queue[m.ToWorker | JobIn] = queue.Queue()
         # Written by the I/O thread, read here; single set operations are atomic.
         self.abort: set[str] = set()
         self.stopping = False
@@ -332,12 +373,16 @@ class ComputeLoop:
         io.loaded.set()
         log.info("worker_ready", backend=self.spec.backend, model=self.spec.model)
         self.maybe_heartbeat(force=True)
-        while not self.stopping:
-            self._intake()
-            self._step_due()
-            self.maybe_heartbeat()
-        self._fail_all("overloaded", "worker stopping")
-        self._push.close(linger=1000)
+        try:
+            while not self.stopping:
+                self._intake()
+                self._step_due()
+                self.maybe_heartbeat()
+            self._fail_all("overloaded", "worker stopping")
+        finally:
+            # Closed even when the loop crashed: an open socket would block
+            # ctx.term() forever, and the worker would hang instead of exiting.
+            self._push.close(linger=1000)
 
     def _timeout(self) -> float:
         if not self._active:
@@ -356,6 +401,8 @@ class ComputeLoop:
             block = False  # after the first, take only what is already there
             if isinstance(msg, m.Generate):
                 self._start(msg)
+            elif isinstance(msg, JobIn):
+                self._start_job(msg)
             elif isinstance(msg, m.CountTokens):
                 self._count(msg)
             elif isinstance(msg, m.Drain):
@@ -394,6 +441,36 @@ class ComputeLoop:
         gen = self.backend.generate(rid, msg.request, ctx)
         self._order += 1
         heapq.heappush(self._active, _Slot(0, self._order, rid, gen, topic))
+
+    def _start_job(self, job: JobIn) -> None:
+        msg = job.msg
+        topic = self._topic(msg.request_id, msg.gateway_id)
+        rid = msg.request_id
+        if rid in self.abort:
+            self.abort.discard(rid)
+            self._send(topic, m.Done(rid, 0, "cancelled", t_stop_ns=time.monotonic_ns()), True)
+            return
+        if self.draining:
+            self._send(topic, m.Failed(rid, 0, "overloaded", "worker is draining"), True)
+            return
+        run_job = getattr(self.backend, "run_job", None)
+        if run_job is None:
+            self._send(topic, m.Failed(rid, 0, "invalid_request",
+                                       f"model {self.spec.model!r} ({self.spec.backend}) does not run media jobs"), True)
+            return
+        if len(job.frames) != msg.n_frames:
+            self._send(topic, m.Failed(rid, 0, "invalid_request",
+                                       f"job announced {msg.n_frames} input frames, got {len(job.frames)}"), True)
+            return
+        gen = run_job(rid, msg, job.frames, GenContext(self, rid))
+        self._order += 1
+        heapq.heappush(self._active, _Slot(0, self._order, rid, gen, topic))
+
+    def _send_frames(self, topic: bytes, item: WithFrames) -> None:
+        assert self._push is not None
+        item.msg.n_frames = len(item.frames)
+        self._push.send_multipart([_DEST_GATEWAY_FRAMES, topic, self._enc.encode(item.msg), *item.frames],
+                                  copy=False)
 
     def _reap_cancelled(self) -> None:
         keep: list[_Slot] = []
@@ -448,6 +525,19 @@ class ComputeLoop:
         if isinstance(item, Pause):
             self._order += 1
             slot.due_ns = item.until_ns
+            slot.order = self._order
+            return True
+        if isinstance(item, WithFrames):
+            item.msg.seq = slot.seq
+            slot.seq += 1
+            try:
+                self._send_frames(slot.topic, item)
+            except (TypeError, ValueError) as e:  # unencodable output: a backend bug
+                log.error("job_output_unencodable", request_id=slot.request_id, error=repr(e))
+                self._send(slot.topic, m.Failed(slot.request_id, slot.seq, "internal", _safe(e)), True)
+                slot.gen.close()
+                return False
+            self._order += 1
             slot.order = self._order
             return True
         item.seq = slot.seq
@@ -513,7 +603,12 @@ def run_worker(spec: WorkerSpec, backend: Backend) -> int:
     io.start()
     try:
         loop.run(io)
+    except BaseException:
+        # Logged here: the teardown below may block, and the traceback must not be lost.
+        log.exception("compute_loop_crashed")
+        raise
     finally:
+        log.info("compute_loop_ended", stopping=loop.stopping)
         io.stop_event.set()
         io.join(timeout=2)
         ctx.term()
