@@ -47,10 +47,10 @@ from workers import chat_templates as ct
 from workers import tool_calls as tc
 from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
 from workers.models import ModelError, gguf_info, resolve
+from workers.signing import install_signer
 
 log = structlog.get_logger()
 
-ARGS_CHUNK = 64  # characters of tool-call JSON per ToolArgsDelta
 HEARTBEAT_EVERY_S = 0.25  # from the abort callback, during prefill
 
 
@@ -66,8 +66,12 @@ class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``checkpoint_every``: also checkpoint long prefills every N tokens (SWA models
     only), so conversations that share a long prefix reuse it.
     ``chat_format``/``tool_format``: override template detection.
-    ``seed``: sampling seed (-1: random). The rest are sampling defaults used when
-    the request does not set them."""
+    ``seed``: sampling seed (-1: random). ``force_tool``: a test/debug knob, not for
+    normal use: a request that offers a tool of this name and ends with the user's
+    own text is answered as if ``tool_choice`` named that tool (grammar-constrained),
+    so a base model drives a whole tool round trip (see
+    :func:`workers.tool_calls.effective_choice`). The rest are sampling defaults used
+    when the request does not set them."""
 
     n_ctx: int = 0
     n_ctx_max: int = 32768
@@ -83,6 +87,7 @@ class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     chat_format: str = ""
     tool_format: str = ""
     seed: int = -1
+    force_tool: str = ""
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
@@ -138,39 +143,6 @@ class PromptCache:
         return len(self._entries)
 
 
-# ---------------------------------------------------------------- stop strings
-
-
-class StopMatcher:
-    """Finds stop strings in streamed text, holding back only what could begin one.
-
-    ``client`` stops (``req.stop``) end with ``stop_sequence``; ``turn`` stops (the
-    template's end-of-turn strings) end with ``end_turn``."""
-
-    def __init__(self, client: list[str], turn: list[str]) -> None:
-        self.client = [s for s in client if s]
-        self.turn = [s for s in turn if s and s not in self.client]
-        self._all = tuple(self.client + self.turn)
-        self._buf = ""
-
-    def feed(self, text: str) -> tuple[str, str | None]:
-        """-> (text safe to emit, the stop string hit or None)."""
-        self._buf += text
-        hits = [(self._buf.find(s), s) for s in self._all if s in self._buf]
-        if hits:
-            i, s = min(hits)
-            out, self._buf = self._buf[:i], ""
-            return out, s
-        keep = tc._holdback(self._buf, self._all)
-        out = self._buf[: len(self._buf) - keep]
-        self._buf = self._buf[len(self._buf) - keep :]
-        return out, None
-
-    def flush(self) -> str:
-        out, self._buf = self._buf, ""
-        return out
-
-
 # ---------------------------------------------------------------- backend
 
 
@@ -198,6 +170,7 @@ class LlamaBackend:
         self._abort_ctx: GenContext | None = None
         self._last_hb = 0.0
         self._main = threading.get_ident()
+        self._signer = install_signer()
 
     # -- load
 
@@ -434,7 +407,7 @@ class LlamaBackend:
         return True
 
     def _grammar(self, req: ChatRequest, rendered: ct.Rendered) -> tuple[Any, bool]:
-        choice = req.tool_choice
+        choice = tc.effective_choice(req, self.opts.force_tool)
         if not rendered.tools_enabled or choice is None or choice.type not in ("any", "tool"):
             return None, False
         name = choice.name if choice.type == "tool" else ""
@@ -483,42 +456,10 @@ class LlamaBackend:
         llm, lc = self.llm, self._lc
         budget = min(req.max_tokens, self.context_window - n_prompt)
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        stops = StopMatcher(req.stop, rendered.stop)
-        thinking = req.thinking is not None and req.thinking.type != "disabled"
-        think = tc.ThinkSplitter(thinking, rendered.thinking_open)
-        parser = tc.ToolCallParser(
-            [t.name for t in req.tools] if rendered.tools_enabled else [],
-            enabled=rendered.tools_enabled,
-            forced=forced,
-        )
-        single_call = forced or bool(req.tool_choice and req.tool_choice.disable_parallel)
+        out = tc.AnswerWriter(request_id, req, stops=rendered.stop, tools_enabled=rendered.tools_enabled,
+                              thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
         stop_reason: Any = "max_tokens"
-        stop_sequence = ""
         n_out = 0
-        n_calls = 0
-
-        def convert(events: list[Any]) -> Iterator[m.StreamMsg]:
-            nonlocal n_calls
-            for ev in events:
-                if isinstance(ev, tc.Thinking):
-                    if ev.text:
-                        yield m.ThinkingDelta(request_id, 0, text=ev.text)
-                elif isinstance(ev, tc.Text):
-                    if ev.text:
-                        yield m.TextDelta(request_id, 0, ev.text)
-                else:
-                    yield m.ToolCallStart(request_id, 0, index=n_calls, id=ev.id, name=ev.name)
-                    for i in range(0, len(ev.arguments), ARGS_CHUNK):
-                        yield m.ToolArgsDelta(request_id, 0, index=n_calls, partial_json=ev.arguments[i : i + ARGS_CHUNK])
-                    n_calls += 1
-
-        def route(text: str) -> Iterator[m.StreamMsg]:
-            for part in think.feed(text):
-                if isinstance(part, tc.Thinking):
-                    yield from convert([part])
-                else:
-                    yield from convert(parser.feed(part.text))
-
         while n_out < budget:
             if ctx.cancelled():
                 stop_reason = "cancelled"
@@ -528,38 +469,19 @@ class LlamaBackend:
             if lc.llama_vocab_is_eog(self._vocab, token) or token in self._stop_ids:
                 stop_reason = "end_turn"
                 break
-            text = utf8.decode(self._piece_bytes(token))
-            emit, hit = stops.feed(text)
-            if emit:
-                yield from route(emit)
-            if hit is not None:
-                if hit in stops.client:
-                    stop_reason, stop_sequence = "stop_sequence", hit
-                else:
-                    stop_reason = "end_turn"
-                break
-            if single_call and n_calls:
-                stop_reason = "end_turn"
+            msgs = out.feed(utf8.decode(self._piece_bytes(token)))
+            if msgs:
+                yield from msgs
+            if out.stop_reason is not None:
+                stop_reason = out.stop_reason
                 break
             if llm.n_tokens >= self.context_window:
                 break
             llm.eval([token])  # feed it back: the next token's logits
-        else:
-            stop_reason = "max_tokens"
         # What was held back as a possible stop string's start never became one.
-        tail = stops.flush() + utf8.decode(b"", final=True)
-        if tail:
-            yield from route(tail)
-        for part in think.finish():
-            if isinstance(part, tc.Thinking):
-                yield from convert([part])
-            else:
-                yield from convert(parser.feed(part.text))
-        yield from convert(parser.finish())
-        if n_calls and stop_reason in ("end_turn", "stop_sequence"):
-            stop_reason = "tool_use"
+        yield from out.finish(utf8.decode(b"", final=True))
         usage.output_tokens = n_out
-        yield m.Done(request_id, 0, stop_reason, usage, stop_sequence=stop_sequence)
+        yield out.done(stop_reason, usage)
 
 
 def create(spec: WorkerSpec) -> LlamaBackend:

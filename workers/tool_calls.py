@@ -13,6 +13,11 @@ Roles:
   :class:`Call` (the backend turns it into ``ToolCallStart`` + ``ToolArgsDelta``
   chunks): a call that turns out malformed is returned as text instead of a broken
   ``tool_use`` block.
+* :class:`StopMatcher` finds stop strings in streamed text.
+* :class:`AnswerWriter` puts these together for a backend's decode loop: decoded
+  text in, wire stream messages out (``ThinkingDelta`` with a signature when the
+  block ends, ``TextDelta``, ``ToolCallStart`` + ``ToolArgsDelta``), and the stop
+  reason. Every local backend (llama.cpp, MLX) shares it, so they behave alike.
 * :func:`tool_grammar` builds the llama.cpp grammar that forces a valid call when
   ``tool_choice`` is ``any`` or ``tool``.
 """
@@ -21,10 +26,14 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.chat import Tool
+from protocol import messages as m
+from protocol.chat import ChatRequest, StopReason, Tool, ToolChoice, ToolResultPart, Usage
+
+ARGS_CHUNK = 64  # characters of tool-call JSON per ToolArgsDelta
 
 
 @dataclass(slots=True)
@@ -386,7 +395,161 @@ class ToolCallParser:
         self._mode = "text"
 
 
+# ---------------------------------------------------------------- stop strings
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, holding back only what could begin one.
+
+    ``client`` stops (``req.stop``) end with ``stop_sequence``; ``turn`` stops (the
+    template's end-of-turn strings) end with ``end_turn``."""
+
+    def __init__(self, client: list[str], turn: list[str]) -> None:
+        self.client = [s for s in client if s]
+        self.turn = [s for s in turn if s and s not in self.client]
+        self._all = tuple(self.client + self.turn)
+        self._buf = ""
+
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """-> (text safe to emit, the stop string hit or None)."""
+        self._buf += text
+        hits = [(self._buf.find(s), s) for s in self._all if s in self._buf]
+        if hits:
+            i, s = min(hits)
+            out, self._buf = self._buf[:i], ""
+            return out, s
+        keep = _holdback(self._buf, self._all)
+        out = self._buf[: len(self._buf) - keep]
+        self._buf = self._buf[len(self._buf) - keep :]
+        return out, None
+
+    def flush(self) -> str:
+        out, self._buf = self._buf, ""
+        return out
+
+
+# ---------------------------------------------------------------- answer writer
+
+
+class AnswerWriter:
+    """Decoded model text -> wire stream messages, for one request.
+
+    Options:
+      ``stops``: the template's end-of-turn strings (``Rendered.stop``); the
+        client's ``req.stop`` are added as stop sequences.
+      ``tools_enabled``/``forced``: as for :class:`ToolCallParser`; ``forced`` or
+        ``tool_choice.disable_parallel`` ends the answer after the first call.
+      ``thinking_open``: the prompt ends inside ``<think>``.
+      ``sign``: signs a finished thinking block (:class:`workers.signing.Signer`);
+        the signature follows the block's text as a ``ThinkingDelta``.
+
+    ``feed`` returns the messages to send and sets :attr:`stop_reason` when the
+    answer is over (a stop string, or the single forced call is complete); the
+    backend then calls ``finish``, then ``done``."""
+
+    def __init__(self, request_id: str, req: ChatRequest, *, stops: list[str], tools_enabled: bool,
+                 thinking_open: bool = False, forced: bool = False,
+                 sign: Callable[[str], str] | None = None) -> None:
+        self.request_id = request_id
+        self.stops = StopMatcher(req.stop, stops)
+        thinking = req.thinking is not None and req.thinking.type != "disabled"
+        self.think = ThinkSplitter(thinking, thinking_open)
+        self.parser = ToolCallParser([t.name for t in req.tools] if tools_enabled else [],
+                                     enabled=tools_enabled, forced=forced)
+        self.single_call = forced or bool(req.tool_choice and req.tool_choice.disable_parallel)
+        self.sign = sign
+        self.n_calls = 0
+        self.stop_reason: StopReason | None = None
+        self.stop_sequence = ""
+        self._thought: list[str] = []  # the open thinking block's text, for its signature
+
+    def _close_thinking(self, out: list[m.StreamMsg]) -> None:
+        if self._thought:
+            text, self._thought = "".join(self._thought), []
+            if self.sign is not None:
+                out.append(m.ThinkingDelta(self.request_id, 0, signature=self.sign(text)))
+
+    def _convert(self, events: list[Any], out: list[m.StreamMsg]) -> None:
+        rid = self.request_id
+        for ev in events:
+            if isinstance(ev, Thinking):
+                if ev.text:
+                    self._thought.append(ev.text)
+                    out.append(m.ThinkingDelta(rid, 0, text=ev.text))
+                continue
+            if isinstance(ev, Text) and not ev.text:
+                continue
+            self._close_thinking(out)
+            if isinstance(ev, Text):
+                out.append(m.TextDelta(rid, 0, ev.text))
+            else:
+                out.append(m.ToolCallStart(rid, 0, index=self.n_calls, id=ev.id, name=ev.name))
+                for i in range(0, len(ev.arguments), ARGS_CHUNK):
+                    out.append(m.ToolArgsDelta(rid, 0, index=self.n_calls, partial_json=ev.arguments[i : i + ARGS_CHUNK]))
+                self.n_calls += 1
+
+    def _route(self, text: str, out: list[m.StreamMsg]) -> None:
+        for part in self.think.feed(text):
+            if isinstance(part, Thinking):
+                self._convert([part], out)
+            else:
+                self._convert(self.parser.feed(part.text), out)
+
+    def feed(self, text: str) -> list[m.StreamMsg]:
+        out: list[m.StreamMsg] = []
+        emit, hit = self.stops.feed(text)
+        if emit:
+            self._route(emit, out)
+        if hit is not None:
+            if hit in self.stops.client:
+                self.stop_reason, self.stop_sequence = "stop_sequence", hit
+            else:
+                self.stop_reason = "end_turn"
+        elif self.single_call and self.n_calls:
+            self.stop_reason = "end_turn"
+        return out
+
+    def finish(self, tail: str = "") -> list[m.StreamMsg]:
+        """Everything still held back (``tail``: the detokenizer's last bytes)."""
+        out: list[m.StreamMsg] = []
+        rest = self.stops.flush() + tail
+        if rest:
+            self._route(rest, out)
+        for part in self.think.finish():
+            if isinstance(part, Thinking):
+                self._convert([part], out)
+            else:
+                self._convert(self.parser.feed(part.text), out)
+        self._convert(self.parser.finish(), out)
+        self._close_thinking(out)
+        return out
+
+    def done(self, stop_reason: StopReason, usage: Usage) -> m.Done:
+        """The terminal message: a call the model ended its turn with is ``tool_use``."""
+        if self.n_calls and stop_reason in ("end_turn", "stop_sequence"):
+            stop_reason = "tool_use"
+        return m.Done(self.request_id, 0, stop_reason, usage,
+                      stop_sequence=self.stop_sequence if stop_reason == "stop_sequence" else "")
+
+
 # ---------------------------------------------------------------- grammar
+
+
+def effective_choice(req: ChatRequest, force_tool: str = "") -> ToolChoice | None:
+    """``req.tool_choice``, or ``tool`` naming ``force_tool`` (a backend's test/debug
+    option) when the request offers that tool, leaves the choice to the model, and its
+    last turn is the user's own text, not a tool result: so a base model that cannot
+    choose a tool still drives a full round trip (call, result, then a free answer)."""
+    choice = req.tool_choice
+    if not force_tool or (choice is not None and choice.type != "auto"):
+        return choice
+    if not any(t.name == force_tool for t in req.tools):
+        return choice
+    last = req.messages[-1] if req.messages else None
+    if last is None or last.role != "user" or any(isinstance(p, ToolResultPart) for p in last.content):
+        return choice
+    return ToolChoice(type="tool", name=force_tool, disable_parallel=True)
+
 
 
 # JSON-schema keywords that only annotate, which llama.cpp's converter rejects or
