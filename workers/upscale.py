@@ -126,9 +126,15 @@ class UpscaleBackend(MediaBackend):
         alpha = img.getchannel("A") if img.mode == "RGBA" else None
         rgb = img.convert("RGB")
         w, h = rgb.size
-        out = Image.new("RGB", (w * scale, h * scale))
+        boxes = tiles(w, h, self.opts.tile)
+        if len(boxes) == 1:  # one tile: no crops, no pastes
+            out = net.process_pil(rgb)
+            yield None
+            boxes = []
+        else:
+            out = Image.new("RGB", (w * scale, h * scale))
         pad = self.opts.tile_pad
-        for x0, y0, x1, y1 in tiles(w, h, self.opts.tile):
+        for x0, y0, x1, y1 in boxes:
             px0, py0, px1, py1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
             up = net.process_pil(rgb.crop((px0, py0, px1, py1)))
             part = up.crop(((x0 - px0) * scale, (y0 - py0) * scale, (x1 - px0) * scale, (y1 - py0) * scale))
