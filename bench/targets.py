@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ import msgspec
 from bench.prompts import BenchRequest
 
 _dec = msgspec.json.Decoder()
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
 
 
 @dataclass
@@ -46,14 +49,14 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes,
     """(event, data) pairs of a server-sent-event stream; event is b"" when unnamed."""
     buf = b""
     async for chunk in resp.content.iter_any():
-        buf += chunk.replace(b"\r\n", b"\n")
+        buf += chunk
         while True:
-            i = buf.find(b"\n\n")
-            if i < 0:
+            mt = _EVENT_END.search(buf)  # servers end events with \n\n or \r\n\r\n
+            if mt is None:
                 break
-            raw, buf = buf[:i], buf[i + 2:]
+            raw, buf = buf[: mt.start()], buf[mt.end():]
             ev, data = b"", b""
-            for line in raw.split(b"\n"):
+            for line in _LINE_END.split(raw):
                 if line.startswith(b"event: "):
                     ev = line[7:]
                 elif line.startswith(b"data: "):

@@ -53,6 +53,20 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):
     path: str = ""
     context_window: int = 0
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Supervisor (issue 4). ``priority``: higher is kept longer under memory
+    # pressure. ``keep_alive_s``: unload a worker idle this long (None: the
+    # ``[supervisor]`` default; 0: never). ``expected_mb``: the model's footprint for
+    # admission (0: estimated from the file and the context). ``on_demand``: load a
+    # worker when a request names the model and none runs (None: on for models that
+    # start with workers >= 1, so an unloaded or evicted model comes back by itself;
+    # off for ``workers = 0``, a model kept off until ``turnout load``).
+    priority: int = 0
+    keep_alive_s: float | None = None
+    expected_mb: float = 0.0
+    on_demand: bool | None = None
+
+    def loads_on_demand(self) -> bool:
+        return self.on_demand if self.on_demand is not None else self.workers > 0
 
 
 class MediaConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -70,10 +84,44 @@ class MediaConfig(msgspec.Struct, forbid_unknown_fields=True):
     ocr_images: bool = False
 
 
+class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``[supervisor]``: memory watermarks, keep-alive, drains, restart backoff.
+
+    Watermarks are in MiB of *available* memory (psutil's ``available``). Below
+    ``soft_available_mb`` new loads are refused and idle workers evicted (lowest
+    priority, then least recently used, first); below ``hard_available_mb`` the
+    lowest-priority busy worker is drained (``hard_drain_s`` at most) and stopped. A
+    level is left only once available memory is ``hysteresis_mb`` above its mark, and
+    two evictions are at least ``cooldown_s`` apart so the sampler sees the memory
+    come back. 0 for a watermark: a default from total memory (soft 10%, hard 5%,
+    at least 1024/512 MiB). ``headroom_mb``: kept free on top of the soft watermark
+    when admitting a load."""
+
+    soft_available_mb: float = 0.0
+    hard_available_mb: float = 0.0
+    hysteresis_mb: float = 256.0
+    cooldown_s: float = 5.0
+    sample_interval_s: float = 1.0
+    headroom_mb: float = 0.0
+    keep_alive_s: float = 0.0  # 0: never unload an idle worker
+    drain_timeout_s: float = 60.0  # scale down / evict / idle: then stopped anyway
+    hard_drain_s: float = 3.0
+    stop_grace_s: float = 5.0  # SIGTERM -> SIGKILL
+    load_timeout_s: float = 120.0  # how long a request waits for a model to load
+    ping_interval_s: float = 5.0  # pings to a client while its model loads
+    retry_after_s: float = 10.0  # told to a client whose load was refused
+    restart_first_s: float = 0.05
+    restart_base_s: float = 0.5
+    restart_max_s: float = 30.0
+    healthy_after_s: float = 30.0
+    crash_loop_restarts: int = 8  # crashes in a row that park a worker as failed
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     media: MediaConfig = msgspec.field(default_factory=MediaConfig)
+    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
 
     def resolve_model(self, name: str) -> ModelConfig | None:
         """The model a request's ``model`` string names: exact name first, then

@@ -1,0 +1,48 @@
+"""The SSE reader every benchmark target uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from bench.prompts import conversation
+from bench.targets import sse_events, to_openai_chat
+
+
+class _Content:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for c in self.chunks:
+            yield c
+
+
+class _Resp:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = _Content(chunks)
+
+
+def events(chunks: list[bytes]) -> list[tuple[bytes, bytes]]:
+    async def go() -> list[tuple[bytes, bytes]]:
+        return [e async for e in sse_events(_Resp(chunks))]  # type: ignore[arg-type]
+    return asyncio.run(go())
+
+
+def test_crlf_events_split_anywhere() -> None:
+    stream = b'data: {"a": 1}\r\n\r\nevent: ping\r\ndata: {}\r\n\r\ndata: [DONE]\r\n\r\n'
+    want = [(b"", b'{"a": 1}'), (b"ping", b"{}"), (b"", b"[DONE]")]
+    for cut in range(1, len(stream)):
+        assert events([stream[:cut], stream[cut:]]) == want, cut
+
+
+def test_lf_events() -> None:
+    assert events([b"event: message_stop\ndata: {}\n\n"]) == [(b"message_stop", b"{}")]
+
+
+def test_openai_chat_conversion_keeps_tool_pairs() -> None:
+    body = to_openai_chat(conversation("multi_20k_tools", 3000, seed=1, turns=2), "m")
+    calls = [c["id"] for m in body["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    results = [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
+    assert calls == results and len(calls) == 2
+    assert body["messages"][0]["role"] == "system" and len(body["tools"]) == 24
