@@ -1,23 +1,51 @@
 """Where a request goes: which endpoint serves its ``model`` string, and the stream
 of canonical messages that comes back.
 
-Every source of answers (a local worker over the bus today) is a :class:`Source`:
-``next_batch()`` returns the stream messages received since the last call,
-``done`` is set once the terminal message has been received, and ``cancel()``
-stops the work at its origin. The API adapters only ever see a Source.
+Every source of answers (a local worker over the bus, a cloud provider over HTTPS)
+is a :class:`Source`: ``next_batch()`` returns the stream messages received since
+the last call, ``done`` is set once the terminal message has been received, and
+``cancel()`` stops the work at its origin. The API adapters only ever see a Source.
+
+Choosing (:func:`plan`, pure: a function of the config, the request and the
+session's override) gives an ordered list of targets:
+
+1. the session's override (set through ``/admin/sessions/{id}``, by the MCP tools);
+2. the first routing rule that matches: ``background`` (a haiku-family name, or a
+   small tool-less request), ``thinking``, ``long_context`` (the conversation is
+   longer than the first target's window), ``images``;
+3. the requested name: a ``[routing.aliases]`` entry (exact, glob, or Claude Code's
+   opus/sonnet/haiku families), ``endpoint/model``, a local ``[[models]]`` name or
+   alias, a model an endpoint lists; else ``[routing] default``;
+4. ``[routing] fallback``.
+
+Targets whose context window is known and too small, or that cannot see an image
+the request carries, are skipped. The request goes to the first target; on a
+connection error, 429 or 5xx before anything has reached the client, to the next.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import fnmatch
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import aiohttp
+import msgspec
+import structlog
 from aiohttp import web
 
 from gateway.bus import Bus
 from gateway.errors import ApiError
+from gateway.keys import KeyCache
+from gateway.providers import DEFAULT_BASE_URLS, PROVIDERS, provider_for
+from gateway.providers.base import CloudSource, Outcome, StaticSource
+from gateway.telemetry import Telemetry
 from protocol import messages as m
-from protocol.chat import ChatRequest
-from protocol.config import ModelConfig
+from protocol.chat import ChatRequest, ImagePart, ToolResultPart, all_text
+from protocol.config import Config, EndpointConfig, ModelConfig
+
+log = structlog.get_logger()
 
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 
@@ -38,7 +66,392 @@ def resolve(bus: Bus, name: str) -> ModelConfig:
     return mc
 
 
+# ------------------------------------------------------------------- planning
+
+FAMILIES = ("opus", "sonnet", "haiku")
+_MAX_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place a request can go. ``model``: the name the upstream knows."""
+
+    label: str
+    model: str
+    endpoint: EndpointConfig | None = None
+    local: ModelConfig | None = None
+    window: int = 0
+    vision: bool = True
+
+
+def _ep_target(ep: EndpointConfig, model: str) -> Target:
+    em = next((x for x in ep.models if x.name == model), None)
+    return Target(f"{ep.name}/{model}", model, endpoint=ep,
+                  window=em.context_window if em else 0, vision=em.vision if em else True)
+
+
+def _local_target(mc: ModelConfig) -> Target:
+    return Target(mc.name, mc.name, local=mc, window=mc.context_window)
+
+
+def _as_list(v: str | list[str]) -> list[str]:
+    return [v] if isinstance(v, str) else list(v)
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _alias(cfg: Config, name: str) -> list[str] | None:
+    aliases = cfg.routing.aliases
+    if name in aliases:
+        return _as_list(aliases[name])
+    for k, v in aliases.items():
+        if _is_glob(k) and fnmatch.fnmatchcase(name, k):
+            return _as_list(v)
+    low = name.lower()
+    for fam in FAMILIES:
+        if fam in aliases and low.startswith("claude") and fam in low:
+            return _as_list(aliases[fam])
+    return None
+
+
+def resolve_target(cfg: Config, s: str, depth: int = 0) -> list[Target]:
+    """The targets a name stands for (empty: nothing serves it)."""
+    if depth > _MAX_DEPTH:
+        return []
+    alias = _alias(cfg, s) if depth == 0 or s in cfg.routing.aliases else None
+    if alias is not None:
+        out: list[Target] = []
+        for a in alias:
+            out.extend(resolve_target(cfg, a, depth + 1) if a != s else _direct(cfg, s))
+        return out
+    return _direct(cfg, s)
+
+
+def _direct(cfg: Config, s: str) -> list[Target]:
+    if "/" in s:
+        head, model = s.split("/", 1)
+        for ep in cfg.endpoints:
+            if ep.name == head:
+                return [_ep_target(ep, model)]
+    mc = cfg.resolve_model(s)
+    if mc is not None:
+        return [_local_target(mc)]
+    for ep in cfg.endpoints:
+        if any(x.name == s for x in ep.models):
+            return [_ep_target(ep, s)]
+    return []
+
+
+def estimate_tokens(req: ChatRequest) -> int:
+    """A quick size estimate (4 characters a token, ~1.6k per image): good enough to
+    compare with a context window, never sent to a client as a count."""
+    images = sum(1 for msg in req.messages for p in msg.content
+                 if isinstance(p, ImagePart) or (isinstance(p, ToolResultPart)
+                                                  and any(isinstance(c, ImagePart) for c in p.content)))
+    return len(all_text(req)) // 4 + images * 1600
+
+
+def has_images(req: ChatRequest) -> bool:
+    for msg in req.messages:
+        for p in msg.content:
+            if isinstance(p, ImagePart):
+                return True
+            if isinstance(p, ToolResultPart) and any(isinstance(c, ImagePart) for c in p.content):
+                return True
+    return False
+
+
+def is_background(req: ChatRequest) -> bool:
+    """Claude Code's small-model work (titles, topic checks, summaries): a haiku
+    model id, or a short answer with no tools and no thinking."""
+    if "haiku" in req.model.lower():
+        return True
+    thinking = req.thinking is not None and req.thinking.type != "disabled"
+    return not req.tools and not thinking and req.max_tokens <= 1024
+
+
+def _rule_matches(when: str, req: ChatRequest, tokens: int, first: Target | None) -> bool:
+    if when == "background":
+        return is_background(req)
+    if when == "thinking":
+        return req.thinking is not None and req.thinking.type != "disabled"
+    if when == "images":
+        return has_images(req)
+    if when == "long_context":
+        return first is not None and first.window > 0 and tokens > first.window
+    return False
+
+
+def plan(cfg: Config, req: ChatRequest, override: str | None = None) -> list[Target]:
+    """The ordered targets for ``req`` (see the module docstring)."""
+    tokens = estimate_tokens(req)
+    named = resolve_target(cfg, req.model)
+    if not named and cfg.routing.default:
+        for d in _as_list(cfg.routing.default):
+            named.extend(resolve_target(cfg, d, 1))
+    chosen: list[Target] = []
+    if override:
+        chosen.extend(resolve_target(cfg, override, 1))
+    for rule in cfg.routing.rules:
+        if rule.models and not any(fnmatch.fnmatchcase(req.model, g) for g in rule.models):
+            continue
+        if _rule_matches(rule.when, req, tokens, named[0] if named else None):
+            for t in _as_list(rule.to):
+                chosen.extend(resolve_target(cfg, t, 1))
+            break
+    chosen.extend(named)
+    for f in cfg.routing.fallback:
+        chosen.extend(resolve_target(cfg, f, 1))
+    images = has_images(req)
+    out: list[Target] = []
+    seen: set[str] = set()
+    for t in chosen:
+        if t.label in seen:
+            continue
+        seen.add(t.label)
+        if t.window and tokens > t.window:
+            continue
+        if images and not t.vision:
+            continue
+        out.append(t)
+    if not out and chosen:
+        # Nothing is big enough or can see: let the first one answer (its own
+        # "prompt is too long" is clearer than a 404).
+        out.append(chosen[0])
+    return out
+
+
+def validate(cfg: Config) -> list[str]:
+    """Problems in ``[[endpoints]]`` / ``[routing]`` a user must fix."""
+    problems = []
+    names = [e.name for e in cfg.endpoints]
+    for n in {n for n in names if names.count(n) > 1}:
+        problems.append(f"endpoints: the name {n!r} is used twice")
+    for e in cfg.endpoints:
+        if e.provider not in PROVIDERS:
+            problems.append(f"endpoints.{e.name}.provider: {e.provider!r} is not one of {', '.join(PROVIDERS)}")
+        if "/" in e.name:
+            problems.append(f"endpoints.{e.name}: a name cannot contain '/'")
+    for r in cfg.routing.rules:
+        if r.when not in ("background", "thinking", "long_context", "images"):
+            problems.append(f"routing.rules: when = {r.when!r} is not one of background, thinking, long_context, images")
+    return problems
+
+
+# -------------------------------------------------------------------- runtime
+
+
+class Router:
+    """The gateway's routing state.
+
+    Options:
+        config: endpoints, routing, local models.
+        keys: where keys are read (the keyring, cached).
+    Holds the per-session overrides, the telemetry and the HTTP client session
+    (created at app start-up, closed at clean-up)."""
+
+    def __init__(self, config: Config, keys: KeyCache | None = None) -> None:
+        self.config = config
+        self.keys = keys or KeyCache()
+        self.telemetry = Telemetry()
+        self.overrides: dict[str, str] = {}
+        self.http: aiohttp.ClientSession | None = None
+
+    @property
+    def active(self) -> bool:
+        r = self.config.routing
+        return bool(self.config.endpoints or r.aliases or r.rules or r.default or r.fallback)
+
+    def key_name(self, ep: EndpointConfig) -> str:
+        return ep.key if ep.key is not None else ep.name
+
+    def set_override(self, sid: str, target: str) -> list[Target]:
+        targets = resolve_target(self.config, target, 1)
+        if not targets:
+            raise ApiError(404, f"target: {target!r} names no endpoint/model, endpoint model or local model",
+                           param="target")
+        self.overrides[sid] = target
+        return targets
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
+            auto_decompress=True, trust_env=True)
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    def _cloud(self, t: Target, req: ChatRequest, raw: bytes | None, rid: str) -> CloudSource:
+        ep = t.endpoint
+        assert ep is not None and self.http is not None
+        kname = self.key_name(ep)
+        key = self.keys.get(kname) if kname else None
+        if not key and ep.provider != "openai_compatible" and kname:
+            raise ApiError(400, f"no API key for endpoint {ep.name!r} ({ep.provider}): set it with "
+                                f"`turnout keys set {kname}`")
+        r = self.config.routing
+        t0 = time.perf_counter()
+
+        def done(o: Outcome) -> None:
+            self.telemetry.record(ep.name, ok=o.ok, ttft_s=o.ttft_s, output_tokens=o.output_tokens,
+                                  gen_s=o.gen_s, cancelled=o.cancelled)
+            log.info("upstream_done", endpoint=ep.name, model=t.model, ok=o.ok, status=o.status,
+                     cancelled=o.cancelled, ttft_ms=round(o.ttft_s * 1000, 1) if o.ttft_s else None,
+                     ms=round((time.perf_counter() - t0) * 1000, 1), output_tokens=o.output_tokens)
+            if o.ok and req.session_id:
+                self.telemetry.session(req.session_id, tokens=(o.input_tokens or estimate_tokens(req)) + o.output_tokens,
+                                       endpoint=t.label, model=t.model)
+
+        return CloudSource(rid, provider_for(ep.provider), ep, t.model, req, key, raw, self.http,
+                           retries=max(0, r.retries), backoff_s=r.backoff_s, max_wait_s=r.max_retry_after_s,
+                           on_outcome=done)
+
+    async def open(self, request: web.Request, bus: Bus, req: ChatRequest, count: bool) -> Source:
+        targets = plan(self.config, req, self.overrides.get(req.session_id) if req.session_id else None)
+        if not targets:
+            raise ApiError(404, f"model: {req.model!r} is not served by turnout: no local model, endpoint "
+                                f"model or [routing] alias matches it (see GET /admin/endpoints)",
+                           param="model", code="model_not_found")
+        if count:
+            t = targets[0]
+            if t.local is not None:
+                return await bus.open(t.local, req, count=True)
+            return StaticSource([m.Counted("", 0, estimate_tokens(req))])
+        raw = await request.read() if req.api == "anthropic" else None
+        rid = str(structlog.contextvars.get_contextvars().get("request_id", ""))
+        for i, t in enumerate(targets):
+            last = i == len(targets) - 1
+            try:
+                if t.local is not None:
+                    src: Source = await bus.open(t.local, req)
+                    if req.session_id:
+                        self.telemetry.session(req.session_id, tokens=estimate_tokens(req), endpoint=t.label,
+                                               model=t.model)
+                    return src
+                cs = self._cloud(t, req, raw, rid)
+                await cs.wait_first()
+                log.info("routed", target=t.label, attempt=i)
+                return cs
+            except ApiError as e:
+                if last or not (e.status == 429 or e.status >= 500):
+                    raise
+                log.warning("fallback", target=t.label, status=e.status, next=targets[i + 1].label)
+        raise AssertionError("unreachable")
+
+
+ROUTER: web.AppKey[Router] = web.AppKey("router", Router)
+
+
 async def open_source(request: web.Request, req: ChatRequest, *, count: bool = False) -> Source:
     bus = request.app[BUS]
-    mc = resolve(bus, req.model)
-    return await bus.open(mc, req, count=count)
+    router = request.app.get(ROUTER)
+    if router is None or not router.active:
+        mc = resolve(bus, req.model)
+        return await bus.open(mc, req, count=count)
+    return await router.open(request, bus, req, count)
+
+
+# ----------------------------------------------------------------- admin API
+
+_enc = msgspec.json.Encoder()
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_enc.encode(data), status=status, content_type="application/json")
+
+
+def _public_url(url: str) -> str:
+    # A base URL may carry credentials (https://user:pass@host): never show them.
+    try:
+        from yarl import URL
+
+        return str(URL(url).with_user(None)) if url else url
+    except ValueError:
+        return ""
+
+
+async def admin_endpoints(request: web.Request) -> web.StreamResponse:
+    """Endpoints with their models, whether a key is set (never the key), rolling
+    telemetry; routing; sessions with their size and override."""
+    router = request.app[ROUTER]
+    cfg = router.config
+    eps = []
+    for ep in cfg.endpoints:
+        kname = router.key_name(ep)
+        eps.append({
+            "name": ep.name, "provider": ep.provider,
+            "base_url": _public_url(ep.base_url or DEFAULT_BASE_URLS.get(ep.provider, "")),
+            "key_name": kname, "key_set": bool(kname) and router.keys.has(kname),
+            "models": [msgspec.structs.asdict(x) for x in ep.models],
+            "context_window": max((x.context_window for x in ep.models), default=0),
+            "telemetry": router.telemetry.endpoint_summary(ep.name),
+        })
+    sessions = [{"id": sid, "tokens": s.tokens, "endpoint": s.endpoint, "model": s.model,
+                 "override": router.overrides.get(sid)} for sid, s in router.telemetry.sessions.items()]
+    return _json({
+        "endpoints": eps,
+        "local_models": [{"name": mc.name, "backend": mc.backend, "context_window": mc.context_window}
+                         for mc in cfg.models],
+        "routing": msgspec.to_builtins(cfg.routing),
+        "sessions": sessions,
+    })
+
+
+class _OverrideBody(msgspec.Struct):
+    target: str
+
+
+async def session_get(request: web.Request) -> web.StreamResponse:
+    router = request.app[ROUTER]
+    sid = request.match_info["sid"]
+    s = router.telemetry.sessions.get(sid)
+    return _json({"id": sid, "override": router.overrides.get(sid), "tokens": s.tokens if s else 0,
+                  "endpoint": s.endpoint if s else None})
+
+
+async def session_put(request: web.Request) -> web.StreamResponse:
+    """Route this session's next requests to ``target`` (``endpoint/model``, an
+    alias, a local model) until cleared."""
+    router = request.app[ROUTER]
+    sid = request.match_info["sid"]
+    try:
+        body = msgspec.json.decode(await request.read(), type=_OverrideBody)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise ApiError(400, f"body must be {{\"target\": \"endpoint/model\"}}: {e}", param="target") from None
+    targets = router.set_override(sid, body.target)
+    log.info("session_override", session=sid, target=body.target)
+    return _json({"id": sid, "override": body.target, "resolves_to": [t.label for t in targets]})
+
+
+async def session_delete(request: web.Request) -> web.StreamResponse:
+    router = request.app[ROUTER]
+    sid = request.match_info["sid"]
+    router.overrides.pop(sid, None)
+    return _json({"id": sid, "override": None})
+
+
+def setup(app: web.Application, config: Config) -> None:
+    """Install the router on ``app``: its state, its admin routes, and the HTTP
+    client session's life (opened on start-up, closed on clean-up)."""
+    problems = validate(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    router = Router(config)
+    app[ROUTER] = router
+
+    async def on_startup(_: web.Application) -> None:
+        await router.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await router.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    r = app.router
+    r.add_get("/admin/endpoints", admin_endpoints)
+    r.add_get("/admin/sessions/{sid}", session_get)
+    r.add_put("/admin/sessions/{sid}", session_put)
+    r.add_delete("/admin/sessions/{sid}", session_delete)
