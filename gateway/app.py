@@ -22,7 +22,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway import anthropic, media, openai_chat
+from gateway import anthropic, media, openai_chat, routing
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import collect
@@ -310,4 +310,5 @@ def build_app(bus: Bus, token: str, max_body_bytes: int) -> web.Application:
     r.add_get("/v1/models/{model_id:.+}", get_model)
     r.add_get("/admin/workers", admin_workers)
     media.register_routes(app)
+    routing.setup(app, bus.config)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
     return app

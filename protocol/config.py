@@ -84,6 +84,65 @@ class MediaConfig(msgspec.Struct, forbid_unknown_fields=True):
     ocr_images: bool = False
 
 
+class EndpointModel(msgspec.Struct, forbid_unknown_fields=True):
+    """One model an endpoint serves. Prices are USD per million tokens (0: unknown).
+    ``thinking``/``vision`` say what the model can do, for the routing rules."""
+
+    name: str
+    context_window: int = 0
+    input_price: float = 0.0
+    output_price: float = 0.0
+    thinking: bool = False
+    vision: bool = True
+
+
+class EndpointConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """A cloud provider or an OpenAI-compatible server (``[[endpoints]]``).
+
+    ``provider``: anthropic | openai | gemini | openai_compatible. ``base_url``
+    defaults to the provider's public API. ``key``: the keyring entry holding its
+    API key (``turnout keys set NAME``; defaults to the endpoint's name; "" with
+    ``openai_compatible`` sends none). ``betas``: the ``anthropic-beta`` values this
+    upstream accepts (Anthropic only; others are filtered out)."""
+
+    name: str
+    provider: str
+    base_url: str = ""
+    key: str | None = None
+    models: list[EndpointModel] = msgspec.field(default_factory=list)
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    betas: list[str] | None = None
+
+
+class RoutingRule(msgspec.Struct, forbid_unknown_fields=True):
+    """``when``: background | thinking | long_context | images. ``to``: target(s)
+    tried in order. ``models``: globs of requested names the rule applies to
+    (empty: all)."""
+
+    when: str
+    to: str | list[str]
+    models: list[str] = msgspec.field(default_factory=list)
+
+
+class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``[routing]``: ``aliases`` map a requested model name (exact, glob, or one of
+    Claude Code's opus/sonnet/haiku families) to a target or an ordered list of
+    targets (the later ones are fallbacks); a target is ``endpoint/model``, a model
+    one endpoint lists, or a local model. ``default`` serves names nothing else
+    matches. ``retries``: attempts per target on 429/5xx/connection errors before
+    falling back; ``backoff_s``: the first wait, doubled each time, unless the
+    upstream's Retry-After says otherwise (capped at ``max_retry_after_s``)."""
+
+    default: str | list[str] = ""
+    aliases: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
+    rules: list[RoutingRule] = msgspec.field(default_factory=list)
+    fallback: list[str] = msgspec.field(default_factory=list)
+    retries: int = 1
+    backoff_s: float = 0.25
+    max_retry_after_s: float = 10.0
+
+
 class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True):
     """``[supervisor]``: memory watermarks, keep-alive, drains, restart backoff.
 
@@ -121,6 +180,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     media: MediaConfig = msgspec.field(default_factory=MediaConfig)
+    endpoints: list[EndpointConfig] = msgspec.field(default_factory=list)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
 
     def resolve_model(self, name: str) -> ModelConfig | None:
