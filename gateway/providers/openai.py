@@ -143,6 +143,15 @@ class OpenAIParser:
         self.usage = Usage()
         self.stop_reason = "end_turn"
         self.tools: dict[int, str] = {}  # OpenAI index -> id
+        self.chunks = 0  # content chunks: the output size when no usage comes
+        self.got_usage = False
+
+    def _done(self) -> m.Done:
+        if not self.got_usage:
+            # Servers that ignore stream_options (llama_cpp.server) send no usage;
+            # they stream one token a chunk, so the chunk count is the output size.
+            self.usage.output_tokens = self.chunks
+        return mk_done(self._reason(), self.usage)  # type: ignore[arg-type]
 
     def _reason(self) -> str:
         # Some servers say "stop" after streaming tool calls.
@@ -168,7 +177,7 @@ class OpenAIParser:
     def feed(self, event: str, data: bytes) -> list[m.StreamMsg]:
         if data == b"[DONE]":
             self.finished = True
-            return [mk_done(self._reason(), self.usage)]  # type: ignore[arg-type]
+            return [self._done()]
         ev = decode(data)
         if "error" in ev and not ev.get("choices"):
             self.finished = True
@@ -176,6 +185,7 @@ class OpenAIParser:
             return [m.Failed("", 0, "internal", f"upstream: {err.get('message', 'error')}")]
         out: list[m.StreamMsg] = []
         if ev.get("usage"):
+            self.got_usage = True
             self._usage(ev["usage"])
         whole = ev.get("object") == "chat.completion"
         for ch in ev.get("choices") or []:
@@ -187,14 +197,16 @@ class OpenAIParser:
                 out.append(m.TextDelta("", 0, d["content"]))
             for tc in d.get("tool_calls") or []:
                 self._tool(tc, out)
+            if r or d.get("content") or d.get("tool_calls"):
+                self.chunks += 1
             if ch.get("finish_reason"):
                 self.stop_reason = _FINISH.get(ch["finish_reason"], "end_turn")
         if whole:
             self.finished = True
-            out.append(mk_done(self._reason(), self.usage))  # type: ignore[arg-type]
+            out.append(self._done())
         return out
 
     def finish(self) -> list[m.StreamMsg]:
         # Some servers end the body without [DONE]; a finish_reason makes it whole.
         self.finished = True
-        return [mk_done(self._reason(), self.usage)]  # type: ignore[arg-type]
+        return [self._done()]
