@@ -9,7 +9,15 @@ the ZeroMQ file descriptors, which are edge-triggered: every reader drains until
 * SUB, bound, subscribed once to this gateway's id: every token of every stream.
 * DEALER to the supervisor's control ROUTER: hello, ready, commands.
 * SUB to the supervisor's event PUB: worker state changes (a worker that exited
-  fails the requests it held).
+  fails the requests it held; a draining one gets no new request but finishes what
+  it holds).
+
+Supervisor duties (issue 4): a ``GatewayReport`` about once a second (each worker's
+in-flight count, whether it is routed to, how long it has been idle: the
+supervisor's LRU, keep-alive and drain decisions rest on it), sent at once when a
+draining worker has emptied. A request for a model with no worker at all asks the
+supervisor to load one (``LoadModel``): a refusal is 529 with Retry-After, else the
+request waits for the worker, with ``Ping`` messages to the client meanwhile.
 
 Streams are checked for ``seq`` gaps: a gap fails the request, never splices.
 Frames for request ids the gateway no longer tracks are dropped and counted.
@@ -22,8 +30,9 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import structlog
@@ -37,6 +46,8 @@ from protocol.sockets import Endpoints, bind, make_socket, unlink_ipc
 
 log = structlog.get_logger()
 
+REPORT_INTERVAL_S = 1.0
+
 
 @dataclass
 class WorkerRef:
@@ -48,6 +59,8 @@ class WorkerRef:
     ready: bool = False
     in_flight: set[str] = field(default_factory=set)
     context_window: int = 0
+    draining: bool = False  # the supervisor is stopping it: no new requests
+    last_used: float = field(default_factory=time.monotonic)
 
 
 class RequestStream:
@@ -139,6 +152,9 @@ class Bus:
         self._cmd_lock: asyncio.Lock | None = None
         self._cmd_reply: asyncio.Future[m.FromSupervisor] | None = None
         self.on_cancel_done: Callable[[RequestStream, m.Done], None] | None = None
+        self.model_failed: dict[str, str] = {}  # parked models (supervisor events)
+        self._loads: dict[str, asyncio.Future[m.FromSupervisor]] = {}  # one LoadModel per model
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- set-up
 
@@ -162,9 +178,33 @@ class Bus:
             loop.add_reader(int(sock.getsockopt(zmq.FD)), fn)
             loop.call_soon(fn)  # edge-triggered: pick up anything already queued
         self._send_sup(m.Hello(role="gateway", id=self.gateway_id, pid=os.getpid()))
+        self._spawn_task(self._report_loop())
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # a strong reference, or the task may be collected
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            self.report()
+
+    def report(self) -> None:
+        """Tell the supervisor what the gateway holds on each worker."""
+        now = time.monotonic()
+        loads = [m.WorkerLoad(w.id, len(w.in_flight), w.ready and not w.draining,
+                              0.0 if w.in_flight else round(now - w.last_used, 3))
+                 for w in self.workers.values()]
+        try:
+            self._send_sup(m.GatewayReport(self.gateway_id, loads))
+        except zmq.ZMQError:
+            pass  # closing
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()
+        for task in list(self._tasks):
+            task.cancel()
         for sock in (self.router, self.sub, self.sup, self.events):
             try:
                 loop.remove_reader(int(sock.getsockopt(zmq.FD)))
@@ -279,7 +319,21 @@ class Bus:
                 ev = self._dec_event.decode(raw)
             except msgspec.DecodeError:
                 continue
-            if isinstance(ev, m.WorkerEvent) and ev.state in ("exited", "failed", "stopping"):
+            if isinstance(ev, m.WorkerEvent) and ev.model:
+                if ev.state == "failed":
+                    self.model_failed[ev.model] = ev.reason or "failed"
+                    self._notify()
+                elif ev.state in ("starting", "ready"):
+                    self.model_failed.pop(ev.model, None)
+            if isinstance(ev, m.WorkerEvent) and ev.state == "draining":
+                w = self.workers.get(ev.worker_id)
+                if w is not None and (ev.pid == 0 or ev.pid == w.pid):
+                    # Finishes what it holds; the supervisor stops it once we
+                    # report it empty.
+                    w.draining = True
+                    log.info("worker_draining", worker=ev.worker_id, in_flight=len(w.in_flight))
+                    self.report()
+            elif isinstance(ev, m.WorkerEvent) and ev.state in ("exited", "failed", "stopping"):
                 w = self.workers.get(ev.worker_id)
                 if w is not None and (ev.pid == 0 or ev.pid == w.pid):
                     # Anything the dead worker managed to send is delivered first.
@@ -302,6 +356,9 @@ class Bus:
         w = self.workers.get(st.worker_id)
         if w is not None:
             w.in_flight.discard(st.rid)
+            w.last_used = time.monotonic()
+            if w.draining and not w.in_flight:
+                self.report()  # the supervisor may stop it now
         if st.cancel_handle is not None:
             st.cancel_handle.cancel()
         if st.t_cancel_ns and isinstance(msg, m.Done) and self.on_cancel_done is not None:
@@ -316,13 +373,13 @@ class Bus:
         w.in_flight.clear()
 
     def ready_workers(self, model: str) -> list[WorkerRef]:
-        return [w for w in self.workers.values() if w.ready and model in w.models]
+        return [w for w in self.workers.values() if w.ready and not w.draining and model in w.models]
 
     def _pick(self, model: str) -> WorkerRef | None:
         limit_extra = self.config.server.max_queue_per_worker
         best: WorkerRef | None = None
         for w in self.workers.values():
-            if not w.ready or model not in w.models:
+            if not w.ready or w.draining or model not in w.models:
                 continue
             if len(w.in_flight) >= w.max_concurrency + limit_extra:
                 continue
@@ -333,7 +390,14 @@ class Bus:
     async def open(self, mc: ModelConfig, req: ChatRequest, *, count: bool = False) -> RequestStream:
         """Send a request to the least-loaded ready worker of ``mc`` and return its
         stream. Waits up to ``worker_wait_s`` for a worker (one restarting, say),
-        then raises 529 with Retry-After."""
+        then raises 529 with Retry-After. A model with no worker at all is loaded
+        on demand (see the module docstring)."""
+        if await self._needs_load(mc):
+            rid = f"{self._rid_prefix}{next(self._ids)}"
+            st = RequestStream(self, rid, "", mc.name)
+            msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
+            self._spawn_task(self._send_when_loaded(mc, st, msg, []))
+            return st
         deadline = time.monotonic() + self.config.server.worker_wait_s
         while True:
             w = self._pick(mc.name)
@@ -352,7 +416,8 @@ class Bus:
         st = RequestStream(self, rid, w.id, mc.name)
         self.streams[rid] = st
         w.in_flight.add(rid)
-        msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
+        w.last_used = time.monotonic()
+        msg = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
         try:
             self.router.send_multipart([w.ident, self._enc.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError as e:
@@ -365,6 +430,12 @@ class Bus:
     async def open_job(self, mc: ModelConfig, params: m.JobParams, data: list[bytes | memoryview]) -> JobStream:
         """Send a media job (``data``: its input, as extra frames, not copied) to the
         least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
+        if await self._needs_load(mc):
+            rid = f"{self._rid_prefix}{next(self._ids)}"
+            jst = JobStream(self, rid, "", mc.name)
+            job = m.Job(rid, self.gateway_id, params, n_frames=len(data))
+            self._spawn_task(self._send_when_loaded(mc, jst, job, data))
+            return jst
         deadline = time.monotonic() + self.config.server.worker_wait_s
         while (w := self._pick(mc.name)) is None:
             left = deadline - time.monotonic()
@@ -380,6 +451,7 @@ class Bus:
         st = JobStream(self, rid, w.id, mc.name)
         self.streams[rid] = st
         w.in_flight.add(rid)
+        w.last_used = time.monotonic()
         msg = m.Job(rid, self.gateway_id, params, n_frames=len(data))
         try:
             self.router.send_multipart([w.ident, self._enc.encode(msg), *data], zmq.NOBLOCK, copy=False)
@@ -388,6 +460,83 @@ class Bus:
             self._terminate(st, m.Failed(rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
         asyncio.get_running_loop().call_soon(self._drain_router)
         return st
+
+    # ------------------------------------------------------------ load on demand
+
+    async def _needs_load(self, mc: ModelConfig) -> bool:
+        """True when ``mc`` has no worker at all (not even one starting) and loads on
+        demand, once the supervisor has agreed to load it; raises 529 with
+        Retry-After when it refuses (memory), 503 for a parked model."""
+        if not mc.loads_on_demand():
+            return False
+        if any(mc.name in w.models and not w.draining for w in self.workers.values()):
+            return False
+        fut = self._loads.get(mc.name)
+        if fut is None:
+            # One LoadModel per model, however many requests wait, in a task of its
+            # own: a waiter whose client goes away does not cancel it for the others.
+            fut = asyncio.ensure_future(self._load_command(mc.name))
+            self._loads[mc.name] = fut
+            fut.add_done_callback(lambda _f: self._loads.pop(mc.name, None))
+        reply = await asyncio.shield(fut)
+        if isinstance(reply, m.LoadRefused):
+            if reply.retry_after_s > 0:
+                raise ApiError(529, reply.message, retry_after=reply.retry_after_s)
+            raise ApiError(503, reply.message)
+        if isinstance(reply, m.ErrorReply):
+            raise ApiError(503, f"cannot load model {mc.name!r}: {reply.message}")
+        return True
+
+    async def _load_command(self, model: str) -> m.FromSupervisor:
+        try:
+            return await self.command(m.LoadModel(model))
+        except TimeoutError:
+            return m.ErrorReply("the supervisor did not answer")
+
+    async def _send_when_loaded(self, mc: ModelConfig, st: RequestStream, msg: m.ToWorker,
+                                data: list[bytes | memoryview]) -> None:
+        """Wait for a ready worker of a model being loaded, pinging the client every
+        ``ping_interval_s``, then send it the request (or end the stream with an
+        error: the model failed to load, or did not load in ``load_timeout_s``)."""
+        sc = self.config.supervisor
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        deadline = t0 + max(self.config.server.worker_wait_s, sc.load_timeout_s)
+        next_ping = t0 + sc.ping_interval_s
+        log.info("waiting_for_model_load", model=mc.name)
+        while True:
+            if st.t_cancel_ns:  # the client went away while it loaded
+                st.done = True
+                return
+            w = self._pick(mc.name)
+            if w is not None:
+                break
+            now = time.monotonic()
+            failed = self.model_failed.get(mc.name)
+            if failed or now >= deadline:
+                why = f"failed to load: {failed}" if failed else f"did not load within {deadline - t0:.0f} s"
+                self._terminate(st, m.Failed(st.rid, 0, "overloaded", f"model {mc.name!r} {why}"))
+                return
+            if now >= next_ping:
+                st.push(m.Ping(st.rid, 0))
+                next_ping = now + sc.ping_interval_s
+            assert self._worker_changed is not None
+            try:
+                await asyncio.wait_for(self._worker_changed.wait(),
+                                       timeout=max(0.01, min(deadline, next_ping) - now))
+            except TimeoutError:
+                pass
+        log.info("model_loaded_for_request", model=mc.name, waited_s=round(time.monotonic() - t0, 3))
+        st.worker_id = w.id
+        self.streams[st.rid] = st
+        w.in_flight.add(st.rid)
+        w.last_used = time.monotonic()
+        try:
+            self.router.send_multipart([w.ident, self._enc.encode(msg), *data], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as e:
+            w.ready = False
+            self._terminate(st, m.Failed(st.rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
+        loop.call_soon(self._drain_router)
 
     def cancel(self, st: RequestStream) -> None:
         """The client went away: tell the worker, and give it ``cancel_deadline_s``

@@ -295,9 +295,58 @@ class Shutdown(_Msg, tag="shutdown"):
     pass
 
 
-Command = ListWorkers | RestartWorker | Shutdown
+# Supervisor control (issue 4): typed commands of the CLI and the gateway; each is
+# answered by one ``FromSupervisor`` message, except ``GatewayReport``.
 
-ToSupervisor = Hello | Ready | Heartbeat | ListWorkers | RestartWorker | Shutdown
+
+class WorkerLoad(msgspec.Struct, omit_defaults=True):
+    """What the gateway knows of one worker: requests it holds there, whether it
+    still sends it new ones, and how long since it last used it (LRU, keep-alive)."""
+
+    id: str
+    in_flight: int = 0
+    routing: bool = True
+    idle_s: float = 0.0
+
+
+class GatewayReport(_Msg, tag="gwreport"):
+    """Gateway -> supervisor, about once a second and at once when a draining worker
+    has no request left. Never answered."""
+
+    id: str
+    workers: list[WorkerLoad] = msgspec.field(default_factory=list)
+
+
+class Status(_Msg, tag="status"):
+    """Answered by ``StatusReply``: workers, models, memory."""
+
+
+class ScaleModel(_Msg, tag="scale"):
+    """Run ``workers`` workers of a model, or of every model of a backend. Scaling
+    down drains the workers it stops: no request is lost."""
+
+    target: str
+    workers: int
+
+
+class LoadModel(_Msg, tag="load"):
+    """Make sure a model has a worker (load on demand, ``turnout load``); un-parks a
+    model parked as failed when ``unpark`` is set. Refused (``LoadRefused``) when
+    memory is short."""
+
+    model: str
+    unpark: bool = False
+
+
+class EvictModel(_Msg, tag="evict"):
+    """Drain and stop every worker of a model."""
+
+    model: str
+
+
+Command = ListWorkers | RestartWorker | Shutdown | Status | ScaleModel | LoadModel | EvictModel
+
+ToSupervisor = Hello | Ready | Heartbeat | ListWorkers | RestartWorker | Shutdown | GatewayReport | Status | ScaleModel | LoadModel | EvictModel
 
 
 class WorkerInfo(msgspec.Struct, omit_defaults=False):
@@ -311,6 +360,10 @@ class WorkerInfo(msgspec.Struct, omit_defaults=False):
     restarts: int
     uptime_s: float
     reason: str = ""
+    # appended (issue 4)
+    priority: int = 0
+    idle_s: float = 0.0  # since the gateway last used it
+    crashes: int = 0  # in a row (reset after healthy running)
 
 
 class WorkersReply(_Msg, tag="workers"):
@@ -331,7 +384,40 @@ class Refused(_Msg, tag="refused"):
     message: str
 
 
-FromSupervisor = WorkersReply | Ack | ErrorReply | Refused
+class LoadRefused(_Msg, tag="refused_load"):
+    """A load the supervisor will not do now (memory) or at all (parked model).
+    ``retry_after_s`` 0: retrying will not help until someone acts."""
+
+    message: str
+    retry_after_s: float = 0.0
+
+
+class ModelInfo(msgspec.Struct, omit_defaults=False):
+    name: str
+    backend: str
+    desired: int
+    running: int
+    priority: int = 0
+    expected_mb: float = 0.0
+    reason: str = ""  # why it has fewer workers than configured (evicted, idle...)
+
+
+class StatusReply(_Msg, tag="statusr"):
+    workers: list[WorkerInfo]
+    models: list[ModelInfo] = msgspec.field(default_factory=list)
+    supervisor_pid: int = 0
+    gateway_pid: int = 0
+    gateway_restarts: int = 0
+    available_bytes: int = 0
+    total_bytes: int = 0
+    pressure: str = "none"  # none | soft | hard
+    soft_available_bytes: int = 0
+    hard_available_bytes: int = 0
+    port: int = 0
+    gateway_ready: bool = False
+
+
+FromSupervisor = WorkersReply | Ack | ErrorReply | Refused | LoadRefused | StatusReply
 
 
 # ------------------------------------------------------------ supervisor PUB events
@@ -344,8 +430,17 @@ class WorkerEvent(_Msg, tag="worker"):
     state: WorkerState
     pid: int = 0
     reason: str = ""
+    model: str = ""  # appended (issue 4): lets the gateway follow a model's loads
 
 
-Event = WorkerEvent
+class MemoryEvent(_Msg, tag="memory"):
+    """The memory pressure level changed (none | soft | hard)."""
+
+    pressure: str
+    available_bytes: int = 0
+
+
+Event = WorkerEvent | MemoryEvent
 
 EVENTS_TOPIC = b"ev"
+

@@ -1,7 +1,18 @@
 """The ``turnout`` command line.
 
-    turnout up [--config FILE] [--host H] [--port P]   run in the foreground
-    turnout token                                      print the API token
+    turnout up [--config FILE] [--host H] [--port P] [--daemon]
+                                          run (in the foreground, or detached)
+    turnout down [--timeout S]            stop a running turnout gracefully
+    turnout status | ps [--json]          workers, models, memory
+    turnout scale MODEL_OR_BACKEND N      run N workers (scaling down drains)
+    turnout load MODEL                    load a model now (also un-parks it)
+    turnout evict MODEL                   drain and stop a model's workers
+    turnout logs [-f] [-n N]              the daemon's log
+    turnout token                         print the API token
+
+Every command but ``up`` and ``token`` talks to the supervisor's control socket;
+``--port`` (default: the config's, else 8765) or ``--runtime-dir`` picks the
+instance, so several can run side by side.
 """
 
 from __future__ import annotations
@@ -31,7 +42,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     from gateway.auth import load_or_create_token
     from supervisor.arbiter import Arbiter
 
-    setup_logging("supervisor")
     try:
         cfg = load_config(_config_path(args.config))
     except ConfigError as e:
@@ -41,6 +51,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         cfg.server.host = args.host
     if args.port is not None:
         cfg.server.port = args.port
+    if getattr(args, "daemon", False):
+        from supervisor.daemon import start_daemon
+
+        return start_daemon(args, cfg.server.host, cfg.server.port)
+    setup_logging("supervisor")
     if any(mc.backend == "llama_cpp" and not mc.path for mc in cfg.models):
         # Assemble the bundled default model here, so its progress bar shows in the
         # user's terminal before any worker starts (the worker would do it otherwise).
@@ -53,7 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"turnout: {e}", file=sys.stderr)
         return 2
     runtime = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir() / str(cfg.server.port)
-    return Arbiter(cfg, runtime).run()
+    pidfile = Path(args.pidfile) if getattr(args, "pidfile", None) else None
+    return Arbiter(cfg, runtime, pidfile=pidfile).run()
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -78,7 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="listen port (default 8765)")
     up.add_argument("--runtime-dir", help=argparse.SUPPRESS)
+    up.add_argument("--daemon", action="store_true",
+                    help="detach; pidfile and log under $XDG_STATE_HOME/turnout/PORT/")
+    up.add_argument("--pidfile", help=argparse.SUPPRESS)
+    up.add_argument("--wait", dest="wait_s", type=float, default=120.0, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
+    from supervisor.daemon import register_control_cli
+
+    register_control_cli(sub, _config_path)
     tok = sub.add_parser("token", help="print the API token (created on first use)")
     tok.set_defaults(func=cmd_token)
     # Subcommands owned by other packages register themselves here.

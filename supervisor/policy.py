@@ -60,3 +60,59 @@ def should_park(policy: BackoffPolicy, consecutive_crashes: int, exit_code: int 
 
 def heartbeat_stale(now_ns: int, last_heartbeat_ns: int, timeout_s: float) -> bool:
     return now_ns - last_heartbeat_ns > timeout_s * 1e9
+
+
+def backoff_from_config(first_s: float, base_s: float, max_s: float, healthy_s: float, park_after: int) -> BackoffPolicy:
+    """The ``[supervisor]`` restart settings as a :class:`BackoffPolicy`."""
+    return BackoffPolicy(first_s=first_s, base_s=base_s, max_s=max_s, healthy_s=healthy_s,
+                         park_after=max(1, park_after))
+
+
+def idle_expired(now: float, last_used: float, keep_alive_s: float, in_flight: int, state: str) -> bool:
+    """A ready worker nobody has used for ``keep_alive_s`` (0: keep forever)."""
+    return keep_alive_s > 0 and state == "ready" and in_flight == 0 and now - last_used >= keep_alive_s
+
+
+@dataclass(frozen=True)
+class DrainView:
+    """What the arbiter knows of a draining worker.
+
+    ``acked``: the gateway has reported, after the drain began, that it no longer
+    routes to the worker; ``gateway_in_flight``: requests the gateway still holds
+    there; ``worker_in_flight``: what the worker's own heartbeat says;
+    ``gateway_up``: a gateway is running (else only the heartbeat can tell)."""
+
+    acked: bool
+    gateway_in_flight: int
+    worker_in_flight: int
+    gateway_up: bool
+    started: float
+    timeout_s: float
+
+
+def drain_finished(v: DrainView, now: float) -> str:
+    """"" while the drain must go on, else why the worker may now be stopped."""
+    if now - v.started >= v.timeout_s:
+        return "drain timed out"
+    if v.gateway_up:
+        if v.acked and v.gateway_in_flight == 0:
+            return "drained"
+        return ""
+    return "drained" if v.worker_in_flight == 0 else ""
+
+
+@dataclass(frozen=True)
+class SlotView:
+    id: str
+    state: str
+    in_flight: int
+    started: float  # monotonic spawn time
+
+
+def scale_down_order(slots: list[SlotView], n: int) -> list[str]:
+    """The ``n`` workers to stop when scaling down: those not serving yet (starting,
+    loading, parked) first, then the idle, then the least busy; the newest first
+    among equals, so long-lived warm workers stay."""
+    rank = {"failed": 0, "exited": 0, "starting": 1, "loading": 1, "ready": 2}
+    order = sorted(slots, key=lambda s: (rank.get(s.state, 3), s.in_flight, -s.started))
+    return [s.id for s in order[: max(0, n)]]

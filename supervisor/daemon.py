@@ -1,0 +1,313 @@
+"""``turnout up --daemon`` and the commands that drive a running turnout.
+
+Daemon mode re-executes ``turnout up`` as a detached child (a new session, stdin
+from /dev/null, stdout and stderr appended to the log file) instead of forking the
+CLI process: the supervisor must start from a clean interpreter, as its own
+children do (never fork). The parent waits until the new supervisor answers on its
+control socket with its gateway up, prints where things are, and exits.
+
+The other commands (down, status/ps, scale, load, evict) each send one typed command
+through :class:`supervisor.control.ControlClient`; ``logs`` reads the daemon's log
+file. A supervisor that is not running gives one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import psutil
+
+from protocol import messages as m
+from protocol.config import DEFAULT_PORT, ConfigError, load_config
+from supervisor.control import (
+    ControlClient,
+    NotRunning,
+    logfile_path,
+    pidfile_path,
+    runtime_dir_for,
+)
+
+MB = 1024 * 1024
+
+
+def _fail(msg: str, code: int = 1) -> int:
+    print(f"turnout: {msg}", file=sys.stderr)
+    return code
+
+
+# --------------------------------------------------------------------------- up -d
+
+
+def start_daemon(args: argparse.Namespace, host: str, port: int) -> int:
+    """Start ``turnout up`` detached; return once it serves (or failed to)."""
+    runtime = runtime_dir_for(port, args.runtime_dir)
+    try:
+        with ControlClient(runtime, timeout_s=1.0) as c:
+            st = c.request(m.Status())
+        if isinstance(st, m.StatusReply):
+            return _fail(f"turnout is already running on port {port} (pid {st.supervisor_pid})")
+    except NotRunning:
+        pass
+    pidfile, logfile = pidfile_path(port), logfile_path(port)
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--host", host,
+           "--pidfile", str(pidfile)]
+    if args.config:
+        cmd += ["--config", str(Path(args.config).resolve())]
+    if args.runtime_dir:
+        cmd += ["--runtime-dir", str(Path(args.runtime_dir).resolve())]
+    with open(logfile, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd="/")
+    deadline = time.monotonic() + args.wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return _fail(f"turnout exited with code {proc.returncode} while starting; see {logfile}")
+        try:
+            with ControlClient(runtime, timeout_s=0.5) as c:
+                st = c.request(m.Status())
+            if isinstance(st, m.StatusReply) and st.gateway_ready:
+                print(f"turnout is up: http://{host}:{port} (pid {proc.pid}); log: {logfile}")
+                return 0
+        except NotRunning:
+            pass
+        time.sleep(0.1)
+    return _fail(f"turnout (pid {proc.pid}) did not become ready in {args.wait_s:g} s; see {logfile}")
+
+
+# ------------------------------------------------------------------- the commands
+
+
+def _instance(args: argparse.Namespace, config_path: Callable[[str | None], str | None]) -> tuple[int, Path]:
+    port = args.port
+    if port is None:
+        try:
+            port = load_config(config_path(args.config)).server.port
+        except ConfigError:
+            port = DEFAULT_PORT
+    return port, runtime_dir_for(port, args.runtime_dir)
+
+
+def _not_running(port: int) -> int:
+    return _fail(f"not running on port {port} (start it with `turnout up --daemon`)")
+
+
+def _request(args: argparse.Namespace, cmd: m.Command) -> tuple[int, m.FromSupervisor | None]:
+    port, runtime = _instance(args, args.config_path)
+    try:
+        with ControlClient(runtime, timeout_s=args.timeout_s) as c:
+            return port, c.request(cmd)
+    except NotRunning:
+        return port, None
+
+
+def _answer(port: int, reply: m.FromSupervisor | None) -> int:
+    if reply is None:
+        return _not_running(port)
+    if isinstance(reply, m.Ack):
+        print(reply.message or "ok")
+        return 0
+    if isinstance(reply, m.LoadRefused):
+        hint = f" (retry in {reply.retry_after_s:g} s)" if reply.retry_after_s else ""
+        return _fail(reply.message + hint)
+    if isinstance(reply, m.ErrorReply | m.Refused):
+        return _fail(reply.message)
+    return _fail(f"unexpected answer: {type(reply).__name__}")
+
+
+def _fmt_bytes(n: int) -> str:
+    if n <= 0:
+        return "-"
+    return f"{n / MB:.0f}M" if n < 10 * 1024 * MB else f"{n / 1024 / MB:.1f}G"
+
+
+def _fmt_age(s: float) -> str:
+    if s <= 0:
+        return "-"
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def format_status(st: m.StatusReply) -> str:
+    """The ``turnout ps`` table (pure: tested without a supervisor)."""
+    lines = [
+        f"turnout on port {st.port}: supervisor pid {st.supervisor_pid}, gateway pid {st.gateway_pid or '-'}"
+        f" ({st.gateway_restarts} restarts)",
+        f"memory: {_fmt_bytes(st.available_bytes)} available of {_fmt_bytes(st.total_bytes)}; "
+        f"pressure {st.pressure} (soft < {_fmt_bytes(st.soft_available_bytes)}, "
+        f"hard < {_fmt_bytes(st.hard_available_bytes)})",
+        "",
+    ]
+    head = ("WORKER", "BACKEND", "MODEL", "PID", "STATE", "RSS", "UPTIME", "RESTARTS", "IN-FLIGHT", "REASON")
+    rows = [head]
+    for w in st.workers:
+        rows.append((w.id, w.backend, w.model, str(w.pid or "-"), w.state, _fmt_bytes(w.rss_bytes),
+                     _fmt_age(w.uptime_s), str(w.restarts), str(w.in_flight), w.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    for r in rows:
+        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:-1])) + "  " + r[-1])
+    idle = [mi for mi in st.models if mi.running == 0]
+    if idle:
+        lines.append("")
+        lines.append("not running: " + "; ".join(
+            f"{mi.name} ({mi.reason or 'workers = 0'})" for mi in idle))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    port, reply = _request(args, m.Status())
+    if not isinstance(reply, m.StatusReply):
+        return _answer(port, reply)
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(reply), indent=2))
+    else:
+        print(format_status(reply))
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    return _answer(*_request(args, m.ScaleModel(args.target, args.workers)))
+
+
+def cmd_evict(args: argparse.Namespace) -> int:
+    return _answer(*_request(args, m.EvictModel(args.model)))
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    port, reply = _request(args, m.LoadModel(args.model, unpark=True))
+    code = _answer(port, reply)
+    if code or args.no_wait:
+        return code
+    # Wait for a ready worker of the model (or for it to fail).
+    port, runtime = _instance(args, args.config_path)
+    deadline = time.monotonic() + args.wait_s
+    with ControlClient(runtime, timeout_s=args.timeout_s) as c:
+        while time.monotonic() < deadline:
+            try:
+                st = c.request(m.Status())
+            except NotRunning:
+                return _not_running(port)
+            assert isinstance(st, m.StatusReply)
+            mine = [w for w in st.workers if args.model in (w.model, w.id)]
+            if not mine:
+                mc = [mi.name for mi in st.models if mi.name == args.model]
+                if not mc:  # an alias: the table names the model
+                    mine = st.workers
+            if any(w.state == "ready" for w in mine if args.model in (w.model, w.id)):
+                print(f"{args.model} is ready")
+                return 0
+            failed = [w for w in mine if w.state == "failed"]
+            if failed:
+                return _fail(f"{args.model} failed: {failed[0].reason}")
+            time.sleep(0.1)
+    return _fail(f"{args.model} is not ready after {args.wait_s:g} s (see `turnout ps`)")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    port, runtime = _instance(args, args.config_path)
+    try:
+        with ControlClient(runtime, timeout_s=args.timeout_s) as c:
+            st = c.request(m.Status())
+            assert isinstance(st, m.StatusReply)
+            pid = st.supervisor_pid
+            c.request(m.Shutdown())
+    except NotRunning:
+        return _not_running(port)
+    try:
+        proc = psutil.Process(pid)
+        kids = proc.children(recursive=True)
+    except psutil.Error:
+        print("turnout stopped")
+        return 0
+    try:
+        proc.wait(args.wait_s)
+    except psutil.TimeoutExpired:
+        # The graceful ladder did not finish in time: kill what is left.
+        for p in [proc, *kids]:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        psutil.wait_procs([proc, *kids], timeout=5)
+        return _fail(f"turnout (pid {pid}) did not stop within {args.wait_s:g} s: killed")
+    psutil.wait_procs([k for k in kids if k.is_running()], timeout=5)
+    print("turnout stopped")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    port, _ = _instance(args, args.config_path)
+    path = logfile_path(port)
+    if not path.exists():
+        return _fail(f"no log at {path}: turnout writes one only with `up --daemon` "
+                     "(under systemd: journalctl --user -u turnout)")
+    with open(path, "rb") as f:
+        lines = f.readlines()
+        for line in lines[-args.lines:] if args.lines > 0 else lines:
+            sys.stdout.write(line.decode(errors="replace"))
+        sys.stdout.flush()
+        if not args.follow:
+            return 0
+        try:
+            while True:  # until Ctrl-C, as tail -f
+                chunk = f.readline()
+                if chunk:
+                    sys.stdout.write(chunk.decode(errors="replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            return 0
+
+
+def register_control_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                         config_path: Callable[[str | None], str | None]) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", type=int, help="the instance's port (default: the config's, else 8765)")
+        p.add_argument("--runtime-dir", help="the instance's runtime directory (overrides --port)")
+        p.add_argument("--config", help="config file (for its port)")
+        p.add_argument("--timeout", dest="timeout_s", type=float, default=5.0, help=argparse.SUPPRESS)
+        p.set_defaults(config_path=config_path)
+
+    down = sub.add_parser("down", help="stop a running turnout (graceful, timed)")
+    common(down)
+    down.add_argument("--wait", dest="wait_s", type=float, default=30.0,
+                      help="seconds to wait for a graceful stop before killing (default 30)")
+    down.set_defaults(func=cmd_down)
+    for name in ("status", "ps"):
+        p = sub.add_parser(name, help="workers, models and memory of a running turnout")
+        common(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=cmd_status)
+    sc = sub.add_parser("scale", help="run N workers of a model (or of each model of a backend)")
+    common(sc)
+    sc.add_argument("target", metavar="MODEL_OR_BACKEND")
+    sc.add_argument("workers", type=int, metavar="N")
+    sc.set_defaults(func=cmd_scale)
+    ld = sub.add_parser("load", help="load a model now (also un-parks a failed one)")
+    common(ld)
+    ld.add_argument("model")
+    ld.add_argument("--no-wait", action="store_true", help="return without waiting for it to be ready")
+    ld.add_argument("--wait", dest="wait_s", type=float, default=120.0, help=argparse.SUPPRESS)
+    ld.set_defaults(func=cmd_load)
+    ev = sub.add_parser("evict", help="drain and stop every worker of a model")
+    common(ev)
+    ev.add_argument("model")
+    ev.set_defaults(func=cmd_evict)
+    lg = sub.add_parser("logs", help="print the daemon's log")
+    common(lg)
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("-n", "--lines", type=int, default=100, help="last N lines (0: all; default 100)")
+    lg.set_defaults(func=cmd_logs)
+

@@ -1,0 +1,97 @@
+"""Several workers per model, scaled up and down at run time under load: the gateway
+spreads requests, a worker being scaled down is drained first, no request is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from protocol import messages as m
+from tests.helpers import poll_until
+from tests.supervisor.helpers import command, expected_text, status, stream, workers_of
+
+CONFIG = """
+[server]
+worker_wait_s = 10.0
+heartbeat_timeout_s = 5.0
+
+[supervisor]
+drain_timeout_s = 20.0
+
+[[models]]
+name = "fake"
+backend = "fake"
+workers = 1
+[models.options]
+token_delay_ms = 10
+"""
+
+
+async def test_scale_up_and_down_under_load_loses_no_request(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(CONFIG)
+    results: list[tuple[str, int, object]] = []
+    stop = asyncio.Event()
+    busy_workers: set[str] = set()
+
+    async def client(n: int, session: aiohttp.ClientSession) -> None:
+        i = 0
+        while not stop.is_set():
+            prompt = f"client{n} request{i} alpha beta"
+            results.append((prompt, 40, await stream(session, t, prompt, 40)))
+            i += 1
+
+    async def watch() -> None:
+        while not stop.is_set():
+            st = await asyncio.to_thread(status, t)
+            busy_workers.update(w.id for w in st.workers if w.in_flight > 0)
+            await asyncio.sleep(0.1)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        tasks = [asyncio.create_task(client(n, session)) for n in range(12)]
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.5)
+        assert isinstance(await asyncio.to_thread(command, t, m.ScaleModel("fake", 3)), m.Ack)
+        await asyncio.to_thread(poll_until, lambda: len(workers_of(t, "fake", "ready")) == 3, 20)
+        # the gateway spreads the load over the new workers
+        await asyncio.to_thread(poll_until, lambda: len(busy_workers) >= 3, 10)
+        await asyncio.sleep(0.5)
+        reply = await asyncio.to_thread(command, t, m.ScaleModel("fake", 1))
+        assert isinstance(reply, m.Ack) and "fake=1" in reply.message
+        await asyncio.to_thread(poll_until, lambda: len(workers_of(t, "fake")) == 1, 30)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*tasks)
+        watcher.cancel()
+
+    assert len(results) > 30
+    for prompt, n, res in results:
+        assert res.status == 200 and res.stopped and not res.error, (prompt, res)  # type: ignore[attr-defined]
+        assert res.text == expected_text(prompt, n), prompt  # type: ignore[attr-defined]
+    drained = [e for e in t.log_events() if e.get("event") == "worker_drained"]
+    assert len(drained) == 2 and all(e["outcome"] == "drained" for e in drained), drained
+    # the two drained workers were serving when the drain began (else this test
+    # would not show that in-flight requests survive a scale down)
+    draining = [e for e in t.log_events() if e.get("event") == "worker_draining" and e.get("proc") == "gateway"]
+    assert any(int(e["in_flight"]) > 0 for e in draining), draining  # type: ignore[call-overload]
+
+
+def test_scale_unknown_target_is_an_error(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(CONFIG)
+    reply = command(t, m.ScaleModel("nope", 2))
+    assert isinstance(reply, m.ErrorReply) and "nope" in reply.message and "fake" in reply.message
+
+
+def test_scale_by_backend_and_to_zero(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(CONFIG)
+    assert isinstance(command(t, m.ScaleModel("fake", 2)), m.Ack)  # by backend name "fake" == model here
+    poll_until(lambda: len(workers_of(t, "fake", "ready")) == 2, 20)
+    assert isinstance(command(t, m.ScaleModel("fake", 0)), m.Ack)
+    poll_until(lambda: not status(t).workers, 20)
+    st = status(t)
+    assert st.models[0].desired == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and t.descendants() and len(t.descendants()) > 1:
+        time.sleep(0.05)
+    assert len(t.descendants()) == 1  # only the gateway is left
