@@ -298,7 +298,9 @@ class Router:
         def done(o: Outcome) -> None:
             self.telemetry.record(ep.name, ok=o.ok, ttft_s=o.ttft_s, output_tokens=o.output_tokens,
                                   gen_s=o.gen_s, cancelled=o.cancelled)
-            log.info("upstream_done", endpoint=ep.name, model=t.model, ok=o.ok, status=o.status,
+            # One line per request at info only when something went wrong: the
+            # access line already records each request, and a log line costs.
+            (log.debug if o.ok else log.info)("upstream_done", endpoint=ep.name, model=t.model, ok=o.ok, status=o.status,
                      cancelled=o.cancelled, ttft_ms=round(o.ttft_s * 1000, 1) if o.ttft_s else None,
                      ms=round((time.perf_counter() - t0) * 1000, 1), output_tokens=o.output_tokens)
             if o.ok and req.session_id:
@@ -333,7 +335,7 @@ class Router:
                     return src
                 cs = self._cloud(t, req, raw, rid)
                 await cs.wait_first()
-                log.info("routed", target=t.label, attempt=i)
+                log.debug("routed", target=t.label, attempt=i)
                 return cs
             except ApiError as e:
                 if last or not (e.status == 429 or e.status >= 500):

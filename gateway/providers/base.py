@@ -334,6 +334,13 @@ class CloudSource:
                         self._note(out, t0)
                         self._push(out)
                     if parser.finished:
+                        # The answer is complete and with the client; read the
+                        # body's end (already here) so the connection goes back
+                        # to the pool instead of a new one per request.
+                        try:
+                            await asyncio.wait_for(_drain(resp.content), 1.0)
+                        except (TimeoutError, aiohttp.ClientError, OSError):
+                            pass  # the answer is whole; the connection is just not reused
                         break
             else:
                 out = parser.feed("", await resp.read())
@@ -365,6 +372,11 @@ class CloudSource:
             elif isinstance(msg, m.Done):
                 o.output_tokens = msg.usage.output_tokens
                 o.input_tokens = msg.usage.input_tokens + msg.usage.cache_read_input_tokens
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    async for _ in content.iter_any():
+        pass
 
 
 def _safe(text: str, key: str | None) -> str:

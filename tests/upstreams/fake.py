@@ -90,7 +90,11 @@ class FakeUpstreams:
         app.router.add_post("/anthropic/v1/messages", self.anthropic)
         app.router.add_post("/openai/v1/chat/completions", self.openai)
         app.router.add_post("/gemini/v1beta/models/{model}:{method}", self.gemini)
+        app.router.add_get("/_disconnects", self.list_disconnects)
         return app
+
+    async def list_disconnects(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.disconnects)
 
     # ------------------------------------------------------------- helpers
 
@@ -353,3 +357,19 @@ def _gemini_schema_problem(body: dict[str, Any]) -> str:
             if (bad := walk(d.get("parameters", {}))):
                 return bad
     return ""
+
+
+def main() -> None:
+    """``python -m tests.upstreams.fake --port P``: serve until killed (benchmarks)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+    f = FakeUpstreams(port=args.port).start()
+    print(f"ready {f.url}", flush=True)
+    f.thread.join()
+
+
+if __name__ == "__main__":
+    main()
