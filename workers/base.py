@@ -529,14 +529,11 @@ class ComputeLoop:
             return True
         if isinstance(item, WithFrames):
             item.msg.seq = slot.seq
-            slot.seq += 1
             try:
                 self._send_frames(slot.topic, item)
-            except (TypeError, ValueError) as e:  # unencodable output: a backend bug
-                log.error("job_output_unencodable", request_id=slot.request_id, error=repr(e))
-                self._send(slot.topic, m.Failed(slot.request_id, slot.seq, "internal", _safe(e)), True)
-                slot.gen.close()
-                return False
+            except (TypeError, ValueError) as e:
+                return self._unencodable(slot, e)
+            slot.seq += 1
             self._order += 1
             slot.order = self._order
             return True
@@ -554,10 +551,23 @@ class ComputeLoop:
             self._send(slot.topic, item, True)
             slot.gen.close()
             return False
-        self._send(slot.topic, item)
+        try:
+            self._send(slot.topic, item)
+        except TypeError as e:
+            # (seq was stamped but nothing was sent: the Failed takes its place)
+            slot.seq -= 1
+            return self._unencodable(slot, e)
         self._order += 1
         slot.order = self._order
         return True
+
+    def _unencodable(self, slot: _Slot, e: Exception) -> bool:
+        """A backend yielded something msgpack cannot encode (a numpy scalar, say):
+        a bug that must cost this request, not the worker."""
+        log.error("output_unencodable", request_id=slot.request_id, error=repr(e))
+        self._send(slot.topic, m.Failed(slot.request_id, slot.seq, "internal", _safe(e)), True)
+        slot.gen.close()
+        return False
 
     def _fail_all(self, kind: m.FailKind, message: str) -> None:
         for slot in self._active:
