@@ -207,12 +207,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _with_stream(request, req, body)
 
 
-def _model_names(bus: Bus) -> list[tuple[str, ModelConfig]]:
-    out: list[tuple[str, ModelConfig]] = []
-    for mc in bus.config.models:
-        out.append((mc.name, mc))
-        out.extend((a, mc) for a in mc.aliases if not any(c in a for c in "*?["))
-    return out
+class Listing(msgspec.Struct):
+    """One name a client may send as ``model``."""
+
+    id: str
+    backend: str  # local backend, or the cloud provider
+    context_window: int = 0
+    alias_of: str = ""
 
 
 def context_window(bus: Bus, mc: ModelConfig) -> int:
@@ -222,25 +223,43 @@ def context_window(bus: Bus, mc: ModelConfig) -> int:
     return max((w.context_window for w in bus.workers.values() if mc.name in w.models), default=0)
 
 
-def _model_entry(name: str, mc: ModelConfig, anthropic_shape: bool, created: float, window: int) -> dict[str, Any]:
+def listings(bus: Bus) -> list[Listing]:
+    """Local models and their exact aliases, cloud endpoints' models as
+    ``endpoint/model``, and the exact ``[routing]`` aliases."""
+    cfg = bus.config
+    out: list[Listing] = []
+    for mc in cfg.models:
+        win = context_window(bus, mc)
+        out.append(Listing(mc.name, mc.backend, win))
+        out.extend(Listing(a, mc.backend, win, mc.name) for a in mc.aliases if not any(c in a for c in "*?["))
+    for ep in cfg.endpoints:
+        out.extend(Listing(f"{ep.name}/{em.name}", ep.provider, em.context_window) for em in ep.models)
+    seen = {x.id for x in out}
+    for alias, target in cfg.routing.aliases.items():
+        if alias not in seen and not any(c in alias for c in "*?["):
+            first = target if isinstance(target, str) else (target[0] if target else "")
+            out.append(Listing(alias, "alias", 0, first))
+    return out
+
+
+def _model_entry(x: Listing, anthropic_shape: bool, created: float) -> dict[str, Any]:
     if anthropic_shape:
         entry: dict[str, Any] = {
-            "type": "model", "id": name, "display_name": name if name == mc.name else f"{name} → {mc.name}",
+            "type": "model", "id": x.id, "display_name": f"{x.id} → {x.alias_of}" if x.alias_of else x.id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
         }
     else:
-        entry = {"id": name, "object": "model", "created": int(created), "owned_by": "turnout"}
-    entry["backend"] = mc.backend
-    if window:
-        entry["context_window"] = window
+        entry = {"id": x.id, "object": "model", "created": int(created), "owned_by": "turnout"}
+    entry["backend"] = x.backend
+    if x.context_window:
+        entry["context_window"] = x.context_window
     return entry
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
-    bus = request.app[BUS]
     created = request.app[STARTED_AT]
     a = "anthropic-version" in request.headers
-    data = [_model_entry(n, mc, a, created, context_window(bus, mc)) for n, mc in _model_names(bus)]
+    data = [_model_entry(x, a, created) for x in listings(request.app[BUS])]
     if a:
         return _json({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                       "last_id": data[-1]["id"] if data else None})
@@ -248,11 +267,14 @@ async def list_models(request: web.Request) -> web.StreamResponse:
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
-    bus = request.app[BUS]
     name = request.match_info["model_id"]
-    mc = resolve(bus, name)
-    return _json(_model_entry(name, mc, "anthropic-version" in request.headers, request.app[STARTED_AT],
-                              context_window(bus, mc)))
+    for x in listings(request.app[BUS]):
+        if x.id == name:
+            return _json(_model_entry(x, "anthropic-version" in request.headers, request.app[STARTED_AT]))
+    bus = request.app[BUS]
+    mc = resolve(bus, name)  # a glob alias of a local model, else 404
+    x = Listing(name, mc.backend, context_window(bus, mc), mc.name)
+    return _json(_model_entry(x, "anthropic-version" in request.headers, request.app[STARTED_AT]))
 
 
 async def head_root(request: web.Request) -> web.StreamResponse:

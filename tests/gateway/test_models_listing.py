@@ -1,0 +1,37 @@
+"""What /v1/models lists: local models and exact aliases, cloud endpoint models,
+routing aliases, with context windows."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import msgspec
+
+from gateway.app import listings
+from protocol.config import Config
+
+
+def test_listing_covers_local_cloud_and_aliases() -> None:
+    cfg = msgspec.toml.decode(b"""
+[[models]]
+name = "local"
+backend = "fake"
+aliases = ["claude-*", "my-local"]
+
+[[endpoints]]
+name = "gem"
+provider = "gemini"
+[[endpoints.models]]
+name = "gemini-2.5-flash"
+context_window = 1048576
+
+[routing]
+aliases = { fast = "gem/gemini-2.5-flash", "claude-haiku-*" = "gem/gemini-2.5-flash" }
+""", type=Config)
+    worker = SimpleNamespace(models={"local"}, context_window=32768)
+    got = {x.id: x for x in listings(SimpleNamespace(config=cfg, workers={"w": worker}))}  # type: ignore[arg-type]
+    assert set(got) == {"local", "my-local", "gem/gemini-2.5-flash", "fast"}  # globs are not names
+    assert got["local"].context_window == 32768  # as loaded by the worker
+    assert got["my-local"].alias_of == "local"
+    assert got["gem/gemini-2.5-flash"].backend == "gemini" and got["gem/gemini-2.5-flash"].context_window == 1048576
+    assert got["fast"].alias_of == "gem/gemini-2.5-flash"
