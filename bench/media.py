@@ -292,7 +292,7 @@ TTS through turnout streams sentence by sentence: the first audio arrived after
 {b['tts']['turnout_first_audio_s']:.3f} s (median), against
 {1 / b['tts']['in_process_jobs_per_s']:.3f} s for the whole text in-process.
 
-Inputs: OCR a 820x330 PNG with three lines of rendered text (same text both ways:
+Inputs: OCR a 820x304 PNG with three lines of rendered text (same text both ways:
 {b['ocr']['same_text']}); STT {b['stt']['audio_s']:.1f} s of Piper speech (same text: {b['stt']['same_text']});
 TTS a three-sentence paragraph to WAV; upscale a 256x256 PNG 2x to {b['upscale']['output']} PNG
 (turnout adds its back-projection step, ~1% of the time).
