@@ -115,7 +115,7 @@ class InProcess:
     def ocr(self, data: bytes) -> str:
         from PIL import Image
 
-        out = self.ocr_engine(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        out: Any = self.ocr_engine(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
         return "\n".join(out.txts or ())
 
     def stt(self, data: bytes) -> str:

@@ -38,7 +38,7 @@ import re
 import struct
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ def pick_model(bus: Bus, backend: str, name: str = "", *, param: str = "model") 
                         "to turnout's config", param=param, code="model_not_found")
 
 
-async def job_outputs(st: JobStream) -> AsyncIterator[tuple[m.JobOutput, list[Any]]]:
+async def job_outputs(st: JobStream) -> AsyncGenerator[tuple[m.JobOutput, list[Any]], None]:
     """The outputs of a job with their frames, in order, until ``Done``; a ``Failed``
     raises the matching API error. Cancels the job if the consumer stops early (the
     client went away, or the handler was cancelled)."""
@@ -431,7 +431,7 @@ def _rate(media_type: str) -> int:
     return int(r) if r.isdigit() else 22050
 
 
-async def speech_chunks(bus: Bus, mc: ModelConfig, params: m.TtsParams) -> AsyncIterator[tuple[bytes, int]]:
+async def speech_chunks(bus: Bus, mc: ModelConfig, params: m.TtsParams) -> AsyncGenerator[tuple[bytes, int], None]:
     """16-bit mono PCM chunks and their rate, one per sentence, as synthesised."""
     st = await bus.open_job(mc, params, [])
     try:

@@ -123,7 +123,8 @@ def run_job(backend: object, params: object, data: bytes | None, *, stop_after: 
     from workers.base import Pause
 
     frames = [zmq.Frame(data)] if data is not None else []
-    gen = backend.run_job("req-1", m.Job("req-1", "gw", params, len(frames)), frames, None)  # type: ignore[attr-defined]
+    job = m.Job("req-1", "gw", params, len(frames))  # type: ignore[arg-type]
+    gen = backend.run_job("req-1", job, frames, None)  # type: ignore[attr-defined]
     out: list[object] = []
     steps = 0
     for item in gen:
