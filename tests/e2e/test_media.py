@@ -273,3 +273,25 @@ def test_media_workers_report_memory(media: TurnoutProcess) -> None:
     rows = {w["model"]: w for w in media.admin_workers()}
     for name in ("ocr", "whisper-tiny", "joe", "esrgan"):
         assert rows[name]["state"] == "ready" and int(rows[name]["rss_bytes"]) > 50 * 2**20, rows[name]
+
+
+def test_a_killed_media_worker_is_restarted_and_serves_again(media: TurnoutProcess) -> None:
+    import os
+    import signal
+
+    old = media.worker_pids()["esrgan-0"]
+    os.kill(old, signal.SIGKILL)  # a crash in the native upscaler, say
+    tiny = png(Image.new("RGB", (16, 16)))
+    with http(media) as h:
+        # A request racing the crash may reach the dying worker: 503 with Retry-After,
+        # in OpenAI's shape, never a hang or a gateway error.
+        r = h.post("/v1/images/upscale", files={"image": ("s.png", tiny, "image/png")})
+        assert r.status_code == 200 or (r.status_code == 503 and r.headers.get("Retry-After")), r.text
+        new = poll_until(lambda: (p := media.worker_pids().get("esrgan-0")) not in (None, old) and p, timeout=15)
+        # The restarted worker serves; the gateway waits for it to be ready if need be.
+        r = h.post("/v1/images/upscale", files={"image": ("s.png", tiny, "image/png")})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (32, 32)
+        # ...and the other workers were not touched.
+        r = h.post("/v1/ocr", files={"file": ("t.png", png(text_image(["fine"], width=300)), "image/png")})
+        assert r.json()["text"] == "fine"
+    assert new != old
