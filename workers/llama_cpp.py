@@ -65,7 +65,9 @@ class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``cache_capacity_mb``: bytes of prompt checkpoints kept (0 disables).
     ``checkpoint_every``: also checkpoint long prefills every N tokens (SWA models
     only), so conversations that share a long prefix reuse it.
-    ``chat_format``/``tool_format``: override template detection.
+    ``chat_format``/``tool_format``: override template detection. ``stop``: more
+    strings that end the model's turn (like Ollama's ``stop`` parameter): a base model
+    does not end its turns by itself, so without one every answer runs to max_tokens.
     ``seed``: sampling seed (-1: random). ``force_tool``: a test/debug knob, not for
     normal use: a request that offers a tool of this name and ends with the user's
     own text is answered as if ``tool_choice`` named that tool (grammar-constrained),
@@ -88,6 +90,7 @@ class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tool_format: str = ""
     seed: int = -1
     force_tool: str = ""
+    stop: list[str] = msgspec.field(default_factory=list)
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
@@ -456,7 +459,10 @@ class LlamaBackend:
         llm, lc = self.llm, self._lc
         budget = min(req.max_tokens, self.context_window - n_prompt)
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        out = tc.AnswerWriter(request_id, req, stops=rendered.stop, tools_enabled=rendered.tools_enabled,
+        # A grammar-forced call is one JSON object, whitespace and newlines included:
+        # end-of-turn strings must not cut it (the grammar ends it).
+        turn_stops = [] if forced else [*rendered.stop, *self.opts.stop]
+        out = tc.AnswerWriter(request_id, req, stops=turn_stops, tools_enabled=rendered.tools_enabled,
                               thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
         stop_reason: Any = "max_tokens"
         n_out = 0
@@ -464,6 +470,9 @@ class LlamaBackend:
             if ctx.cancelled():
                 stop_reason = "cancelled"
                 break
+            # A tool call is buffered until complete, so tokens may pass with nothing
+            # to yield: the heartbeat must not depend on output (rate-limited, cheap).
+            ctx.heartbeat()
             token = sampler.sample(llm._ctx, -1)
             n_out += 1
             if lc.llama_vocab_is_eog(self._vocab, token) or token in self._stop_ids:

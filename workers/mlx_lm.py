@@ -79,7 +79,8 @@ class MlxOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``stash_min_tokens``: before rewinding the live cache by more than this many
     tokens, keep a copy of it (another conversation that shares a prefix is
     starting; the first one may come back). ``chat_format``/``tool_format``:
-    override template detection. ``seed``: sampling seed (-1: random).
+    override template detection. ``stop``: more strings that end the model's turn
+    (see :class:`workers.llama_cpp.LlamaOptions`). ``seed``: sampling seed (-1: random).
     ``force_tool``: a test/debug knob (see :class:`workers.llama_cpp.LlamaOptions`).
     The rest are sampling defaults used when the request does not set them."""
 
@@ -93,6 +94,7 @@ class MlxOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tool_format: str = ""
     seed: int = -1
     force_tool: str = ""
+    stop: list[str] = msgspec.field(default_factory=list)
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
@@ -381,7 +383,7 @@ class MlxBackend:
         mx.async_eval(y)
         detok = self.tokenizer.detokenizer
         detok.reset()
-        out = tc.AnswerWriter(request_id, req, stops=rendered.stop, tools_enabled=rendered.tools_enabled,
+        out = tc.AnswerWriter(request_id, req, stops=[*rendered.stop, *self.opts.stop], tools_enabled=rendered.tools_enabled,
                               thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
         if prefix:
             yield from out.feed(prefix)  # the parser reads the call from its start
@@ -392,6 +394,7 @@ class MlxBackend:
             if ctx.cancelled():
                 stop_reason = "cancelled"
                 break
+            ctx.heartbeat()  # a buffered tool call yields nothing for many tokens
             token = int(y.item())
             n_out += 1
             if token in self._eos:

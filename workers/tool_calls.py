@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import messages as m
-from protocol.chat import ChatRequest, StopReason, Tool, ToolChoice, ToolResultPart, Usage
+from protocol.chat import (
+    ChatRequest,
+    StopReason,
+    Tool,
+    ToolChoice,
+    ToolResultPart,
+    ToolUsePart,
+    Usage,
+)
 
 ARGS_CHUNK = 64  # characters of tool-call JSON per ToolArgsDelta
 
@@ -537,9 +545,11 @@ class AnswerWriter:
 
 def effective_choice(req: ChatRequest, force_tool: str = "") -> ToolChoice | None:
     """``req.tool_choice``, or ``tool`` naming ``force_tool`` (a backend's test/debug
-    option) when the request offers that tool, leaves the choice to the model, and its
-    last turn is the user's own text, not a tool result: so a base model that cannot
-    choose a tool still drives a full round trip (call, result, then a free answer)."""
+    option) when the request offers that tool, leaves the choice to the model, ends
+    with the user's own text and has no tool call yet: the opening turn of a task.
+    So a base model that cannot choose a tool still drives one full round trip (the
+    forced call, its result, then free answers), and a client that follows up (Claude
+    Code's "resume" after ``max_tokens``) is not forced into calling again."""
     choice = req.tool_choice
     if not force_tool or (choice is not None and choice.type != "auto"):
         return choice
@@ -547,6 +557,8 @@ def effective_choice(req: ChatRequest, force_tool: str = "") -> ToolChoice | Non
         return choice
     last = req.messages[-1] if req.messages else None
     if last is None or last.role != "user" or any(isinstance(p, ToolResultPart) for p in last.content):
+        return choice
+    if any(isinstance(p, ToolUsePart) for msg in req.messages for p in msg.content):
         return choice
     return ToolChoice(type="tool", name=force_tool, disable_parallel=True)
 

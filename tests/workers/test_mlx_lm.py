@@ -219,7 +219,7 @@ def test_pings_and_heartbeats_during_a_chunked_prefill(tiny_dir: Path) -> None:
     n = b.count_tokens(req)
     pings = sum(isinstance(x, m.Ping) for x in out)
     assert pings == -(-(n - 1) // 64)  # one per step
-    assert ctx.heartbeats == pings
+    assert ctx.heartbeats >= pings  # one per prefill step (and per decoded token)
     assert isinstance(out[0], m.Started) and isinstance(out[1], m.Ping)
     assert ctx.polls > pings  # cancel is checked at every step
 
