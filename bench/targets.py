@@ -27,6 +27,14 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
 
 
+def _json_or_none(data: bytes) -> Any:
+    """A data payload that is not JSON (a server bug) still counts as one token."""
+    try:
+        return _dec.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
 @dataclass
 class StreamResult:
     ttft_s: float | None
@@ -55,13 +63,14 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes,
             if mt is None:
                 break
             raw, buf = buf[: mt.start()], buf[mt.end():]
-            ev, data = b"", b""
+            ev, data_lines = b"", []
             for line in _LINE_END.split(raw):
                 if line.startswith(b"event: "):
                     ev = line[7:]
                 elif line.startswith(b"data: "):
-                    data = line[6:]
-            yield ev, data
+                    data_lines.append(line[6:])
+            if data_lines:  # an event of comments only (": ping") dispatches nothing
+                yield ev, b"\n".join(data_lines)  # multi-line data joins with \n (SSE spec)
 
 
 class Target:
@@ -166,7 +175,8 @@ class CompletionsTarget(Target):
             async for _ev, data in sse_events(resp):
                 if data == b"[DONE]":
                     break
-                piece = _dec.decode(data)["choices"][0].get("text", "")
+                piece = _json_or_none(data)
+                piece = piece["choices"][0].get("text", "") if piece else "\ufffd"
                 if piece:
                     if ttft is None:
                         ttft = time.perf_counter() - t0
@@ -279,7 +289,7 @@ class ChatTarget(Target):
             async for _ev, data in sse_events(resp):
                 if data == b"[DONE]":
                     break
-                choices = _dec.decode(data).get("choices") or []
+                choices = (_json_or_none(data) or {"choices": [{"delta": {"content": "\ufffd"}}]}).get("choices") or []
                 if not choices:
                     continue
                 d = choices[0].get("delta") or {}

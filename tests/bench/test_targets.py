@@ -36,6 +36,15 @@ def test_crlf_events_split_anywhere() -> None:
         assert events([stream[:cut], stream[cut:]]) == want, cut
 
 
+def test_multi_line_data_is_joined() -> None:
+    assert events([b"data: a\ndata: b\n\n"]) == [(b"", b"a\nb")]
+
+
+def test_comment_only_events_are_skipped() -> None:
+    # sse-starlette sends ": ping - <date>" every 15 s while a long prompt is processed
+    assert events([b": ping - 2026-11-25\r\n\r\ndata: {}\r\n\r\n"]) == [(b"", b"{}")]
+
+
 def test_lf_events() -> None:
     assert events([b"event: message_stop\ndata: {}\n\n"]) == [(b"message_stop", b"{}")]
 
