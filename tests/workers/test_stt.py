@@ -14,7 +14,7 @@ from workers.base import BackendError, ModelLoadError
 from workers.stt import SttBackend, create
 
 # Measured with tiny.en int8, greedy decoding (deterministic on a given input):
-# Piper 0.04 ("place call"); espeak-ng 0.29 ("quick round-fark stump over the lazy nog": its
+# Piper (noise-free voice) 0.00; espeak-ng 0.29 ("quick round-fark stump over the lazy nog": its
 # robotic voice is far from Whisper's training data). The bounds leave some room.
 MAX_WER_PIPER = 0.10
 MAX_WER_ESPEAK = 0.40
