@@ -25,6 +25,7 @@ Signal handlers only enqueue the signal number (and wake the poller through
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -171,9 +172,9 @@ class Arbiter:
         try:
             while not self.stopping:
                 try:
-                    events = dict(poller.poll(TICK_S * 1000))
+                    events = dict(poller.poll(int(TICK_S * 1000)))
                 except zmq.ZMQError as e:
-                    if e.errno == zmq.EINTR:
+                    if e.errno == errno.EINTR:
                         continue
                     raise
                 if self._sig_r.fileno() in events:
@@ -197,7 +198,9 @@ class Arbiter:
         return 0
 
     def _dispatch_signal(self, signum: int) -> None:
-        name = {signal.SIGINT: "int", signal.SIGTERM: "term", signal.SIGCHLD: "chld", signal.SIGHUP: "hup"}.get(signum)
+        names: dict[int, str] = {signal.SIGINT: "int", signal.SIGTERM: "term", signal.SIGCHLD: "chld",
+                                 signal.SIGHUP: "hup"}
+        name = names.get(signum)
         handler = getattr(self, f"handle_{name}", None)
         if handler is not None:
             handler()
@@ -647,26 +650,27 @@ class Arbiter:
         if not models:
             names = ", ".join(sorted(self.models)) or "none"
             return m.ErrorReply(f"no model or backend {target!r} (models: {names})")
-        notes = []
+        refused: list[str] = []
+        deferred: list[str] = []
         for c in models:
             have = len(self._worker_slots(c.name))
             self.desired[c.name] = min(n, have)  # scaling down happens here
             self._reconcile(c.name)
             for _ in range(n - have):  # scaling up: one admission per worker
-                refused = self._admit(c)
-                if isinstance(refused, m.LoadRefused):
-                    notes.append(refused.message)
+                reply = self._admit(c)
+                if isinstance(reply, m.LoadRefused):
+                    refused.append(reply.message)
                     break
-                if refused is not None:  # waits for evictions; loads one afterwards
-                    notes.append(f"{c.name}: one more worker after evictions")
+                if reply is not None:  # evicting idle workers first; one more after
+                    deferred.append(f"{c.name}: one more worker once evictions finish")
                     break
                 self.desired[c.name] += 1
                 self._reconcile(c.name)
             log.info("scaled", model=c.name, workers=self.desired[c.name], requested=n)
-        got = ", ".join(f"{c.name}={self.desired[c.name]}" for c in models)
-        if notes and all("cannot load" in x for x in notes) and any(self.desired[c.name] < n for c in models):
-            return m.ErrorReply(f"scaled to {got}; " + "; ".join(notes))
-        return m.Ack(f"scaled to {got}" + (f" ({'; '.join(notes)})" if notes else ""))
+        got = "scaled to " + ", ".join(f"{c.name}={self.desired[c.name]}" for c in models)
+        if refused:
+            return m.ErrorReply("; ".join([got, *refused, *deferred]))
+        return m.Ack("; ".join([got, *deferred]))
 
     def load(self, name: str, *, unpark: bool = False) -> m.FromSupervisor:
         """Make sure ``name`` has a worker: load on demand (gateway) and ``turnout

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import cast
 
 import psutil
 
@@ -96,7 +97,7 @@ class TurnoutProcess:
 
     def worker_pids(self) -> dict[str, int]:
         """pid of each worker, from the admin API."""
-        return {w["id"]: w["pid"] for w in self.admin_workers()}
+        return {str(w["id"]): cast(int, w["pid"]) for w in self.admin_workers()}
 
     def admin_workers(self) -> list[dict[str, object]]:
         req = urllib.request.Request(self.base_url + "/admin/workers", headers={"x-api-key": self.token})

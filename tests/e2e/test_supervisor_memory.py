@@ -10,7 +10,7 @@ import urllib3
 
 from protocol import messages as m
 from tests.helpers import poll_until
-from tests.supervisor.helpers import command, expected_text, status, stream, workers_of
+from tests.supervisor.helpers import command, expected_text, log_events, status, stream, workers_of
 
 MB = 1024 * 1024
 
@@ -54,7 +54,7 @@ async def test_growing_worker_is_evicted_before_the_machine_is_short(turnout_fac
     # the stream ended with a clean error, not a hang or a cut connection
     assert res.status == 200 and res.error == "overloaded_error" and not res.stopped, res
     assert res.text and expected_text("eat memory", len(res.text.split())).startswith(res.text)
-    ev = [e for e in t.log_events() if e.get("event") == "memory_evict"]
+    ev = log_events(t, "memory_evict")
     # soft pressure took the idle, lower-priority model first; hard pressure the hog
     assert [e["id"] for e in ev][:2] == ["idle-lo-0", "hog-0"], ev
     assert ev[0]["pressure"] == "soft" and not ev[0]["drain"]

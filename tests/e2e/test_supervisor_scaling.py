@@ -4,13 +4,12 @@ spreads requests, a worker being scaled down is drained first, no request is los
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 
 from protocol import messages as m
 from tests.helpers import poll_until
-from tests.supervisor.helpers import command, expected_text, status, stream, workers_of
+from tests.supervisor.helpers import command, expected_text, log_events, status, stream, workers_of
 
 CONFIG = """
 [server]
@@ -69,11 +68,11 @@ async def test_scale_up_and_down_under_load_loses_no_request(turnout_factory) ->
     for prompt, n, res in results:
         assert res.status == 200 and res.stopped and not res.error, (prompt, res)  # type: ignore[attr-defined]
         assert res.text == expected_text(prompt, n), prompt  # type: ignore[attr-defined]
-    drained = [e for e in t.log_events() if e.get("event") == "worker_drained"]
+    drained = log_events(t, "worker_drained")
     assert len(drained) == 2 and all(e["outcome"] == "drained" for e in drained), drained
     # the two drained workers were serving when the drain began (else this test
     # would not show that in-flight requests survive a scale down)
-    draining = [e for e in t.log_events() if e.get("event") == "worker_draining" and e.get("proc") == "gateway"]
+    draining = [e for e in log_events(t, "worker_draining") if e.get("proc") == "gateway"]
     assert any(int(e["in_flight"]) > 0 for e in draining), draining  # type: ignore[call-overload]
 
 
@@ -83,15 +82,19 @@ def test_scale_unknown_target_is_an_error(turnout_factory) -> None:  # type: ign
     assert isinstance(reply, m.ErrorReply) and "nope" in reply.message and "fake" in reply.message
 
 
-def test_scale_by_backend_and_to_zero(turnout_factory) -> None:  # type: ignore[no-untyped-def]
-    t = turnout_factory(CONFIG)
-    assert isinstance(command(t, m.ScaleModel("fake", 2)), m.Ack)  # by backend name "fake" == model here
-    poll_until(lambda: len(workers_of(t, "fake", "ready")) == 2, 20)
-    assert isinstance(command(t, m.ScaleModel("fake", 0)), m.Ack)
-    poll_until(lambda: not status(t).workers, 20)
-    st = status(t)
-    assert st.models[0].desired == 0
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and t.descendants() and len(t.descendants()) > 1:
-        time.sleep(0.05)
-    assert len(t.descendants()) == 1  # only the gateway is left
+def test_scale_a_backend_scales_each_of_its_models_and_to_zero(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    cfg = CONFIG.replace('name = "fake"', 'name = "a"') + """
+[[models]]
+name = "b"
+backend = "fake"
+"""
+    t = turnout_factory(cfg)
+    reply = command(t, m.ScaleModel("fake", 2))  # "fake" is the backend of a and b
+    assert isinstance(reply, m.Ack) and "a=2" in reply.message and "b=2" in reply.message
+    poll_until(lambda: len(workers_of(t, "a", "ready")) == 2 and len(workers_of(t, "b", "ready")) == 2, 20)
+    assert isinstance(command(t, m.ScaleModel("a", 0)), m.Ack)
+    poll_until(lambda: not workers_of(t, "a"), 20)
+    assert next(mi for mi in status(t).models if mi.name == "a").desired == 0
+    assert len(workers_of(t, "b")) == 2
+    # the processes are gone too: the gateway and b's two workers are left
+    poll_until(lambda: len([p for p in t.descendants() if p.status() != "zombie"]) == 3, 10)

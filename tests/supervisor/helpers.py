@@ -4,7 +4,9 @@ turnout, and a streaming client that checks every stream's text."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -68,3 +70,20 @@ async def stream(session: aiohttp.ClientSession, t: TurnoutProcess, prompt: str,
 
 def expected_text(prompt: str, max_tokens: int) -> str:
     return "".join(reference_tokens(prompt, max_tokens))
+
+
+_OBJ = re.compile(r"\{[^{}]*\}")
+
+
+def log_events(t: TurnoutProcess, name: str) -> list[dict[str, Any]]:
+    """The JSON log events called ``name``. Every process of a turnout appends to
+    one log; under load two lines can end up glued on one, so each JSON object is
+    found by itself rather than line by line."""
+    out = []
+    for frag in _OBJ.findall(t.log_text()):
+        if f'"event": "{name}"' in frag:
+            try:
+                out.append(json.loads(frag))
+            except ValueError:
+                pass
+    return out

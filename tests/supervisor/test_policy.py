@@ -4,6 +4,7 @@ pure functions, no processes."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_idle_expired(now: float, in_flight: int, state: str, keep: float, expir
 
 
 def _drain(**kw: object) -> DrainView:
-    base = dict(acked=False, gateway_in_flight=0, worker_in_flight=0, gateway_up=True, started=0.0, timeout_s=10.0)
+    base: dict[str, Any] = dict(acked=False, gateway_in_flight=0, worker_in_flight=0, gateway_up=True, started=0.0, timeout_s=10.0)
     base.update(kw)
     return DrainView(**base)  # type: ignore[arg-type]
 
