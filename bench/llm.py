@@ -278,6 +278,7 @@ def main() -> int:
         "model": str(path.name), "n_ctx": N_CTX, "n_batch": N_BATCH, "threads": threads,
         "prompt_tokens": prompt_tokens, "max_tokens": args.max_tokens, "runs": args.runs,
         "systems": {s: {k: summary(v) for k, v in samples[s].items()} for s in systems},
+        "samples": samples,
         "same_answers": texts["turnout"] == texts["inprocess"] == texts["server"],
         "rss_mb": {"turnout_worker": round(worker_rss / 2**20), "llama_cpp_server": round(server_rss / 2**20),
                    "inprocess_model_delta": round(rss_inproc / 2**20)},
@@ -305,8 +306,8 @@ def write_results(res: dict[str, Any]) -> None:
 
     def row(name: str, key: str) -> str:
         s = sy[key]
-        return (f"| {name} | {s['ttft1']['p50']:.3f} | {s['tps']['p50']:.1f} | {s['ttft2']['p50']:.3f} "
-                f"| {s['ratio']['p50']:.3f} |")
+        return (f"| {name} | {s['ttft1']['p50']:.3f} ({s['ttft1']['mean']:.3f}) | {s['tps']['p50']:.1f} "
+                f"({s['tps']['mean']:.1f}) | {s['ttft2']['p50']:.3f} | {s['ratio']['p50']:.3f} |")
 
     def yes(k: str) -> str:
         return "yes" if tg[k]["met"] else "**no**"
@@ -319,7 +320,7 @@ Model: {res['model']} · n_ctx {res['n_ctx']} · n_batch {res['n_batch']} · {re
 prompt {res['prompt_tokens']} tokens · answers of up to {res['max_tokens']} tokens, greedy ·
 {res['runs']} runs, systems interleaved · same answers from all three: {res['same_answers']}
 
-| system | turn 1 TTFT p50 (s) | decode tok/s p50 | turn 2 TTFT p50 (s) | turn 2 / turn 1 TTFT p50 |
+| system | turn 1 TTFT p50 (mean) (s) | decode tok/s p50 (mean) | turn 2 TTFT p50 (s) | turn 2 / turn 1 TTFT p50 |
 |---|---|---|---|---|
 {row('turnout (HTTP, gateway, worker)', 'turnout')}
 {row('llama-cpp-python in-process', 'inprocess')}
@@ -333,7 +334,12 @@ prompt {res['prompt_tokens']} tokens · answers of up to {res['max_tokens']} tok
 
 RSS with the default model loaded: turnout worker {res['rss_mb']['turnout_worker']} MB ·
 llama_cpp.server {res['rss_mb']['llama_cpp_server']} MB · in-process model
-+{res['rss_mb']['inprocess_model_delta']} MB.
++{res['rss_mb']['inprocess_model_delta']} MB (the peers keep a full-size sliding-window KV
+cache, llama-cpp-python's default; turnout keeps the window and checkpoints instead).
+
+The host is shared with other jobs: a cold 2k prefill took anywhere from ~6.6 s to
+~18 s within this one run, so with few runs the TTFT p50s differ by noise, not by
+system; compare the means too (per-run samples are in llm.json from the next run on).
 """
     (RESULTS / "llm.md").write_text(md)
 
