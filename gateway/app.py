@@ -43,7 +43,7 @@ _enc = msgspec.json.Encoder()
 
 
 def _shape(request: web.Request) -> ApiShape:
-    if request.path.startswith("/v1/chat") or (
+    if request.path.startswith(("/v1/chat", "/v1/audio", "/v1/ocr", "/v1/images")) or (
         request.path.startswith("/v1/models") and "anthropic-version" not in request.headers
     ):
         return "openai"

@@ -347,8 +347,17 @@ class Router:
 ROUTER: web.AppKey[Router] = web.AppKey("router", Router)
 
 
+BLIND_BACKENDS = ("llama_cpp", "mlx_lm", "fake")  # local backends that cannot see images
+
+
 async def open_source(request: web.Request, req: ChatRequest, *, count: bool = False) -> Source:
     bus = request.app[BUS]
+    if bus.config.media.ocr_images and not count and has_images(req):
+        local = bus.model_config(req.model)
+        if local is not None and local.backend in BLIND_BACKENDS:
+            from gateway.media import ocr_chat_images  # late: media imports this module
+
+            req = await ocr_chat_images(bus, req)
     router = request.app.get(ROUTER)
     if router is None or not router.active:
         mc = resolve(bus, req.model)
