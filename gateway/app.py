@@ -8,6 +8,7 @@ Routes:
     POST /v1/chat/completions       OpenAI Chat Completions (stream and not)
     GET  /v1/models[/{id}]          Anthropic shape when ``anthropic-version`` is sent, else OpenAI's
     GET  /admin/workers             the supervisor's worker table
+    GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp_server.py)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway import anthropic, media, openai_chat, routing
+from gateway import anthropic, mcp_server, media, openai_chat, routing
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import collect
@@ -142,7 +143,8 @@ async def _pump(request: web.Request, st: Source, head: bytes, first: list[m.Str
 
 
 async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[Source], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    st = await open_source(request, req)
+    # Seen by the MCP bookkeeping: usage, local speed, which session made a tool call.
+    st = mcp_server.observe(request.app, req, await open_source(request, req))
     try:
         return await body(st)
     except (ConnectionResetError, ConnectionError):
@@ -333,4 +335,5 @@ def build_app(bus: Bus, token: str, max_body_bytes: int) -> web.Application:
     r.add_get("/admin/workers", admin_workers)
     media.register_routes(app)
     routing.setup(app, bus.config)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
+    mcp_server.register(app)  # /mcp (after routing: its tools use the router)
     return app

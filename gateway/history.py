@@ -32,6 +32,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
+from workers.signing import is_turnout_signature
 
 SIG_PREFIX = "turnout:"
 # Anthropic's signatures are long base64 blobs; a short one (a local model's
@@ -49,6 +50,8 @@ def signature_owner(sig: str) -> str:
     long one is Anthropic's; anything else has no owner."""
     if sig.startswith(SIG_PREFIX):
         return sig[len(SIG_PREFIX):].split(":", 1)[0]
+    if is_turnout_signature(sig):
+        return "local"  # signed by one of turnout's local workers (workers/signing.py)
     if len(sig) >= _MIN_ANTHROPIC_SIG:
         return "anthropic"
     return ""

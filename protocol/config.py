@@ -176,6 +176,19 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True):
     crash_loop_restarts: int = 8  # crashes in a row that park a worker as failed
 
 
+class McpConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``[mcp]`` (issue 6): the MCP server at ``/mcp`` and ``turnout mcp``.
+    ``auto_apply_recommendation``: ``endpoint_recommend`` also switches the session
+    to its first choice (and says so in its answer). ``recommend_output_tokens`` /
+    ``usd_per_second``: the answer size assumed for the next turn, and what a
+    second of waiting is worth against a price (gateway/recommend.py)."""
+
+    enabled: bool = True
+    auto_apply_recommendation: bool = False
+    recommend_output_tokens: int = 800
+    usd_per_second: float = 0.01
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
@@ -183,6 +196,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     endpoints: list[EndpointConfig] = msgspec.field(default_factory=list)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    mcp: McpConfig = msgspec.field(default_factory=McpConfig)
 
     def resolve_model(self, name: str) -> ModelConfig | None:
         """The model a request's ``model`` string names: exact name first, then

@@ -83,7 +83,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-CLI_PLUGINS = ("workers.models", "gateway.keys", "gateway.endpoints", "bench.cli")
+CLI_PLUGINS = ("workers.models", "gateway.keys", "gateway.endpoints", "bench.cli", "gateway.mcp_server")
 
 
 def build_parser() -> argparse.ArgumentParser:

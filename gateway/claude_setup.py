@@ -1,0 +1,464 @@
+"""Claude Code, configured for turnout in one command.
+
+    turnout claude setup [--sonnet NAME] [--opus NAME] [--haiku NAME] [--custom NAME]
+    turnout claude remove
+    turnout claude [CLAUDE ARGS...]      run claude against turnout, touching no file
+
+``setup`` writes, into ``~/.claude/settings.json`` ``"env"``: ``ANTHROPIC_BASE_URL``,
+``ANTHROPIC_AUTH_TOKEN``, ``ANTHROPIC_DEFAULT_{OPUS,SONNET,HAIKU}_MODEL`` and
+``ANTHROPIC_CUSTOM_MODEL_OPTION`` (each with ``_NAME`` and ``_DESCRIPTION``, so the
+``/model`` picker lists turnout's endpoints), and the compaction window and output
+limit fitted to the main model's context window; it registers turnout's MCP server
+for the user scope (``mcpServers.turnout`` in ``~/.claude.json``, what
+``claude mcp add -s user --transport http`` writes). Idempotent; the user's other
+settings stay as they are.
+
+Before its first change it keeps, under ``$XDG_STATE_HOME/turnout/claude/`` (0600:
+settings may hold secrets), a copy of each file and the previous value of every
+key it sets. ``remove`` puts back each key turnout set and still holds turnout's
+value (a key the user changed since is left alone); when nothing else changed,
+the original file comes back byte for byte, and a file setup created is deleted.
+
+The API token is written where Claude Code expects it (the user's own settings)
+and is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MCP_NAME = "turnout"
+FAMILIES = ("OPUS", "SONNET", "HAIKU")
+_MISSING = {"__turnout_missing__": True}  # a key that was absent (JSON-safe marker)
+
+
+class SetupError(Exception):
+    """Something the user must fix first; the message says what."""
+
+
+# ----------------------------------------------------------------- JSON files
+
+
+def read_json_object(path: Path) -> tuple[dict[str, Any], bool]:
+    """(the object in ``path``, whether the file exists). An absent, empty or
+    whitespace-only file is ``{}``; anything that is not a JSON object is refused
+    rather than overwritten."""
+    if not path.exists():
+        return {}, False
+    raw = path.read_bytes()
+    text = raw.decode("utf-8-sig", errors="strict") if raw else ""
+    if not text.strip():
+        return {}, True
+    try:
+        val = json.loads(text)
+    except ValueError as e:
+        raise SetupError(f"{path} is not valid JSON ({e}); fix or move it, then run this again") from None
+    if not isinstance(val, dict):
+        raise SetupError(f"{path} holds a JSON {type(val).__name__}, not an object; fix or move it first")
+    return val, True
+
+
+def write_json_atomic(path: Path, data: dict[str, Any], mode: int | None = None) -> None:
+    """Write ``data`` as Claude Code does (2-space indent, UTF-8), atomically: a
+    reader never sees half a file, and a running Claude Code never sees none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with_suppress_unlink(tmp)
+        raise
+
+
+def with_suppress_unlink(p: str) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------- the values
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A routable name and what the picker shows for it."""
+
+    name: str
+    description: str
+    window: int = 0
+
+
+def model_options(cfg: Any) -> list[ModelOption]:
+    """Every name turnout routes, from the config: local chat models, cloud
+    endpoint/model names, exact routing aliases."""
+    from gateway.recommend import fmt_tokens
+
+    out: list[ModelOption] = []
+    for mc in cfg.models:
+        if mc.backend in ("ocr", "stt", "tts", "upscale"):
+            continue
+        win = mc.context_window or int(mc.options.get("context_window", 0) or 0)
+        w = f", {fmt_tokens(win)} window" if win else ""
+        out.append(ModelOption(mc.name, f"turnout: local {mc.backend}{w}", win))
+    for ep in cfg.endpoints:
+        for em in ep.models:
+            w = f", {fmt_tokens(em.context_window)} window" if em.context_window else ""
+            p = f", ${em.input_price:g}/${em.output_price:g} per Mtok" if em.input_price or em.output_price else ""
+            out.append(ModelOption(f"{ep.name}/{em.name}", f"turnout: {ep.provider}{w}{p}", em.context_window))
+    seen = {o.name for o in out}
+    for alias, target in cfg.routing.aliases.items():
+        if alias not in seen and not any(c in alias for c in "*?[") and alias.lower() not in ("opus", "sonnet", "haiku"):
+            first = target if isinstance(target, str) else (target[0] if target else "")
+            win = next((o.window for o in out if o.name == first), 0)
+            out.append(ModelOption(alias, f"turnout: alias of {first}", win))
+    return out
+
+
+def pick_models(options: list[ModelOption], cfg: Any, *, opus: str = "", sonnet: str = "", haiku: str = "",
+                custom: str = "") -> dict[str, ModelOption]:
+    """The picker's four entries. Main (sonnet): the routing default, else the
+    first local model. Opus: the cloud model with the biggest window. Haiku
+    (background work): a local model. Custom: a local model not already shown."""
+    if not options:
+        raise SetupError("turnout's configuration serves no chat model; add [[models]] or [[endpoints]] first")
+    by_name = {o.name: o for o in options}
+
+    def get(name: str, role: str) -> ModelOption:
+        if name in by_name:
+            return by_name[name]
+        from gateway.routing import resolve_target
+
+        if resolve_target(cfg, name, 1):
+            return ModelOption(name, "turnout", 0)
+        raise SetupError(f"--{role} {name!r}: turnout does not route that name; choose one of "
+                         f"{', '.join(by_name)}")
+
+    local = [o for o in options if o.description.startswith("turnout: local")]
+    cloud = [o for o in options if "/" in o.name]
+    default = cfg.routing.default if isinstance(cfg.routing.default, str) else (cfg.routing.default or [""])[0]
+    main = get(sonnet, "sonnet") if sonnet else (by_name.get(default) or (local or options)[0])
+    big = get(opus, "opus") if opus else (max(cloud, key=lambda o: o.window) if cloud else main)
+    small = get(haiku, "haiku") if haiku else (local[0] if local else main)
+    if custom:
+        extra = get(custom, "custom")
+    else:
+        shown = {main.name, big.name, small.name}
+        extra = next((o for o in local + options if o.name not in shown), local[0] if local else main)
+    return {"SONNET": main, "OPUS": big, "HAIKU": small, "CUSTOM": extra}
+
+
+def fitted_limits(window: int) -> dict[str, str]:
+    """Compaction window and answer limit for a model with ``window`` tokens of
+    context: compact at the window (Claude Code keeps its own margin inside it) and
+    cap answers at an eighth of it (4K for a 32K local model), 32K at most."""
+    if not window:
+        return {}
+    return {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(window),
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(max(1024, min(32_000, window // 8)))}
+
+
+def settings_env(url: str, token: str, picks: dict[str, ModelOption]) -> dict[str, str]:
+    env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": token}
+    for fam in FAMILIES:
+        o = picks[fam]
+        env[f"ANTHROPIC_DEFAULT_{fam}_MODEL"] = o.name
+        env[f"ANTHROPIC_DEFAULT_{fam}_MODEL_NAME"] = o.name
+        env[f"ANTHROPIC_DEFAULT_{fam}_MODEL_DESCRIPTION"] = o.description
+    c = picks["CUSTOM"]
+    env["ANTHROPIC_CUSTOM_MODEL_OPTION"] = c.name
+    env["ANTHROPIC_CUSTOM_MODEL_OPTION_NAME"] = c.name
+    env["ANTHROPIC_CUSTOM_MODEL_OPTION_DESCRIPTION"] = c.description
+    env.update(fitted_limits(picks["SONNET"].window))
+    return env
+
+
+def mcp_entry(url: str, token: str) -> dict[str, Any]:
+    return {"type": "http", "url": url.rstrip("/") + "/mcp", "headers": {"Authorization": f"Bearer {token}"}}
+
+
+# ------------------------------------------------------------- merge/restore
+
+
+@dataclass
+class Paths:
+    settings: Path
+    claude_json: Path
+    state_dir: Path
+
+    @classmethod
+    def for_home(cls, home: Path | None = None) -> Paths:
+        home = home or Path(os.path.expanduser("~"))
+        cfg_dir = Path(os.environ["CLAUDE_CONFIG_DIR"]) if os.environ.get("CLAUDE_CONFIG_DIR") else home / ".claude"
+        xdg = os.environ.get("XDG_STATE_HOME") or str(home / ".local" / "state")
+        return cls(cfg_dir / "settings.json", home / ".claude.json", Path(xdg) / "turnout" / "claude")
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir / "state.json"
+
+
+def _backup(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o600)
+
+
+def apply_setup(paths: Paths, env: dict[str, str], mcp: dict[str, Any] | None) -> list[str]:
+    """Merge ``env`` into settings.json and ``mcp`` into ~/.claude.json, recording
+    what was there first. Returns what changed, one line each (no values)."""
+    settings, s_exists = read_json_object(paths.settings)
+    cj, c_exists = read_json_object(paths.claude_json) if mcp is not None else ({}, False)
+    cur_env = settings.get("env", {})
+    if not isinstance(cur_env, dict):
+        raise SetupError(f"{paths.settings}: \"env\" is a {type(cur_env).__name__}, not an object; fix it first")
+    servers = cj.get("mcpServers", {})
+    if not isinstance(servers, dict):
+        raise SetupError(f"{paths.claude_json}: \"mcpServers\" is not an object; fix it first")
+    state, _ = read_json_object(paths.state)
+    first = not state
+    if first:
+        state = {"version": 1, "settings": {"existed": s_exists, "had_env": "env" in settings, "previous": {}},
+                 "claude_json": {"existed": c_exists, "had_servers": "mcpServers" in cj, "previous": {}},
+                 "created_dir": not paths.settings.parent.exists()}
+        paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if s_exists:
+            _backup(paths.settings, paths.state_dir / "settings.json.orig")
+        if c_exists and mcp is not None:
+            _backup(paths.claude_json, paths.state_dir / "claude.json.orig")
+    prev = state["settings"]["previous"]
+    written = state["settings"].setdefault("written", {})
+    changed = []
+    for k, v in env.items():
+        if k not in prev:  # a re-run keeps the first recorded value: the user's own
+            prev[k] = cur_env.get(k, _MISSING)
+        if cur_env.get(k) != v:
+            changed.append(f"settings env {k}")
+        written[k] = v
+    # Keys an earlier setup wrote that this one no longer sets go back now.
+    for k in [k for k in written if k not in env]:
+        if cur_env.get(k) == written.pop(k):
+            old = prev.pop(k, _MISSING)
+            if old == _MISSING:
+                cur_env.pop(k, None)
+            else:
+                cur_env[k] = old
+            changed.append(f"settings env {k} (restored)")
+    cur_env.update(env)
+    settings["env"] = cur_env
+    # Write the state first: a crash between the two writes must not lose the
+    # user's previous values.
+    write_json_atomic(paths.state, state, 0o600)
+    if changed or not s_exists:
+        write_json_atomic(paths.settings, settings)
+    if mcp is not None:
+        cjs = state["claude_json"]
+        if "previous" not in cjs or MCP_NAME not in cjs["previous"]:
+            cjs.setdefault("previous", {})[MCP_NAME] = servers.get(MCP_NAME, _MISSING)
+        cjs["written"] = mcp
+        if servers.get(MCP_NAME) != mcp:
+            servers[MCP_NAME] = mcp
+            cj["mcpServers"] = servers
+            write_json_atomic(paths.state, state, 0o600)
+            write_json_atomic(paths.claude_json, cj)
+            changed.append(f"{paths.claude_json.name} mcpServers.{MCP_NAME}")
+        else:
+            write_json_atomic(paths.state, state, 0o600)
+    return changed
+
+
+def _restore_file(path: Path, data: dict[str, Any], existed: bool, orig: Path, drop_if_empty: bool) -> str:
+    """Write ``data`` back to ``path``: the original bytes when the content is the
+    original's, nothing at all when the file did not exist and nothing is left."""
+    if orig.exists():
+        original, _ = read_json_object(orig)
+        if original == data:
+            shutil.copyfile(orig, path)
+            return "restored byte for byte"
+    if not existed and drop_if_empty and not data:
+        if path.exists():
+            path.unlink()
+        return "removed (setup had created it)"
+    write_json_atomic(path, data)
+    return "restored turnout's keys (the file has other changes made since setup, kept)"
+
+
+def apply_remove(paths: Paths) -> list[str]:
+    """Undo :func:`apply_setup`; see the module docstring. Returns what was done."""
+    state, has = read_json_object(paths.state)
+    if not has or not state:
+        raise SetupError("no turnout setup to remove (nothing recorded); `turnout claude setup` first")
+    out = []
+    ss = state["settings"]
+    settings, _ = read_json_object(paths.settings)
+    env = settings.get("env", {})
+    kept = []
+    if isinstance(env, dict):
+        for k, old in ss["previous"].items():
+            if k in env and env[k] != ss.get("written", {}).get(k, env[k]):
+                kept.append(k)  # the user changed it since: theirs now
+                continue
+            if old == _MISSING:
+                env.pop(k, None)
+            else:
+                env[k] = old
+        if not env and not ss["had_env"]:
+            settings.pop("env", None)
+        else:
+            settings["env"] = env
+    if paths.settings.exists() or ss["existed"]:
+        how = _restore_file(paths.settings, settings, ss["existed"], paths.state_dir / "settings.json.orig", True)
+        out.append(f"{paths.settings}: {how}")
+    if kept:
+        out.append(f"kept keys you changed since setup: {', '.join(kept)}")
+    if state.get("created_dir") and paths.settings.parent.exists() and not any(paths.settings.parent.iterdir()):
+        paths.settings.parent.rmdir()
+    cjs = state.get("claude_json", {})
+    if MCP_NAME in cjs.get("previous", {}):
+        cj, _ = read_json_object(paths.claude_json)
+        servers = cj.get("mcpServers", {})
+        if isinstance(servers, dict) and servers.get(MCP_NAME, cjs.get("written")) == cjs.get("written"):
+            old = cjs["previous"][MCP_NAME]
+            if old == _MISSING:
+                servers.pop(MCP_NAME, None)
+            else:
+                servers[MCP_NAME] = old
+            if not servers and not cjs.get("had_servers"):
+                cj.pop("mcpServers", None)
+            else:
+                cj["mcpServers"] = servers
+            how = _restore_file(paths.claude_json, cj, cjs.get("existed", False),
+                                paths.state_dir / "claude.json.orig", True)
+            out.append(f"{paths.claude_json}: {how}")
+        else:
+            out.append(f"{paths.claude_json}: mcpServers.{MCP_NAME} was changed since setup: kept")
+    shutil.rmtree(paths.state_dir, ignore_errors=True)
+    return out
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def _context(args: argparse.Namespace) -> tuple[str, str, Any]:
+    from gateway.auth import load_or_create_token
+    from gateway.mcp_server import gateway_url
+    from protocol.config import load_config
+    from supervisor.cli import _config_path
+
+    cfg = load_config(_config_path(args.config))
+    url = (args.url or gateway_url(args.port, args.config)).rstrip("/")
+    return url, load_or_create_token(), cfg
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    try:
+        url, token, cfg = _context(args)
+        picks = pick_models(model_options(cfg), cfg, opus=args.opus or "", sonnet=args.sonnet or "",
+                            haiku=args.haiku or "", custom=args.custom or "")
+        paths = Paths.for_home()
+        changed = apply_setup(paths, settings_env(url, token, picks), None if args.no_mcp else mcp_entry(url, token))
+    except (SetupError, RuntimeError, OSError) as e:
+        print(f"turnout: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # ConfigError and friends: say what, not a traceback
+        print(f"turnout: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(f"Claude Code now talks to turnout at {url} (token written to {paths.settings}; not shown)")
+    for fam in ("SONNET", "OPUS", "HAIKU", "CUSTOM"):
+        print(f"  /model {fam.lower() if fam != 'CUSTOM' else picks[fam].name:<10} -> {picks[fam].name}"
+              f"  ({picks[fam].description})")
+    if not args.no_mcp:
+        print(f"  MCP server '{MCP_NAME}' registered for all projects: {url}/mcp")
+    print("nothing changed (already set up)" if not changed else f"{len(changed)} setting(s) written; "
+          "`turnout claude remove` undoes it")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    try:
+        for line in apply_remove(Paths.for_home()):
+            print(line)
+    except (SetupError, OSError) as e:
+        print(f"turnout: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def claude_binary() -> str | None:
+    return os.environ.get("TURNOUT_CLAUDE_BIN") or shutil.which("claude")
+
+
+def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
+    """``claude`` with turnout's environment; no file is read or written but the
+    turnout config. The MCP server comes in on the command line as stdio
+    (``turnout mcp``), so the token never appears in the process list."""
+    exe = claude_binary()
+    if exe is None:
+        print("turnout: the `claude` command is not on PATH; install it with "
+              "`npm install -g @anthropic-ai/claude-code`", file=sys.stderr)
+        return 127
+    try:
+        url, token, cfg = _context(args)
+        picks = pick_models(model_options(cfg), cfg)
+    except Exception as e:
+        print(f"turnout: {e}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    env.update(settings_env(url, token, picks))
+    env["TURNOUT_TOKEN"] = token  # for the `turnout mcp` child; never on a command line
+    env["TURNOUT_URL"] = url
+    argv = [exe]
+    servers: dict[str, Any] = {}
+    try:
+        cj, _ = read_json_object(Paths.for_home().claude_json)
+        servers = cj.get("mcpServers", {}) if isinstance(cj.get("mcpServers"), dict) else {}
+    except SetupError:
+        pass
+    if MCP_NAME not in servers:
+        cfg_json = {"mcpServers": {MCP_NAME: {"type": "stdio", "command": sys.executable,
+                                              "args": ["-m", "supervisor.cli", "mcp"]}}}
+        argv += ["--mcp-config", json.dumps(cfg_json)]
+    argv += rest
+    os.execvpe(exe, argv, env)
+    return 0  # not reached
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    rest = list(args.claude_args)
+    if rest and rest[0] in ("setup", "remove"):
+        p = argparse.ArgumentParser(prog=f"turnout claude {rest[0]}")
+        if rest[0] == "setup":
+            p.add_argument("--opus", help="routable name for /model opus (default: the biggest-window cloud model)")
+            p.add_argument("--sonnet", help="the main model (default: [routing] default, else the first local model)")
+            p.add_argument("--haiku", help="background work (default: a local model)")
+            p.add_argument("--custom", help="one more /model picker entry (default: a local model)")
+            p.add_argument("--no-mcp", action="store_true", help="do not register the MCP server")
+        sub = p.parse_args(rest[1:])
+        for k, v in vars(sub).items():
+            setattr(args, k, v)
+        return cmd_setup(args) if rest[0] == "setup" else cmd_remove(args)
+    return cmd_run(args, rest)
+
+
+def register_cli(sub: Any) -> None:
+    p = sub.add_parser("claude", help="Claude Code: `setup` (settings + MCP), `remove`, or run claude via turnout",
+                       description="turnout claude setup | remove | [CLAUDE ARGS...]")
+    p.add_argument("--config", help="turnout config file")
+    p.add_argument("--port", type=int, help="turnout's port (default: the config's, else 8765)")
+    p.add_argument("--url", help="turnout's base URL (default: http://HOST:PORT from the config)")
+    p.add_argument("claude_args", nargs=argparse.REMAINDER, help="setup | remove | arguments for claude")
+    p.set_defaults(func=_dispatch)

@@ -1,0 +1,178 @@
+"""``turnout claude setup/remove``: merge into the user's files, restore exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.claude_setup import (
+    Paths,
+    SetupError,
+    apply_remove,
+    apply_setup,
+    fitted_limits,
+    mcp_entry,
+    model_options,
+    pick_models,
+    settings_env,
+)
+from protocol.config import Config, EndpointConfig, EndpointModel, ModelConfig, RoutingConfig
+
+URL = "http://127.0.0.1:8765"
+TOKEN = "tt-secret-token-value"
+
+
+def cfg() -> Config:
+    return Config(
+        models=[ModelConfig(name="gemma3-270m", backend="llama_cpp", context_window=32_768),
+                ModelConfig(name="ocr", backend="ocr")],
+        endpoints=[EndpointConfig(name="gemini", provider="gemini", models=[
+                       EndpointModel("gemini-2.0-flash", 1_048_576, 0.1, 0.4)]),
+                   EndpointConfig(name="anthropic", provider="anthropic", models=[
+                       EndpointModel("claude-sonnet-4-5", 200_000, 3, 15)])],
+        routing=RoutingConfig(default="anthropic/claude-sonnet-4-5", aliases={"fast": "gemini/gemini-2.0-flash",
+                                                                             "claude-*": "gemma3-270m"}))
+
+
+def env() -> dict[str, str]:
+    c = cfg()
+    return settings_env(URL, TOKEN, pick_models(model_options(c), c))
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    return Paths(tmp_path / ".claude" / "settings.json", tmp_path / ".claude.json", tmp_path / "state")
+
+
+def test_options_and_picks_cover_every_family_with_routable_names() -> None:
+    c = cfg()
+    opts = model_options(c)
+    assert [o.name for o in opts] == ["gemma3-270m", "gemini/gemini-2.0-flash", "anthropic/claude-sonnet-4-5", "fast"]
+    picks = pick_models(opts, c)
+    assert {k: v.name for k, v in picks.items()} == {
+        "SONNET": "anthropic/claude-sonnet-4-5", "OPUS": "gemini/gemini-2.0-flash", "HAIKU": "gemma3-270m",
+        "CUSTOM": "fast"}  # the one name not already in the picker
+    assert picks["OPUS"].description == "turnout: gemini, 1M window, $0.1/$0.4 per Mtok"
+    with pytest.raises(SetupError, match="--sonnet 'nope'"):
+        pick_models(opts, c, sonnet="nope")
+
+
+def test_env_has_every_picker_key_and_limits_fitted_to_the_main_model() -> None:
+    e = env()
+    for fam in ("OPUS", "SONNET", "HAIKU"):
+        assert e[f"ANTHROPIC_DEFAULT_{fam}_MODEL"] and e[f"ANTHROPIC_DEFAULT_{fam}_MODEL_NAME"]
+        assert e[f"ANTHROPIC_DEFAULT_{fam}_MODEL_DESCRIPTION"].startswith("turnout:")
+    assert e["ANTHROPIC_CUSTOM_MODEL_OPTION"] and e["ANTHROPIC_CUSTOM_MODEL_OPTION_DESCRIPTION"]
+    assert e["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "200000"
+    assert e["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "25000"
+    assert fitted_limits(32_768) == {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": "32768", "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "4096"}
+    assert fitted_limits(0) == {}
+
+
+USER_SETTINGS = """{
+    "model": "sonnet",
+    "permissions": {"allow": ["Bash(ls:*)"], "deny": []},
+    "env": {"ANTHROPIC_BASE_URL": "https://proxy.example", "MY_VAR": "ünïcode ✓", "NUM": 3},
+    "hooks": {}
+}"""
+
+
+def test_setup_merges_keeps_user_keys_and_remove_restores_bytes(paths: Paths) -> None:
+    paths.settings.parent.mkdir()
+    paths.settings.write_text(USER_SETTINGS)
+    paths.claude_json.write_text('{"numStartups": 4, "mcpServers": {"other": {"command": "x"}}}')
+    before = (paths.settings.read_bytes(), paths.claude_json.read_bytes())
+    apply_setup(paths, env(), mcp_entry(URL, TOKEN))
+    s = json.loads(paths.settings.read_text())
+    assert s["model"] == "sonnet" and s["permissions"]["allow"] == ["Bash(ls:*)"] and s["hooks"] == {}
+    assert s["env"]["MY_VAR"] == "ünïcode ✓" and s["env"]["NUM"] == 3
+    assert s["env"]["ANTHROPIC_BASE_URL"] == URL and s["env"]["ANTHROPIC_AUTH_TOKEN"] == TOKEN
+    cj = json.loads(paths.claude_json.read_text())
+    assert cj["numStartups"] == 4 and cj["mcpServers"]["other"] == {"command": "x"}
+    assert cj["mcpServers"]["turnout"] == {"type": "http", "url": URL + "/mcp",
+                                           "headers": {"Authorization": f"Bearer {TOKEN}"}}
+    # backups and state are private: they hold the user's previous values
+    assert (paths.state_dir / "settings.json.orig").read_bytes() == before[0]
+    assert os.stat(paths.state).st_mode & 0o777 == 0o600
+    apply_remove(paths)
+    assert (paths.settings.read_bytes(), paths.claude_json.read_bytes()) == before
+    assert not paths.state_dir.exists()
+
+
+def test_setup_is_idempotent_and_remembers_the_first_values(paths: Paths) -> None:
+    paths.settings.parent.mkdir()
+    paths.settings.write_text(USER_SETTINGS)
+    before = paths.settings.read_bytes()
+    assert apply_setup(paths, env(), None)
+    once = paths.settings.read_bytes()
+    assert apply_setup(paths, env(), None) == []  # nothing to change
+    assert paths.settings.read_bytes() == once
+    apply_remove(paths)
+    assert paths.settings.read_bytes() == before  # the user's proxy URL, not turnout's
+
+
+def test_remove_keeps_changes_the_user_made_after_setup(paths: Paths) -> None:
+    paths.claude_json.write_text('{"numStartups": 1}')
+    apply_setup(paths, env(), mcp_entry(URL, TOKEN))
+    s = json.loads(paths.settings.read_text())
+    s["env"]["ANTHROPIC_DEFAULT_HAIKU_MODEL"] = "my-choice"
+    s["theme"] = "dark"
+    paths.settings.write_text(json.dumps(s))
+    cj = json.loads(paths.claude_json.read_text())
+    cj["numStartups"] = 2  # Claude Code writes this file all the time
+    paths.claude_json.write_text(json.dumps(cj))
+    lines = apply_remove(paths)
+    s = json.loads(paths.settings.read_text())
+    assert s == {"env": {"ANTHROPIC_DEFAULT_HAIKU_MODEL": "my-choice"}, "theme": "dark"}
+    assert any("ANTHROPIC_DEFAULT_HAIKU_MODEL" in x for x in lines)
+    assert json.loads(paths.claude_json.read_text()) == {"numStartups": 2}
+
+
+def test_files_that_did_not_exist_are_removed_again(paths: Paths) -> None:
+    apply_setup(paths, env(), mcp_entry(URL, TOKEN))
+    assert paths.settings.exists() and paths.claude_json.exists()
+    apply_remove(paths)
+    assert not paths.settings.exists() and not paths.claude_json.exists()
+    assert not paths.settings.parent.exists()  # setup created ~/.claude: gone again
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "\ufeff{}", "{}"])
+def test_empty_and_bom_files_are_objects(paths: Paths, text: str) -> None:
+    paths.settings.parent.mkdir()
+    paths.settings.write_text(text, encoding="utf-8")
+    before = paths.settings.read_bytes()
+    apply_setup(paths, env(), None)
+    assert json.loads(paths.settings.read_text())["env"]["ANTHROPIC_BASE_URL"] == URL
+    apply_remove(paths)
+    assert paths.settings.read_bytes() == before
+
+
+@pytest.mark.parametrize("text,msg", [("{not json", "not valid JSON"), ("[1, 2]", "JSON list"),
+                                      ('{"env": "x"}', '"env" is a str'), ("null", "JSON NoneType")])
+def test_bad_files_are_refused_untouched(paths: Paths, text: str, msg: str) -> None:
+    paths.settings.parent.mkdir()
+    paths.settings.write_text(text)
+    with pytest.raises(SetupError, match=msg):
+        apply_setup(paths, env(), None)
+    assert paths.settings.read_text() == text
+    assert not paths.state.exists()
+
+
+def test_remove_without_setup_says_so(paths: Paths) -> None:
+    with pytest.raises(SetupError, match="no turnout setup to remove"):
+        apply_remove(paths)
+
+
+def test_a_later_setup_with_fewer_keys_restores_the_dropped_ones(paths: Paths) -> None:
+    paths.settings.parent.mkdir()
+    paths.settings.write_text('{"env": {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "9999"}}')
+    apply_setup(paths, env(), None)
+    assert json.loads(paths.settings.read_text())["env"]["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "25000"
+    e = {k: v for k, v in env().items() if not k.startswith("CLAUDE_CODE_")}
+    apply_setup(paths, e, None)  # e.g. the main model's window is unknown now
+    assert json.loads(paths.settings.read_text())["env"]["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "9999"
+    apply_remove(paths)
+    assert json.loads(paths.settings.read_text()) == {"env": {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "9999"}}
