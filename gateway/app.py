@@ -293,8 +293,14 @@ def expected_workers(bus: Bus) -> int:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
-    ready = sum(1 for w in bus.workers.values() if w.ready)
+    ready = sum(1 for w in bus.workers.values() if w.ready and not w.draining)
     want = expected_workers(bus)
+    try:  # what the supervisor wants now: scale, evictions and idle unloads change it
+        st = await bus.command(m.Status(), timeout=1.0)
+        if isinstance(st, m.StatusReply):
+            want = sum(mi.desired for mi in st.models)
+    except TimeoutError:
+        pass
     ok = ready >= want
     return _json({"status": "ok" if ok else "starting", "workers_ready": ready, "workers_expected": want},
                  status=200 if ok else 503)

@@ -63,7 +63,6 @@ log = structlog.get_logger()
 
 SESSION_HEADER = "X-Claude-Code-Session-Id"
 TOOL_USE_META = "claudecode/toolUseId"
-GLOBAL_ALIAS = "*"  # see _set_global
 _CLEAR_WORDS = {"default", "auto", "automatic", "reset", "clear", "none", "off", "unset", "normal"}
 _LOCAL_WORDS = {"local", "locally", "offline", "on-device", "ondevice", "mine", "own", "laptop", "machine"}
 
@@ -131,14 +130,13 @@ class UsageLedger:
 @dataclass
 class McpState:
     """What the MCP tools share inside one gateway: the SDK server and its HTTP
-    session manager, the tool_use index, the usage ledger, and the user's alias
-    that a global ``endpoint_set`` displaced (restored when cleared)."""
+    session manager, the tool_use index, the usage ledger, and the global switch
+    (``endpoint_set`` with scope global) for reporting."""
 
     server: Any
     manager: Any
     tool_uses: ToolUseIndex = field(default_factory=ToolUseIndex)
     usage: UsageLedger = field(default_factory=UsageLedger)
-    displaced_alias: str | list[str] | None = None
     global_target: str | None = None
 
 
@@ -363,26 +361,10 @@ def _ready_models(app: web.Application) -> set[str]:
 
 
 def _set_global(app: web.Application, target: str | None) -> None:
-    """Route every request to ``target`` (None: back to the configuration).
-
-    The router has per-session overrides only, so a global switch is an in-memory
-    ``[routing.aliases] "*" = target`` placed first: it catches every requested
-    name that has no exact alias of its own; session overrides still come first.
-    The user's own ``"*"`` alias is kept aside and restored."""
-    router = _router(app)
-    state = app[MCP]
-    aliases = router.config.routing.aliases
-    if state.global_target is None and GLOBAL_ALIAS in aliases:
-        state.displaced_alias = aliases[GLOBAL_ALIAS]
-    rest = {k: v for k, v in aliases.items() if k != GLOBAL_ALIAS}
-    if target is None:
-        if state.displaced_alias is not None:
-            rest = {GLOBAL_ALIAS: state.displaced_alias, **rest}
-        state.displaced_alias = None
-        router.config.routing.aliases = rest
-    else:
-        router.config.routing.aliases = {GLOBAL_ALIAS: target, **rest}
-    state.global_target = target
+    """Route every session that has no choice of its own to ``target`` (None: back
+    to the configuration)."""
+    _router(app).global_override = target
+    app[MCP].global_target = target
 
 
 def _window_of(cands: list[Choice], label: str) -> int:
@@ -411,9 +393,6 @@ async def endpoint_set(app: web.Application, ctx: Any, target: str, scope: str, 
     if not sid:
         raise ToolFailure(f"cannot tell which session to switch: {how}. Send a request first, pass session_id, "
                           f"or use scope='global'")
-    if not router.active:
-        raise ToolFailure("per-session switching needs routing on, and this configuration has no [[endpoints]] "
-                          "or [routing] section: add e.g. `[routing]\\ndefault = \"<your model>\"` and restart")
     before = _current_label(router, sid)
     if name is None:
         router.overrides.pop(sid, None)
@@ -479,14 +458,11 @@ async def endpoint_recommend(app: web.Application, ctx: Any, session_id: str, ap
     }
     best = r.best
     if (apply or mc.auto_apply_recommendation) and best is not None and sid and best.label != current:
-        if router.active:
-            router.set_override(sid, best.label)
-            log.info("endpoint_recommend_applied", session=sid, target=best.label)
-            out["applied"] = best.label
-            why = "as asked" if apply else "auto_apply_recommendation is on in [mcp]"
-            out["summary"] = f"{r.summary} Applied ({why}): this session now goes to {best.label}."
-        else:
-            out["summary"] = f"{r.summary} Not applied: routing is off (no [[endpoints]] or [routing] in the config)."
+        router.set_override(sid, best.label)
+        log.info("endpoint_recommend_applied", session=sid, target=best.label)
+        out["applied"] = best.label
+        why = "as asked" if apply else "auto_apply_recommendation is on in [mcp]"
+        out["summary"] = f"{r.summary} Applied ({why}): this session now goes to {best.label}."
     return out
 
 
@@ -576,7 +552,7 @@ def build_server(app: web.Application) -> Any:
             else:
                 d["price_usd_per_mtok"] = {"input": c.input_price, "output": c.output_price}
             items.append(d)
-        aliases = {k: v for k, v in cfg.routing.aliases.items() if k != GLOBAL_ALIAS or app[MCP].global_target is None}
+        aliases = dict(cfg.routing.aliases)
         return {"endpoints": items, "aliases": aliases, "default": cfg.routing.default or None,
                 "global_switch": app[MCP].global_target,
                 "summary": f"{len(items)} endpoints: " + ", ".join(i["name"] for i in items)}

@@ -256,7 +256,8 @@ class Router:
         self.config = config
         self.keys = keys or KeyCache()
         self.telemetry = Telemetry()
-        self.overrides: dict[str, str] = {}
+        self.overrides: dict[str, str] = {}  # session id -> target (endpoint_set, scope session)
+        self.global_override: str | None = None  # every session without its own (scope global)
         self.http: aiohttp.ClientSession | None = None
 
     @property
@@ -312,7 +313,8 @@ class Router:
                            on_outcome=done)
 
     async def open(self, request: web.Request, bus: Bus, req: ChatRequest, count: bool) -> Source:
-        targets = plan(self.config, req, self.overrides.get(req.session_id) if req.session_id else None)
+        override = (self.overrides.get(req.session_id) if req.session_id else None) or self.global_override
+        targets = plan(self.config, req, override)
         if not targets:
             raise ApiError(404, f"model: {req.model!r} is not served by turnout: no local model, endpoint "
                                 f"model or [routing] alias matches it (see GET /admin/endpoints)",
@@ -359,7 +361,7 @@ async def open_source(request: web.Request, req: ChatRequest, *, count: bool = F
 
             req = await ocr_chat_images(bus, req)
     router = request.app.get(ROUTER)
-    if router is None or not router.active:
+    if router is None or not (router.active or router.overrides or router.global_override):
         mc = resolve(bus, req.model)
         return await bus.open(mc, req, count=count)
     return await router.open(request, bus, req, count)

@@ -257,3 +257,16 @@ def test_every_routable_name_passes_the_model_picker_check(t: TurnoutProcess) ->
             {"role": "user", "content": "hi"}]})
         assert status == 200, (name, body)
         assert body["usage"]["output_tokens"] == 1
+
+
+def test_switching_needs_no_routing_section(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    """Two local models and no [routing]/[[endpoints]]: a session switch and a global
+    switch still take effect (the router reads overrides even when routing is off)."""
+    t2 = turnout_factory(TWO_FAKES.split("[routing]")[0])
+    chat(t2, "plain-A", "hello")
+    assert result(call(t2, "endpoint_set", {"target": "fake2", "session_id": "plain-A"}))["target"] == "fake2"
+    assert chat(t2, "plain-A", "a b c d e f")["usage"]["output_tokens"] == 3
+    assert chat(t2, "plain-B", "a b c d e f")["usage"]["output_tokens"] == 12
+    result(call(t2, "endpoint_set", {"target": "fake2", "scope": "global"}))
+    # an exact alias of another model does not escape the global switch
+    assert chat(t2, "plain-C", "a b c d e f", model="some-local-model")["usage"]["output_tokens"] == 3
