@@ -47,6 +47,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"turnout: {e}", file=sys.stderr)
         return 2
+    from gateway.routing import validate
+
+    problems = validate(cfg)  # caught here, not by a gateway that would crash-loop on them
+    if problems:
+        print("turnout: config: " + "; ".join(problems), file=sys.stderr)
+        return 2
     if args.host:
         cfg.server.host = args.host
     if args.port is not None:
