@@ -387,55 +387,12 @@ class Bus:
                 best = w
         return best
 
-    async def open(self, mc: ModelConfig, req: ChatRequest, *, count: bool = False) -> RequestStream:
-        """Send a request to the least-loaded ready worker of ``mc`` and return its
-        stream. Waits up to ``worker_wait_s`` for a worker (one restarting, say),
-        then raises 529 with Retry-After. A model with no worker at all is loaded
-        on demand (see the module docstring)."""
-        if await self._needs_load(mc):
-            rid = f"{self._rid_prefix}{next(self._ids)}"
-            st = RequestStream(self, rid, "", mc.name)
-            msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
-            self._spawn_task(self._send_when_loaded(mc, st, msg, []))
-            return st
-        deadline = time.monotonic() + self.config.server.worker_wait_s
-        while True:
-            w = self._pick(mc.name)
-            if w is not None:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                busy = bool(self.ready_workers(mc.name))
-                raise ApiError(529, f"model {mc.name!r} is {'at capacity' if busy else 'not ready: no worker is up'}; retry shortly", retry_after=1)
-            assert self._worker_changed is not None
-            try:
-                await asyncio.wait_for(self._worker_changed.wait(), timeout=min(left, 0.25))
-            except TimeoutError:
-                pass
-        rid = f"{self._rid_prefix}{next(self._ids)}"
-        st = RequestStream(self, rid, w.id, mc.name)
-        self.streams[rid] = st
-        w.in_flight.add(rid)
-        w.last_used = time.monotonic()
-        msg = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
-        try:
-            self.router.send_multipart([w.ident, self._enc.encode(msg)], zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            # EHOSTUNREACH (ROUTER_MANDATORY): the worker has gone since it said ready.
-            w.ready = False
-            self._terminate(st, m.Failed(rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
-        asyncio.get_running_loop().call_soon(self._drain_router)
-        return st
+    def _new_rid(self) -> str:
+        return f"{self._rid_prefix}{next(self._ids)}"
 
-    async def open_job(self, mc: ModelConfig, params: m.JobParams, data: list[bytes | memoryview]) -> JobStream:
-        """Send a media job (``data``: its input, as extra frames, not copied) to the
-        least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
-        if await self._needs_load(mc):
-            rid = f"{self._rid_prefix}{next(self._ids)}"
-            jst = JobStream(self, rid, "", mc.name)
-            job = m.Job(rid, self.gateway_id, params, n_frames=len(data))
-            self._spawn_task(self._send_when_loaded(mc, jst, job, data))
-            return jst
+    async def _ready_worker(self, mc: ModelConfig) -> WorkerRef:
+        """The least-loaded ready worker of ``mc``, waiting up to ``worker_wait_s``
+        for one (a restarting worker, say); then 529 with Retry-After."""
         deadline = time.monotonic() + self.config.server.worker_wait_s
         while (w := self._pick(mc.name)) is None:
             left = deadline - time.monotonic()
@@ -447,19 +404,48 @@ class Bus:
                 await asyncio.wait_for(self._worker_changed.wait(), timeout=min(left, 0.25))
             except TimeoutError:
                 pass
-        rid = f"{self._rid_prefix}{next(self._ids)}"
-        st = JobStream(self, rid, w.id, mc.name)
-        self.streams[rid] = st
-        w.in_flight.add(rid)
+        return w
+
+    def _dispatch(self, w: WorkerRef, st: RequestStream, msg: m.ToWorker, data: list[bytes | memoryview]) -> None:
+        """Track ``st`` as in flight on ``w`` and send ``msg`` (media input as extra
+        frames, not copied)."""
+        st.worker_id = w.id
+        self.streams[st.rid] = st
+        w.in_flight.add(st.rid)
         w.last_used = time.monotonic()
-        msg = m.Job(rid, self.gateway_id, params, n_frames=len(data))
         try:
             self.router.send_multipart([w.ident, self._enc.encode(msg), *data], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as e:
+            # EHOSTUNREACH (ROUTER_MANDATORY): the worker has gone since it said ready.
             w.ready = False
-            self._terminate(st, m.Failed(rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
-        asyncio.get_running_loop().call_soon(self._drain_router)
+            self._terminate(st, m.Failed(st.rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
+        asyncio.get_running_loop().call_soon(self._drain_router)  # sends can eat the edge
+
+    async def open(self, mc: ModelConfig, req: ChatRequest, *, count: bool = False) -> RequestStream:
+        """Send a request to the least-loaded ready worker of ``mc`` and return its
+        stream. Waits up to ``worker_wait_s`` for a worker (one restarting, say),
+        then raises 529 with Retry-After. A model with no worker at all is loaded
+        on demand (see the module docstring)."""
+        rid = self._new_rid()
+        msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
+        st = RequestStream(self, rid, "", mc.name)
+        if await self._needs_load(mc):
+            self._spawn_task(self._send_when_loaded(mc, st, msg, []))
+        else:
+            self._dispatch(await self._ready_worker(mc), st, msg, [])
         return st
+
+    async def open_job(self, mc: ModelConfig, params: m.JobParams, data: list[bytes | memoryview]) -> JobStream:
+        """Send a media job (``data``: its input, as extra frames, not copied) to the
+        least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
+        rid = self._new_rid()
+        job = m.Job(rid, self.gateway_id, params, n_frames=len(data))
+        jst = JobStream(self, rid, "", mc.name)
+        if await self._needs_load(mc):
+            self._spawn_task(self._send_when_loaded(mc, jst, job, data))
+        else:
+            self._dispatch(await self._ready_worker(mc), jst, job, data)
+        return jst
 
     # ------------------------------------------------------------ load on demand
 
@@ -499,7 +485,6 @@ class Bus:
         ``ping_interval_s``, then send it the request (or end the stream with an
         error: the model failed to load, or did not load in ``load_timeout_s``)."""
         sc = self.config.supervisor
-        loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         deadline = t0 + max(self.config.server.worker_wait_s, sc.load_timeout_s)
         next_ping = t0 + sc.ping_interval_s
@@ -527,16 +512,7 @@ class Bus:
             except TimeoutError:
                 pass
         log.info("model_loaded_for_request", model=mc.name, waited_s=round(time.monotonic() - t0, 3))
-        st.worker_id = w.id
-        self.streams[st.rid] = st
-        w.in_flight.add(st.rid)
-        w.last_used = time.monotonic()
-        try:
-            self.router.send_multipart([w.ident, self._enc.encode(msg), *data], zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as e:
-            w.ready = False
-            self._terminate(st, m.Failed(st.rid, 0, "worker_died", f"worker unreachable: {e.strerror}"))
-        loop.call_soon(self._drain_router)
+        self._dispatch(w, st, msg, data)
 
     def cancel(self, st: RequestStream) -> None:
         """The client went away: tell the worker, and give it ``cancel_deadline_s``
