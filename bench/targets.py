@@ -148,35 +148,28 @@ class TurnoutTarget(Target):
         await self.session.close()
 
 
-class CompletionsTarget(Target):
-    """An OpenAI-compatible server fed the exact prompt text turnout's template
-    renders, through ``/v1/completions`` (so the comparison is like for like)."""
+class _OpenAIStreaming(Target):
+    """Shared by the OpenAI-shaped peers: POST a streaming body, count one token
+    per data event that carries text (``piece_of`` extracts it)."""
 
-    kind = "openai_completions"
-
-    def __init__(self, name: str, base_url: str, model: str, render: Any, api_key: str = "none",
-                 context_window: int = 0) -> None:
+    def __init__(self, name: str, base_url: str, api_key: str, context_window: int) -> None:
         super().__init__(name, context_window)
         self.url = base_url.rstrip("/")
-        self.model = model
-        self.render = render  # BenchRequest -> prompt text
         self.headers = {"Authorization": f"Bearer {api_key}", "content-type": "application/json"}
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800))
 
-    async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
-        body = {"model": self.model, "prompt": self.render(req), "max_tokens": req.max_tokens,
-                "stream": True, "temperature": 0}
+    async def _stream(self, path: str, body: dict[str, Any], piece_of: Any, cancel_after: int | None) -> StreamResult:
         t0 = time.perf_counter()
         ttft: float | None = None
         n, text = 0, []
-        async with self.session.post(self.url + "/v1/completions", data=json.dumps(body), headers=self.headers) as resp:
+        async with self.session.post(self.url + path, data=json.dumps(body), headers=self.headers) as resp:
             if resp.status != 200:
                 return StreamResult(None, time.perf_counter() - t0, 0, error=f"HTTP {resp.status}: {(await resp.text())[:300]}")
             async for _ev, data in sse_events(resp):
                 if data == b"[DONE]":
                     break
-                piece = _json_or_none(data)
-                piece = piece["choices"][0].get("text", "") if piece else "\ufffd"
+                event = _json_or_none(data)
+                piece = piece_of(event) if event is not None else "\ufffd"
                 if piece:
                     if ttft is None:
                         ttft = time.perf_counter() - t0
@@ -189,6 +182,40 @@ class CompletionsTarget(Target):
 
     async def close(self) -> None:
         await self.session.close()
+
+
+def _completion_piece(event: Any) -> str:
+    choices = event.get("choices") or []
+    return str(choices[0].get("text") or "") if choices else ""
+
+
+def _chat_piece(event: Any) -> str:
+    choices = event.get("choices") or []
+    if not choices:
+        return ""
+    d = choices[0].get("delta") or {}
+    piece = d.get("content") or d.get("reasoning_content") or ""
+    for tc in d.get("tool_calls") or []:
+        piece += (tc.get("function") or {}).get("arguments") or ""
+    return str(piece)
+
+
+class CompletionsTarget(_OpenAIStreaming):
+    """An OpenAI-compatible server fed the exact prompt text turnout's template
+    renders, through ``/v1/completions`` (so the comparison is like for like)."""
+
+    kind = "openai_completions"
+
+    def __init__(self, name: str, base_url: str, model: str, render: Any, api_key: str = "none",
+                 context_window: int = 0) -> None:
+        super().__init__(name, base_url, api_key, context_window)
+        self.model = model
+        self.render = render  # BenchRequest -> prompt text
+
+    async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
+        body = {"model": self.model, "prompt": self.render(req), "max_tokens": req.max_tokens,
+                "stream": True, "temperature": 0}
+        return await self._stream("/v1/completions", body, _completion_piece, cancel_after)
 
 
 class InProcessLlamaTarget(Target):
@@ -265,46 +292,15 @@ def to_openai_chat(req: BenchRequest, model: str) -> dict[str, Any]:
     return body
 
 
-class ChatTarget(Target):
+class ChatTarget(_OpenAIStreaming):
     """Any OpenAI-compatible server (Ollama, LM Studio, vLLM, llama-server) through
     ``/v1/chat/completions`` with its own chat template."""
 
     kind = "openai_chat"
 
     def __init__(self, name: str, base_url: str, model: str, api_key: str = "none", context_window: int = 0) -> None:
-        super().__init__(name, context_window)
-        self.url = base_url.rstrip("/")
+        super().__init__(name, base_url, api_key, context_window)
         self.model = model
-        self.headers = {"Authorization": f"Bearer {api_key}", "content-type": "application/json"}
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800))
 
     async def run(self, req: BenchRequest, cancel_after: int | None = None) -> StreamResult:
-        t0 = time.perf_counter()
-        ttft: float | None = None
-        n, text = 0, []
-        async with self.session.post(self.url + "/v1/chat/completions", data=json.dumps(to_openai_chat(req, self.model)),
-                                     headers=self.headers) as resp:
-            if resp.status != 200:
-                return StreamResult(None, time.perf_counter() - t0, 0, error=f"HTTP {resp.status}: {(await resp.text())[:300]}")
-            async for _ev, data in sse_events(resp):
-                if data == b"[DONE]":
-                    break
-                choices = (_json_or_none(data) or {"choices": [{"delta": {"content": "\ufffd"}}]}).get("choices") or []
-                if not choices:
-                    continue
-                d = choices[0].get("delta") or {}
-                piece = d.get("content") or d.get("reasoning_content") or ""
-                for tc in d.get("tool_calls") or []:
-                    piece += (tc.get("function") or {}).get("arguments") or ""
-                if piece:
-                    if ttft is None:
-                        ttft = time.perf_counter() - t0
-                    n += 1
-                    text.append(piece)
-                    if cancel_after is not None and n >= cancel_after:
-                        resp.close()
-                        break
-        return StreamResult(ttft, time.perf_counter() - t0, n, text="".join(text))
-
-    async def close(self) -> None:
-        await self.session.close()
+        return await self._stream("/v1/chat/completions", to_openai_chat(req, self.model), _chat_piece, cancel_after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 from bench.prompts import conversation
@@ -55,3 +56,42 @@ def test_openai_chat_conversion_keeps_tool_pairs() -> None:
     results = [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
     assert calls == results and len(calls) == 2
     assert body["messages"][0]["role"] == "system" and len(body["tools"]) == 24
+
+
+def test_chat_target_counts_content_and_tool_argument_chunks() -> None:
+    """ChatTarget against a local server that streams OpenAI chat chunks."""
+    from aiohttp import web
+
+    from bench.prompts import single_turn
+    from bench.targets import ChatTarget
+
+    seen: list[dict[str, object]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(await request.json())
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for delta in ({"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"},
+                      {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}):
+            await resp.write(b'data: {"choices": [{"index": 0, "delta": ' + json.dumps(delta).encode() + b"}]}\r\n\r\n")
+        await resp.write(b"data: [DONE]\r\n\r\n")
+        return resp
+
+    async def go() -> tuple[object, ...]:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        t = ChatTarget("peer", f"http://127.0.0.1:{port}", "m1")
+        try:
+            return (await t.run(single_turn(50, seed=1, max_tokens=5)),)
+        finally:
+            await t.close()
+            await runner.cleanup()
+
+    (res,) = asyncio.run(go())
+    assert res.output_tokens == 3 and res.text == 'Hello{"a":' and res.ttft_s is not None  # type: ignore[attr-defined]
+    assert seen[0]["model"] == "m1" and seen[0]["stream"] is True and seen[0]["max_tokens"] == 5
