@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import msgspec
+
 from protocol.chat import (
     ChatRequest,
     ImagePart,
@@ -477,3 +479,27 @@ def _render_jinja(msgs: list[dict[str, Any]], tools: list[Tool], info: TemplateI
         raise
     except Exception as e:  # jinja2 errors from a template we did not write
         raise TemplateError(f"{type(e).__name__}: {e}") from None
+
+
+class ChatOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Options every local chat backend (llama_cpp, mlx_lm) takes.
+
+    ``chat_format``/``tool_format``: override template detection. ``stop``: more
+    strings that end the model's turn (like Ollama's ``stop`` parameter): a base model
+    does not end its turns by itself, so without one every answer runs to max_tokens.
+    ``seed``: sampling seed (-1: random). ``force_tool``: a test/debug knob, not for
+    normal use: a request that offers a tool of this name and ends with the user's
+    own text is answered as if ``tool_choice`` named that tool, so a base model
+    drives a whole tool round trip (see :func:`workers.tool_calls.effective_choice`).
+    The rest are sampling defaults used when the request does not set them."""
+
+    chat_format: str = ""
+    tool_format: str = ""
+    seed: int = -1
+    force_tool: str = ""
+    stop: list[str] = msgspec.field(default_factory=list)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0

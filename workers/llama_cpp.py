@@ -54,7 +54,7 @@ log = structlog.get_logger()
 HEARTBEAT_EVERY_S = 0.25  # from the abort callback, during prefill
 
 
-class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     """llama.cpp knobs for one model.
 
     ``n_ctx``: context size (0: the worker's ``context_window``, else the GGUF's
@@ -65,15 +65,7 @@ class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``cache_capacity_mb``: bytes of prompt checkpoints kept (0 disables).
     ``checkpoint_every``: also checkpoint long prefills every N tokens (SWA models
     only), so conversations that share a long prefix reuse it.
-    ``chat_format``/``tool_format``: override template detection. ``stop``: more
-    strings that end the model's turn (like Ollama's ``stop`` parameter): a base model
-    does not end its turns by itself, so without one every answer runs to max_tokens.
-    ``seed``: sampling seed (-1: random). ``force_tool``: a test/debug knob, not for
-    normal use: a request that offers a tool of this name and ends with the user's
-    own text is answered as if ``tool_choice`` named that tool (grammar-constrained),
-    so a base model drives a whole tool round trip (see
-    :func:`workers.tool_calls.effective_choice`). The rest are sampling defaults used
-    when the request does not set them."""
+    The chat and sampling options are :class:`workers.chat_templates.ChatOptions`."""
 
     n_ctx: int = 0
     n_ctx_max: int = 32768
@@ -86,16 +78,6 @@ class LlamaOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     use_mlock: bool = False
     cache_capacity_mb: int = 1024
     checkpoint_every: int = 4096
-    chat_format: str = ""
-    tool_format: str = ""
-    seed: int = -1
-    force_tool: str = ""
-    stop: list[str] = msgspec.field(default_factory=list)
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
 
 
 # ---------------------------------------------------------------- prompt cache

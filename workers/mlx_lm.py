@@ -67,7 +67,7 @@ from workers.signing import install_signer
 log = structlog.get_logger()
 
 
-class MlxOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class MlxOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     """MLX knobs for one model.
 
     ``n_ctx``: the context window advertised and enforced (0: the worker's
@@ -78,11 +78,8 @@ class MlxOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     conversations kept (0 entries: only the live cache is reused).
     ``stash_min_tokens``: before rewinding the live cache by more than this many
     tokens, keep a copy of it (another conversation that shares a prefix is
-    starting; the first one may come back). ``chat_format``/``tool_format``:
-    override template detection. ``stop``: more strings that end the model's turn
-    (see :class:`workers.llama_cpp.LlamaOptions`). ``seed``: sampling seed (-1: random).
-    ``force_tool``: a test/debug knob (see :class:`workers.llama_cpp.LlamaOptions`).
-    The rest are sampling defaults used when the request does not set them."""
+    starting; the first one may come back). The chat and sampling options are
+    :class:`workers.chat_templates.ChatOptions`."""
 
     n_ctx: int = 0
     n_ctx_max: int = 32768
@@ -90,16 +87,6 @@ class MlxOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cache_entries: int = 4
     cache_capacity_mb: int = 2048
     stash_min_tokens: int = 256
-    chat_format: str = ""
-    tool_format: str = ""
-    seed: int = -1
-    force_tool: str = ""
-    stop: list[str] = msgspec.field(default_factory=list)
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
 
 
 # ---------------------------------------------------------------- KV caches
