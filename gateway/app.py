@@ -31,7 +31,6 @@ from gateway.errors import ApiError, ApiShape, from_fail
 from gateway.routing import BUS, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
-from protocol.config import ModelConfig
 
 log = structlog.get_logger()
 
@@ -218,20 +217,13 @@ class Listing(msgspec.Struct):
     alias_of: str = ""
 
 
-def context_window(bus: Bus, mc: ModelConfig) -> int:
-    """The configured window, else what the model's workers loaded it with."""
-    if mc.context_window:
-        return mc.context_window
-    return max((w.context_window for w in bus.workers.values() if mc.name in w.models), default=0)
-
-
 def listings(bus: Bus) -> list[Listing]:
     """Local models and their exact aliases, cloud endpoints' models as
     ``endpoint/model``, and the exact ``[routing]`` aliases."""
     cfg = bus.config
     out: list[Listing] = []
     for mc in cfg.models:
-        win = context_window(bus, mc)
+        win = bus.context_window(mc)
         out.append(Listing(mc.name, mc.backend, win))
         out.extend(Listing(a, mc.backend, win, mc.name) for a in mc.aliases if not any(c in a for c in "*?["))
     for ep in cfg.endpoints:
@@ -275,7 +267,7 @@ async def get_model(request: web.Request) -> web.StreamResponse:
             return _json(_model_entry(x, "anthropic-version" in request.headers, request.app[STARTED_AT]))
     bus = request.app[BUS]
     mc = resolve(bus, name)  # a glob alias of a local model, else 404
-    x = Listing(name, mc.backend, context_window(bus, mc), mc.name)
+    x = Listing(name, mc.backend, bus.context_window(mc), mc.name)
     return _json(_model_entry(x, "anthropic-version" in request.headers, request.app[STARTED_AT]))
 
 

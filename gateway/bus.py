@@ -548,5 +548,11 @@ class Bus:
             finally:
                 self._cmd_reply = None
 
+    def context_window(self, mc: ModelConfig) -> int:
+        """The configured window, else what the model's workers loaded it with."""
+        if mc.context_window:
+            return mc.context_window
+        return max((w.context_window for w in self.workers.values() if mc.name in w.models), default=0)
+
     def model_config(self, name: str) -> ModelConfig | None:
         return self.config.resolve_model(name)

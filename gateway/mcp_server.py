@@ -232,15 +232,8 @@ class Choice:
     output_price: float = 0.0
 
 
-def _local_window(app: web.Application, mc: ModelConfig) -> int:
-    if mc.context_window:
-        return mc.context_window
-    bus = app[BUS]
-    return max((w.context_window for w in bus.workers.values() if mc.name in w.models), default=0)
-
-
 def choices(app: web.Application, cfg: Config) -> list[Choice]:
-    out = [Choice(mc.name, True, mc.backend, _local_window(app, mc)) for mc in cfg.models
+    out = [Choice(mc.name, True, mc.backend, app[BUS].context_window(mc)) for mc in cfg.models
            if mc.backend not in ("ocr", "stt", "tts", "upscale")]
     for ep in cfg.endpoints:
         out.extend(Choice(f"{ep.name}/{em.name}", False, ep.provider, em.context_window, em.input_price,
@@ -614,7 +607,7 @@ def build_server(app: web.Application) -> Any:
         for mc in bus.config.models:
             info = status.get(mc.name)
             local.append({"name": mc.name, "backend": mc.backend, "aliases": mc.aliases,
-                          "context_window": _local_window(app, mc) or None, "loaded": mc.name in ready,
+                          "context_window": app[BUS].context_window(mc) or None, "loaded": mc.name in ready,
                           "workers_desired": info.desired if info else None,
                           "workers_running": info.running if info else None,
                           "note": (info.reason if info else "") or bus.model_failed.get(mc.name, "")})

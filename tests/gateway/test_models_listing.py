@@ -3,12 +3,12 @@ routing aliases, with context windows."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import msgspec
 
 from gateway.app import listings
+from gateway.bus import Bus, WorkerRef
 from protocol.config import Config
+from protocol.sockets import Endpoints
 
 
 def test_listing_covers_local_cloud_and_aliases() -> None:
@@ -28,8 +28,9 @@ context_window = 1048576
 [routing]
 aliases = { fast = "gem/gemini-2.5-flash", "claude-haiku-*" = "gem/gemini-2.5-flash" }
 """, type=Config)
-    worker = SimpleNamespace(models={"local"}, context_window=32768)
-    got = {x.id: x for x in listings(SimpleNamespace(config=cfg, workers={"w": worker}))}  # type: ignore[arg-type]
+    bus = Bus("gw-test", Endpoints("/tmp"), cfg)
+    bus.workers["w"] = WorkerRef("w", b"w", 1, {"local"}, 1, ready=True, context_window=32768)
+    got = {x.id: x for x in listings(bus)}
     assert set(got) == {"local", "my-local", "gem/gemini-2.5-flash", "fast"}  # globs are not names
     assert got["local"].context_window == 32768  # as loaded by the worker
     assert got["my-local"].alias_of == "local"
