@@ -33,6 +33,7 @@ import aiohttp
 import msgspec
 
 from bench.stats import pct, summary
+from bench.targets import sse_events
 from protocol.chat import ChatRequest, Message, TextPart
 from supervisor.launch import TurnoutProcess
 from workers.base import Pause, WorkerSpec
@@ -64,25 +65,6 @@ def body(prompt: str, max_tokens: int, model: str = "fake") -> bytes:
                                 "messages": [{"role": "user", "content": prompt}]})
 
 
-class SseReader:
-    """Minimal, fast SSE reader for Anthropic streams: yields (event, data) pairs."""
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self.resp = resp
-        self.buf = b""
-
-    async def events(self):  # type: ignore[no-untyped-def]
-        async for chunk in self.resp.content.iter_any():
-            self.buf += chunk
-            while True:
-                i = self.buf.find(b"\n\n")
-                if i < 0:
-                    break
-                raw, self.buf = self.buf[:i], self.buf[i + 2:]
-                ev, _, data = raw.partition(b"\ndata: ")
-                yield ev[7:], data
-
-
 async def stream_once(session: aiohttp.ClientSession, url: str, headers: dict[str, str], prompt: str,
                       max_tokens: int, model: str = "fake") -> tuple[float, float, list[str]]:
     """(ttft_s, total_s, texts) of one streaming request."""
@@ -92,7 +74,7 @@ async def stream_once(session: aiohttp.ClientSession, url: str, headers: dict[st
     async with session.post(url, data=body(prompt, max_tokens, model), headers=headers) as resp:
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {await resp.text()}")
-        async for ev, data in SseReader(resp).events():
+        async for ev, data in sse_events(resp):
             if ev == b"content_block_delta":
                 if not texts:
                     ttft = time.perf_counter() - t0

@@ -29,7 +29,6 @@ import asyncio
 import itertools
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ import structlog
 import zmq
 
 from gateway.errors import ApiError
+from gateway.streams import MessageQueue
 from protocol import messages as m
 from protocol.chat import ChatRequest
 from protocol.config import Config, ModelConfig
@@ -67,15 +67,14 @@ class RequestStream:
     """The messages of one request, in order, as the worker sends them."""
 
     __slots__ = (
-        "buf",
         "bus",
         "cancel_handle",
         "done",
         "expected_seq",
         "model",
+        "queue",
         "rid",
         "t_cancel_ns",
-        "waiter",
         "worker_id",
     )
 
@@ -84,31 +83,21 @@ class RequestStream:
         self.rid = rid
         self.worker_id = worker_id
         self.model = model
-        self.buf: deque[m.StreamMsg] = deque()
-        self.waiter: asyncio.Future[None] | None = None
+        self.queue = MessageQueue()
         self.expected_seq = 0
         self.done = False  # a terminal message has been received
         self.t_cancel_ns = 0
         self.cancel_handle: asyncio.TimerHandle | None = None
 
     def push(self, msg: m.StreamMsg) -> None:
-        self.buf.append(msg)
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self.queue.push(msg)
 
     def cancel(self) -> None:
         self.bus.cancel(self)
 
     async def next_batch(self) -> list[m.StreamMsg]:
         """Every message received since the last call (at least one)."""
-        while not self.buf:
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-            self.waiter = None
-        out = list(self.buf)
-        self.buf.clear()
-        return out
+        return await self.queue.next_batch()
 
 
 class JobStream(RequestStream):

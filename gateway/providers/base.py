@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ import msgspec
 import structlog
 
 from gateway.errors import ApiError
+from gateway.streams import MessageQueue
 from protocol import messages as m
 from protocol.chat import ChatRequest, StopReason, Usage
 from protocol.config import EndpointConfig
@@ -207,8 +207,7 @@ class CloudSource:
         self.max_wait_s = max_wait_s
         self.on_outcome = on_outcome
         self.done = False
-        self.buf: deque[m.StreamMsg] = deque()
-        self.waiter: asyncio.Future[None] | None = None
+        self.queue = MessageQueue()
         self.seq = 0
         self.pushed = False
         self.outcome = Outcome()
@@ -227,13 +226,7 @@ class CloudSource:
             raise
 
     async def next_batch(self) -> list[m.StreamMsg]:
-        while not self.buf:
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-            self.waiter = None
-        out = list(self.buf)
-        self.buf.clear()
-        return out
+        return await self.queue.next_batch()
 
     def cancel(self) -> None:
         if self.t_cancel_ns or self.done:
@@ -250,13 +243,10 @@ class CloudSource:
             self.seq += 1
             if isinstance(msg, m.TERMINAL):
                 self.done = True
-        self.buf.extend(msgs)
+        self.queue.extend(msgs)
         self.pushed = True
         if not self._first.done():
             self._first.set_result(None)
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
 
     def _fail(self, e: UpstreamError) -> None:
         self.outcome.status = self.outcome.status or e.status
