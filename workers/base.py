@@ -427,15 +427,22 @@ class ComputeLoop:
             return
         self._send(topic, m.Counted(msg.request_id, 0, n), True)
 
-    def _start(self, msg: m.Generate) -> None:
-        topic = self._topic(msg.request_id, msg.gateway_id)
-        rid = msg.request_id
+    def _refused_before_start(self, rid: str, topic: bytes) -> bool:
+        """Answer a request cancelled while queued, or one that reaches a draining
+        worker, without starting it. True when answered."""
         if rid in self.abort:
             self.abort.discard(rid)
             self._send(topic, m.Done(rid, 0, "cancelled", t_stop_ns=time.monotonic_ns()), True)
-            return
+            return True
         if self.draining:
             self._send(topic, m.Failed(rid, 0, "overloaded", "worker is draining"), True)
+            return True
+        return False
+
+    def _start(self, msg: m.Generate) -> None:
+        topic = self._topic(msg.request_id, msg.gateway_id)
+        rid = msg.request_id
+        if self._refused_before_start(rid, topic):
             return
         ctx = GenContext(self, rid)
         gen = self.backend.generate(rid, msg.request, ctx)
@@ -446,12 +453,7 @@ class ComputeLoop:
         msg = job.msg
         topic = self._topic(msg.request_id, msg.gateway_id)
         rid = msg.request_id
-        if rid in self.abort:
-            self.abort.discard(rid)
-            self._send(topic, m.Done(rid, 0, "cancelled", t_stop_ns=time.monotonic_ns()), True)
-            return
-        if self.draining:
-            self._send(topic, m.Failed(rid, 0, "overloaded", "worker is draining"), True)
+        if self._refused_before_start(rid, topic):
             return
         run_job = getattr(self.backend, "run_job", None)
         if run_job is None:
