@@ -547,18 +547,20 @@ def effective_choice(req: ChatRequest, force_tool: str = "") -> ToolChoice | Non
     """``req.tool_choice``, or ``tool`` naming ``force_tool`` (a backend's test/debug
     option) when the request offers that tool, leaves the choice to the model, ends
     with the user's own text and has no tool call yet: the opening turn of a task.
-    So a base model that cannot choose a tool still drives one full round trip (the
-    forced call, its result, then free answers), and a client that follows up (Claude
-    Code's "resume" after ``max_tokens``) is not forced into calling again."""
+    Once that call has been made, the model answers in text (``none``). So a base
+    model that cannot choose a tool drives exactly one full round trip (the forced
+    call, its result, then a text answer) instead of calling tools at random, and a
+    client that follows up (Claude Code's "resume" after ``max_tokens``) is not
+    forced into calling again."""
     choice = req.tool_choice
     if not force_tool or (choice is not None and choice.type != "auto"):
         return choice
     if not any(t.name == force_tool for t in req.tools):
         return choice
+    if any(isinstance(p, ToolUsePart) for msg in req.messages for p in msg.content):
+        return ToolChoice(type="none")
     last = req.messages[-1] if req.messages else None
     if last is None or last.role != "user" or any(isinstance(p, ToolResultPart) for p in last.content):
-        return choice
-    if any(isinstance(p, ToolUsePart) for msg in req.messages for p in msg.content):
         return choice
     return ToolChoice(type="tool", name=force_tool, disable_parallel=True)
 

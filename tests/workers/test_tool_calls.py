@@ -204,3 +204,19 @@ def test_schema_cleaning_keeps_a_property_named_description() -> None:
 def test_raw_control_characters_in_strings_are_accepted_and_escaped() -> None:
     (call,) = run(tc.ToolCallParser(["Bash"]), '{"name": "Bash", "arguments": {"command": "a\tb"}}', 5)
     assert isinstance(call, tc.Call) and call.arguments == '{"command":"a\\tb"}'
+
+
+def test_force_tool_drives_exactly_one_round_trip() -> None:
+    from protocol.chat import ChatRequest, Message, TextPart, Tool, ToolResultPart, ToolUsePart
+    from workers.tool_calls import effective_choice
+
+    tools = [Tool("Bash", "run", {"type": "object"})]
+    opening = ChatRequest(model="m", max_tokens=5, tools=tools, messages=[Message("user", [TextPart("do it")])])
+    forced = effective_choice(opening, "Bash")
+    assert forced is not None and forced.type == "tool" and forced.name == "Bash"
+    after = ChatRequest(model="m", max_tokens=5, tools=tools, messages=[
+        Message("user", [TextPart("do it")]), Message("assistant", [ToolUsePart("t1", "Bash", {"command": "ls"})]),
+        Message("user", [ToolResultPart("t1", [TextPart("out")])])])
+    follow = effective_choice(after, "Bash")
+    assert follow is not None and follow.type == "none"  # a text answer, no second call
+    assert effective_choice(opening, "") is None  # the knob off: the request decides
