@@ -198,8 +198,8 @@ def plan(cfg: Config, req: ChatRequest, override: str | None = None) -> list[Tar
         if rule.models and not any(fnmatch.fnmatchcase(req.model, g) for g in rule.models):
             continue
         if _rule_matches(rule.when, req, tokens, named[0] if named else None):
-            for t in _as_list(rule.to):
-                chosen.extend(resolve_target(cfg, t, 1))
+            for name in _as_list(rule.to):
+                chosen.extend(resolve_target(cfg, name, 1))
             break
     chosen.extend(named)
     for f in cfg.routing.fallback:

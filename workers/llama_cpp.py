@@ -33,7 +33,7 @@ import ctypes
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,7 +358,7 @@ class LlamaBackend:
         finally:
             sampler.close()
 
-    def _prefill(self, request_id: str, tokens: np.ndarray, ctx: GenContext) -> Iterator[GenItem]:
+    def _prefill(self, request_id: str, tokens: np.ndarray, ctx: GenContext) -> Generator[GenItem, None, bool]:
         """Evaluate the prompt tokens not in the cache. Returns False if cancelled."""
         llm = self.llm
         n_batch = llm.n_batch

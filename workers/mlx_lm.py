@@ -238,7 +238,7 @@ class MlxBackend:
         self._make_processors = make_logits_processors
         t0 = time.monotonic()
         try:
-            model, tokenizer, config = mlx_lm.load(str(path), return_config=True)
+            model, tokenizer, config = mlx_lm.load(str(path), return_config=True)  # type: ignore[misc]
         except (ValueError, FileNotFoundError, OSError, KeyError) as e:
             raise ModelLoadError(f"cannot load {path}: {e}") from None
         self.model, self.tokenizer = model, tokenizer
@@ -358,8 +358,9 @@ class MlxBackend:
 
         def step_one(token_ids: Any) -> Any:
             """Feed ``token_ids`` (1-D) to the model; the next token, lazily."""
+            assert kv.live is not None
             logits = self.model(token_ids[None], cache=kv.live)[:, -1, :]
-            if processors:
+            if history is not None:
                 for p in processors:
                     logits = p(history, logits)
             logprobs = logits - mx.logsumexp(logits, keepdims=True)

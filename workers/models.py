@@ -192,11 +192,11 @@ def _read_gguf_kv(path: Path) -> dict[str, Any]:
                     pos += size * count
                     return out
                 return [value(etype) for _ in range(count)]
-            fmt = _SCALARS.get(vtype)
-            if fmt is None:
+            scalar = _SCALARS.get(vtype)
+            if scalar is None:
                 raise ModelError(f"{path}: unknown GGUF value type {vtype}")
-            (v,) = struct.unpack_from(fmt, mm, pos)
-            pos += struct.calcsize(fmt)
+            (v,) = struct.unpack_from(scalar, mm, pos)
+            pos += struct.calcsize(scalar)
             return v
 
         kv: dict[str, Any] = {}
