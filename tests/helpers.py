@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ../shared/fixtures/claude-code beside the checkout (as on developers' machines and CI)
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "claude-code"
@@ -21,3 +27,13 @@ def poll_until(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def claude_bin() -> str:
+    """The Claude Code CLI (./run tests installs it in .tools/); missing fails under CI."""
+    found = shutil.which("claude") or str(ROOT / ".tools/node_modules/.bin/claude")
+    if not os.path.exists(found):
+        if os.environ.get("CI"):
+            pytest.fail("the Claude Code CLI is missing: ./run tests installs it with npm")
+        pytest.skip("Claude Code CLI not installed (./run tests installs it)")
+    return found

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from supervisor.launch import TurnoutProcess
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def claude_bin() -> str:
-    found = shutil.which("claude") or str(ROOT / ".tools/node_modules/.bin/claude")
-    if not os.path.exists(found):
-        if os.environ.get("CI"):
-            pytest.fail("the Claude Code CLI is missing: ./run tests installs it with npm")
-        pytest.skip("Claude Code CLI not installed (./run tests installs it)")
-    return found
+from tests.helpers import claude_bin
 
 
 def claude(t: TurnoutProcess, tmp_path: Path, *args: str, **env: str) -> dict[str, object]:

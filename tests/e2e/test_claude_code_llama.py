@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -36,10 +35,9 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 
 from supervisor.launch import TurnoutProcess, free_port
+from tests.helpers import claude_bin
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = """
 [server]
@@ -60,15 +58,6 @@ repeat_penalty = 1.3
 stop = ["\\n", "."]
 """
 FORCED_CONFIG = CONFIG + 'force_tool = "Bash"\n'
-
-
-def claude_bin() -> str:
-    found = shutil.which("claude") or str(ROOT / ".tools/node_modules/.bin/claude")
-    if not os.path.exists(found):
-        if os.environ.get("CI"):
-            pytest.fail("the Claude Code CLI is missing: ./run tests installs it with npm")
-        pytest.skip("Claude Code CLI not installed (./run tests installs it)")
-    return found
 
 
 @pytest.fixture(scope="module")
