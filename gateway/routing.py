@@ -279,7 +279,7 @@ class Router:
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
-            auto_decompress=True, trust_env=True)
+            auto_decompress=True)  # proxies from the environment: providers.base.env_proxy
 
     async def close(self) -> None:
         if self.http is not None:

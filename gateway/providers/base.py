@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 import structlog
+from yarl import URL
 
 from gateway.errors import ApiError
 from gateway.streams import MessageQueue
@@ -79,6 +82,24 @@ class Provider(Protocol):
     def parser(self) -> StreamParser: ...
 
     def error_message(self, body: bytes) -> str: ...
+
+
+@functools.lru_cache(maxsize=256)
+def env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` (and ``NO_PROXY``) name
+    for ``url``, with its credentials, looked up once per URL: aiohttp's
+    ``trust_env`` would look it (and ~/.netrc) up in a thread on every request,
+    two thread hops on the hot path."""
+    u = URL(url)
+    proxies = urllib.request.getproxies_environment()
+    if not u.host or urllib.request.proxy_bypass_environment(u.host, proxies):  # type: ignore[attr-defined]
+        return None, None
+    p = proxies.get(u.scheme) or proxies.get("all")
+    if not p:
+        return None, None
+    pu = URL(p if "://" in p else "http://" + p)
+    auth = aiohttp.BasicAuth(pu.user or "", pu.password or "") if pu.user else None
+    return pu.with_user(None), auth
 
 
 def mk_done(reason: StopReason, usage: Usage, stop_sequence: str = "") -> m.Done:
@@ -300,8 +321,10 @@ class CloudSource:
         o = self.outcome
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.ep.connect_timeout_s,
                                         sock_read=self.ep.timeout_s)
+        proxy, proxy_auth = env_proxy(req.url)
         try:
-            resp = await self.http.post(req.url, data=req.body, headers=req.headers, timeout=timeout)
+            resp = await self.http.post(req.url, data=req.body, headers=req.headers, timeout=timeout,
+                                        proxy=proxy, proxy_auth=proxy_auth)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise UpstreamError(502, f"cannot reach {self.provider.kind} endpoint {self.ep.name!r}: "
                                      f"{type(e).__name__}: {_safe(str(e), self.key)}",
