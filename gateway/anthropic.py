@@ -10,7 +10,6 @@ extras for an Anthropic upstream), and the full SSE grammar.
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -31,6 +30,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
+from protocol.ids import hex_id
 
 # ----------------------------------------------------------------- request model
 
@@ -277,7 +277,7 @@ def parse_count_tokens(body: bytes, headers: Any = None) -> ChatRequest:
 
 
 def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    return hex_id("msg_")
 
 
 def _client_stop_reason(reason: str) -> str:

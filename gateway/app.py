@@ -14,7 +14,6 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +30,7 @@ from gateway.errors import ApiError, ApiShape, from_fail
 from gateway.routing import BUS, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
+from protocol.ids import hex_id
 
 log = structlog.get_logger()
 
@@ -59,7 +59,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = "req_" + secrets.token_hex(10)
+    rid = hex_id("req_", 10)
     structlog.contextvars.bind_contextvars(request_id=rid)
     t0 = time.perf_counter()
     shape = _shape(request)

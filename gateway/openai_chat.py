@@ -8,7 +8,6 @@ convention); usage in a last chunk when ``stream_options.include_usage`` is set.
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Any, Literal
 
@@ -29,6 +28,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
+from protocol.ids import hex_id
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -211,7 +211,7 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+    return hex_id("chatcmpl-")
 
 
 def _usage(u: Any) -> dict[str, Any]:

@@ -25,7 +25,6 @@ Roles:
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from protocol.chat import (
     ToolUsePart,
     Usage,
 )
+from protocol.ids import hex_id
 
 ARGS_CHUNK = 64  # characters of tool-call JSON per ToolArgsDelta
 
@@ -65,7 +65,7 @@ Event = Text | Thinking | Call
 
 
 def new_call_id() -> str:
-    return "toolu_" + secrets.token_hex(12)
+    return hex_id("toolu_")
 
 
 def _holdback(buf: str, markers: tuple[str, ...]) -> int:

@@ -15,7 +15,6 @@ Gemini's OpenAPI subset (:func:`gateway.history.gemini_schema`).
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import msgspec
@@ -33,6 +32,7 @@ from protocol.chat import (
     Usage,
 )
 from protocol.config import EndpointConfig
+from protocol.ids import hex_id
 
 _enc = msgspec.json.Encoder()
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -202,7 +202,7 @@ class GeminiParser:
                     out.append(m.TextDelta("", 0, part["text"]))
                 elif "functionCall" in part:
                     fc = part["functionCall"]
-                    tid = fc.get("id") or "toolu_" + secrets.token_hex(10)
+                    tid = fc.get("id") or hex_id("toolu_", 10)
                     out.append(m.ToolCallStart("", 0, self.n_tools, tid, fc.get("name", "")))
                     out.append(m.ToolArgsDelta("", 0, self.n_tools, _enc.encode(fc.get("args") or {}).decode()))
                     self.n_tools += 1

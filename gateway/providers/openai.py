@@ -12,7 +12,6 @@ compatible servers ``max_tokens``.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import msgspec
@@ -22,6 +21,7 @@ from gateway.providers.base import Upstream, decode, mk_done
 from protocol import messages as m
 from protocol.chat import ChatRequest, ImagePart, TextPart, ToolResultPart, ToolUsePart, Usage
 from protocol.config import EndpointConfig
+from protocol.ids import hex_id
 
 _enc = msgspec.json.Encoder()
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
@@ -167,7 +167,7 @@ class OpenAIParser:
         idx = tc.get("index", len(self.tools))
         fn = tc.get("function") or {}
         if idx not in self.tools:
-            tid = tc.get("id") or "call_" + secrets.token_hex(8)
+            tid = tc.get("id") or hex_id("call_", 8)
             self.tools[idx] = tid
             out.append(m.ToolCallStart("", 0, idx, tid, fn.get("name") or ""))
         args = fn.get("arguments")
