@@ -12,7 +12,16 @@ import logging
 import os
 import sys
 
+import msgspec
 import structlog
+
+_enc = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _dumps(obj: object, **_: object) -> str:
+    """structlog's JSON serializer: msgspec, several times faster than json.dumps
+    (one access line per request is on the hot path); unknown types as repr()."""
+    return _enc.encode(obj).decode()
 
 
 def setup_logging(process: str, *, json: bool | None = None) -> None:
@@ -28,7 +37,7 @@ def setup_logging(process: str, *, json: bool | None = None) -> None:
     if json:
         processors += [
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
