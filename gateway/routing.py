@@ -277,9 +277,11 @@ class Router:
         return targets
 
     async def start(self) -> None:
+        # No cookie jar: a proxy must not carry one user's upstream cookies into
+        # another's requests. Proxies from the environment: providers.base.env_proxy.
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
-            auto_decompress=True)  # proxies from the environment: providers.base.env_proxy
+            auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self.http is not None:

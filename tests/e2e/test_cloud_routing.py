@@ -67,6 +67,14 @@ base_url = "{url}/openai/v1"
 key = "badkey"
 
 [[endpoints]]
+name = "oaihost"  # the same upstream by host name: cookie jars take no cookies from IP addresses
+provider = "openai"
+base_url = "{host_url}/openai/v1"
+key = "oai"
+[[endpoints.models]]
+name = "gpt-test"
+
+[[endpoints]]
 name = "down"
 provider = "openai"
 base_url = "http://127.0.0.1:9/v1"
@@ -114,7 +122,7 @@ def cloud(upstreams: FakeUpstreams, tmp_path_factory: pytest.TempPathFactory) ->
                        env=full, timeout=60)
     assert "oai" in r.stdout and "…" in r.stdout
     SEEN.append(r.stdout + r.stderr)
-    t = TurnoutProcess(CONFIG.format(url=upstreams.url), env=env, workdir=str(tmp_path_factory.mktemp("cloud")))
+    t = TurnoutProcess(CONFIG.format(url=upstreams.url, host_url=upstreams.url.replace("127.0.0.1", "localhost")), env=env, workdir=str(tmp_path_factory.mktemp("cloud")))
     t.start()
     yield t
     t.stop()
@@ -355,6 +363,14 @@ def test_admin_endpoints_reports_telemetry_not_keys(cloud: TurnoutProcess) -> No
     assert tel["requests"] >= 3 and tel["ttft_ms_p50"] is not None and tel["tokens_per_s"] is not None
     assert eps["down"]["telemetry"]["error_rate"] == 1.0
     assert data["routing"]["aliases"]["sonnet"] == "ant/claude-test"
+
+
+def test_upstream_cookies_are_not_carried_into_later_requests(cloud: TurnoutProcess, upstreams: FakeUpstreams) -> None:
+    # The fake OpenAI sets a Cloudflare-style cookie on every answer, as the real one does.
+    for _ in range(2):
+        _stream(cloud, model="oaihost/gpt-test", messages=[{"role": "user", "content": "cookie?"}])
+    sent = [r.headers for r in upstreams.requests if r.provider == "openai" and r.headers.get("host", "").startswith("localhost")]
+    assert len(sent) >= 2 and not any("cookie" in h for h in sent)
 
 
 def test_zz_no_key_in_any_log_line_or_response(cloud: TurnoutProcess, upstreams: FakeUpstreams) -> None:

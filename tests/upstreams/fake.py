@@ -266,7 +266,9 @@ class FakeUpstreams:
                 "prompt_tokens": 30, "completion_tokens": len(words), "total_tokens": 30 + len(words),
                 "prompt_tokens_details": {"cached_tokens": 10}}}, separators=(",", ":")).encode() + b"\n\n")
         chunks.append(b"data: [DONE]\n\n")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        # api.openai.com sits behind Cloudflare, which sets a bot-management cookie.
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Set-Cookie": f"__cf_bm=fake{len(self.requests)}; path=/; HttpOnly; SameSite=None"})
         await resp.prepare(request)
         return await self._stream(request, resp, chunks, "openai", 0.01 if slow else 0.0)
 
