@@ -132,13 +132,13 @@ async def _pump(request: web.Request, st: Source, head: bytes, first: list[m.Str
                 chunks.append(b)
             if isinstance(msg, m.TERMINAL):
                 finished = True
+        if finished:
+            # The last events and the chunked terminator in one write.
+            await resp.write_eof(b"".join(chunks))
+            return resp
         await resp.write(b"".join(chunks))
         chunks = []
-        if finished:
-            break
         batch = await st.next_batch()
-    await resp.write_eof()
-    return resp
 
 
 async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[Source], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
