@@ -73,7 +73,7 @@ def test_setup_switch_in_conversation_and_remove(turnout_factory: object, tmp_pa
     mine = [s for s in sessions if s["id"] == res["session_id"]]
     assert mine and mine[0]["override"] == "fake2" and mine[0]["endpoint"] == "fake2", sessions
     log = t.log_text()
-    assert '"event": "endpoint_set"' in log and t.token not in log
+    assert '"event":"endpoint_set"' in log.replace('": "', '":"') and t.token not in log
 
     out = run([*turnout, "claude", "remove"], setup_env, work)
     assert out.returncode == 0, out.stderr

@@ -74,7 +74,7 @@ def test_daemon_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
         kids = sup.children(recursive=True)
         assert len(kids) >= 3  # gateway + 2 workers
         logs = turnout("logs", "-n", "0", *inst)
-        assert logs.returncode == 0 and '"event": "spawned"' in logs.stdout
+        assert logs.returncode == 0 and '"event":"spawned"' in logs.stdout.replace('": "', '":"')
         assert logfile_path(port).exists()
         down = turnout("down", *inst)
         assert down.returncode == 0 and "stopped" in down.stdout, down

@@ -81,9 +81,11 @@ def log_events(t: TurnoutProcess, name: str) -> list[dict[str, Any]]:
     found by itself rather than line by line."""
     out = []
     for frag in _OBJ.findall(t.log_text()):
-        if f'"event": "{name}"' in frag:
+        if name in frag:
             try:
-                out.append(json.loads(frag))
+                ev = json.loads(frag)
             except ValueError:
-                pass
+                continue
+            if ev.get("event") == name:
+                out.append(ev)
     return out
