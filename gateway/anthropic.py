@@ -10,7 +10,8 @@ extras for an Anthropic upstream), and the full SSE grammar.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -21,6 +22,7 @@ from protocol.chat import (
     ChatRequest,
     ImagePart,
     Message,
+    OpaquePart,
     Part,
     TextPart,
     ThinkingConfig,
@@ -148,6 +150,7 @@ class CountTokensRequest(_Common, kw_only=True):
     pass
 
 
+_T = TypeVar("_T", bound=_Common)
 _messages_dec = msgspec.json.Decoder(MessagesRequest)
 _count_dec = msgspec.json.Decoder(CountTokensRequest)
 
@@ -250,14 +253,84 @@ def _canonical(r: _Common, headers: Any, max_tokens: int, stream: bool) -> ChatR
     )
 
 
-def parse_messages(body: bytes, headers: Any = None) -> ChatRequest:
+# Blocks of Anthropic's server tools and connectors (server_tool_use,
+# web_search_tool_result, code_execution_tool_result, mcp_tool_use, ...), kept
+# opaque; and ones with text in them (search_result, tool_reference), kept as text.
+# Anything else is a mistake and gets a 400 naming it, as the real API does.
+_OPAQUE = re.compile(r"^(server_tool_use|container_upload|[a-z_]+_tool_(use|result))$")
+_AS_TEXT = frozenset({"search_result", "tool_reference"})
+
+
+def _inner_text(c: dict[str, Any]) -> str:
+    """A tool result's block of a type turnout does not model (search_result,
+    tool_reference, ...) as text, for backends other than Anthropic."""
+    label = c.get("title") or c.get("source") or c.get("tool_name") or ""
+    inner = c.get("content")
+    texts = [str(x.get("text", "")) for x in inner if isinstance(x, dict)] if isinstance(inner, list) else []
+    return "\n".join([f"[{c.get('type')}{': ' + str(label) if label else ''}]", *texts])
+
+
+def _decode_lenient(body: bytes, typ: type[_T]) -> tuple[_T, dict[tuple[int, int], dict[str, Any]]] | None:
+    """The request again, after the typed decoder refused it, with block types
+    turnout does not model set aside: top-level ones are returned by (message,
+    block) position to become :class:`OpaquePart`; ones inside a tool result become
+    text. None when there were none (the typed decoder's error stands)."""
     try:
-        r = _messages_dec.decode(body)
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    opaque: dict[tuple[int, int], dict[str, Any]] = {}
+    changed = False
+    msgs = raw.get("messages") if isinstance(raw, dict) else None
+    for i, msg in enumerate(msgs if isinstance(msgs, list) else []):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, b in enumerate(content):
+            if not isinstance(b, dict) or not isinstance(b.get("type"), str):
+                continue
+            if _OPAQUE.match(b["type"]):
+                opaque[(i, j)] = b
+                content[j] = {"type": "text", "text": ""}
+            elif b["type"] in _AS_TEXT:
+                content[j] = {"type": "text", "text": _inner_text(b)}
+                changed = True
+            elif b["type"] == "tool_result" and isinstance(b.get("content"), list):
+                inner = b["content"]
+                for k, c in enumerate(inner):
+                    if isinstance(c, dict) and c.get("type") in _AS_TEXT:
+                        inner[k] = {"type": "text", "text": _inner_text(c)}
+                        changed = True
+    if not opaque and not changed:
+        return None
+    return msgspec.convert(raw, typ), opaque
+
+
+def _decode(body: bytes, dec: msgspec.json.Decoder[_T], typ: type[_T]) -> tuple[_T, dict[tuple[int, int], dict[str, Any]]]:
+    try:
+        return dec.decode(body), {}
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise validation_error(e) from None
+        try:
+            lenient = _decode_lenient(body, typ) if isinstance(e, msgspec.ValidationError) else None
+        except msgspec.ValidationError as e2:
+            raise validation_error(e2) from None
+        if lenient is None:
+            raise validation_error(e) from None
+        return lenient
+
+
+def _put_opaque(req: ChatRequest, opaque: dict[tuple[int, int], dict[str, Any]]) -> None:
+    # _blocks makes exactly one part per block, so positions carry over.
+    for (i, j), block in opaque.items():
+        req.messages[i].content[j] = OpaquePart("anthropic", block)
+
+
+def parse_messages(body: bytes, headers: Any = None) -> ChatRequest:
+    r, opaque = _decode(body, _messages_dec, MessagesRequest)
     if r.tool_choice is not None and r.tool_choice.type == "tool" and not r.tool_choice.name:
         raise ApiError(400, "tool_choice.name: Field required when type is 'tool'", param="tool_choice.name")
     req = _canonical(r, headers, r.max_tokens, r.stream)
+    _put_opaque(req, opaque)
     req.temperature = r.temperature
     req.top_p = r.top_p
     req.top_k = r.top_k
@@ -266,11 +339,10 @@ def parse_messages(body: bytes, headers: Any = None) -> ChatRequest:
 
 
 def parse_count_tokens(body: bytes, headers: Any = None) -> ChatRequest:
-    try:
-        r = _count_dec.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise validation_error(e) from None
-    return _canonical(r, headers, 1, False)
+    r, opaque = _decode(body, _count_dec, CountTokensRequest)
+    req = _canonical(r, headers, 1, False)
+    _put_opaque(req, opaque)
+    return req
 
 
 # --------------------------------------------------------------------- responses
@@ -294,6 +366,8 @@ def _usage(u: Any) -> dict[str, int]:
 
 
 def message_body(c: Collected, model: str, msg_id: str, want_thinking: bool) -> dict[str, Any]:
+    if c.upstream is not None and c.upstream.message is not None:
+        return {**c.upstream.message, "model": model}  # an Anthropic upstream's answer, as it gave it
     content: list[dict[str, Any]] = []
     for p in c.parts:
         if isinstance(p, TextPart):
@@ -321,6 +395,11 @@ def sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _enc.encode(data) + b"\n\n"
 
 
+def raw_event(event: str, data: bytes) -> bytes:
+    """An upstream event's JSON framed again (each line of it its own ``data:``)."""
+    return b"event: " + event.encode() + b"\ndata: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
+
+
 PING = sse("ping", {"type": "ping"})
 
 
@@ -342,6 +421,24 @@ class SseEncoder:
         self.cache_read = 0
         self.started = False
         self.finished = False
+        # The upstream speaks Anthropic too: its events go out as they came
+        # (m.Passthrough); only turnout's own failures are encoded here.
+        self.raw = False
+
+    def _encode_raw(self, msg: m.StreamMsg) -> bytes:
+        if isinstance(msg, m.Passthrough):
+            if msg.event == "message_start":
+                # The model as the client named it, as on every other route.
+                ev = msgspec.json.decode(msg.data)
+                ev["message"]["model"] = self.model
+                return sse("message_start", ev)
+            if msg.event in ("message_stop", "error"):
+                self.finished = True
+            return raw_event(msg.event, msg.data)
+        if isinstance(msg, m.Failed) and not self.finished:
+            self.finished = True
+            return sse("error", from_fail(msg.kind, msg.message).body("anthropic"))
+        return b""
 
     def _start_block(self, kind: str, block: dict[str, Any], out: list[bytes]) -> None:
         self._stop_block(out)
@@ -372,6 +469,8 @@ class SseEncoder:
         })
 
     def encode(self, msg: m.StreamMsg) -> bytes:
+        if self.raw:
+            return self._encode_raw(msg)
         out: list[bytes] = []
         if isinstance(msg, m.TextDelta):
             if self.open != "text":

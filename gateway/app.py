@@ -110,10 +110,12 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def _first(st: Source) -> list[m.StreamMsg]:
-    """The first batch; a failure before any output becomes an HTTP error status."""
+    """The first batch; a failure before any output becomes an HTTP error status
+    (also when an upstream said it in-stream: its event is not sent on)."""
     batch = await st.next_batch()
-    if isinstance(batch[0], m.Failed):
-        raise from_fail(batch[0].kind, batch[0].message)
+    head = next((x for x in batch if not isinstance(x, m.Passthrough)), None)
+    if isinstance(head, m.Failed):
+        raise from_fail(head.kind, head.message)
     return batch
 
 
@@ -166,7 +168,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
         first = await _first(st)
         enc = anthropic.SseEncoder(req.model, msg_id, want_thinking)
         head = b""
-        if isinstance(first[0], m.Started):
+        if isinstance(first[0], m.Passthrough):
+            enc.raw = True  # an Anthropic upstream: its events go out as they came
+        elif isinstance(first[0], m.Started):
             s = first.pop(0)
             assert isinstance(s, m.Started)
             head = enc.start(s.input_tokens, s.cache_read_input_tokens)

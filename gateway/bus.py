@@ -38,6 +38,7 @@ import structlog
 import zmq
 
 from gateway.errors import ApiError
+from gateway.history import without_opaque
 from gateway.streams import MessageQueue
 from protocol import messages as m
 from protocol.chat import ChatRequest
@@ -416,6 +417,7 @@ class Bus:
         then raises 529 with Retry-After. A model with no worker at all is loaded
         on demand (see the module docstring)."""
         rid = self._new_rid()
+        req = without_opaque(req)  # a cloud provider's blocks mean nothing to a local model
         msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
         st = RequestStream(self, rid, "", mc.name)
         if await self._needs_load(mc):

@@ -17,6 +17,52 @@ from protocol import messages as m
 from protocol.chat import Part, TextPart, ThinkingPart, ToolUsePart, Usage
 
 
+class AnthropicMessage:
+    """An Anthropic upstream's events (m.Passthrough) folded into its Message
+    object the way the official SDKs accumulate a stream: every block kept as
+    sent, deltas applied (text, input_json, citations, thinking, signature),
+    ``message_delta`` fields and usage counts overwriting."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self._json: dict[int, list[str]] = {}
+
+    def feed(self, event: str, data: bytes) -> None:
+        ev = msgspec.json.decode(data)
+        t = ev.get("type", event)
+        if t == "message_start":
+            self.message = ev["message"]
+            self.message["content"] = []
+            return
+        msg = self.message
+        if msg is None:
+            return
+        if t == "content_block_start":
+            msg["content"].append(ev["content_block"])
+        elif t == "content_block_delta":
+            i, d = ev["index"], ev["delta"]
+            block = msg["content"][i]
+            dt = d.get("type")
+            if dt == "text_delta":
+                block["text"] = block.get("text", "") + d["text"]
+            elif dt == "input_json_delta":
+                self._json.setdefault(i, []).append(d["partial_json"])
+            elif dt == "citations_delta":
+                block["citations"] = [*(block.get("citations") or []), d["citation"]]
+            elif dt == "thinking_delta":
+                block["thinking"] = block.get("thinking", "") + d["thinking"]
+            elif dt == "signature_delta":
+                block["signature"] = d["signature"]
+        elif t == "content_block_stop":
+            raw = "".join(self._json.pop(ev["index"], []))
+            if raw:
+                msg["content"][ev["index"]]["input"] = parse_tool_args(raw)
+        elif t == "message_delta":
+            msg.update(ev.get("delta") or {})
+            usage = msg.setdefault("usage", {})
+            usage.update({k: v for k, v in (ev.get("usage") or {}).items() if v is not None})
+
+
 @dataclass
 class Collected:
     parts: list[Part] = field(default_factory=list)
@@ -25,10 +71,15 @@ class Collected:
     usage: Usage = field(default_factory=Usage)
     _args: dict[int, list[str]] = field(default_factory=dict)
     _tool_at: dict[int, int] = field(default_factory=dict)
+    upstream: AnthropicMessage | None = None  # the upstream's own message, when it spoke the client's API
 
     def add(self, msg: m.StreamMsg) -> None:
         last = self.parts[-1] if self.parts else None
-        if isinstance(msg, m.Started):
+        if isinstance(msg, m.Passthrough):
+            if self.upstream is None:
+                self.upstream = AnthropicMessage()
+            self.upstream.feed(msg.event, msg.data)
+        elif isinstance(msg, m.Started):
             self.usage.input_tokens = msg.input_tokens
             self.usage.cache_read_input_tokens = msg.cache_read_input_tokens
         elif isinstance(msg, m.TextDelta):

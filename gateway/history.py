@@ -26,6 +26,7 @@ import msgspec
 from protocol.chat import (
     ChatRequest,
     Message,
+    OpaquePart,
     Part,
     TextPart,
     ThinkingPart,
@@ -109,6 +110,9 @@ def make_safe(req: ChatRequest, provider: str) -> ChatRequest:
                 seen.add(new)
                 renamed[p.id] = new
                 parts.append(ToolUsePart(new, p.name, p.input) if new != p.id else p)
+            elif isinstance(p, OpaquePart):
+                if p.provider == provider:
+                    parts.append(p)
             elif isinstance(p, ToolResultPart):
                 tid = renamed.pop(p.tool_use_id, None)
                 if tid is None:
@@ -129,6 +133,14 @@ def make_safe(req: ChatRequest, provider: str) -> ChatRequest:
         if parts or msg.role == "system":
             out.messages.append(Message(msg.role, parts))
     return out
+
+
+def without_opaque(req: ChatRequest) -> ChatRequest:
+    """``req`` without another provider's opaque blocks (for a local model)."""
+    if not any(isinstance(p, OpaquePart) for msg in req.messages for p in msg.content):
+        return req
+    return msgspec.structs.replace(req, messages=[
+        Message(msg.role, [p for p in msg.content if not isinstance(p, OpaquePart)]) for msg in req.messages])
 
 
 def tool_names(req: ChatRequest) -> dict[str, str]:

@@ -49,7 +49,17 @@ class ThinkingPart(msgspec.Struct, tag="thinking", omit_defaults=True):
     redacted: bool = False  # redacted_thinking: `thinking` holds the opaque data
 
 
-Part = TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart
+class OpaquePart(msgspec.Struct, tag="opaque", omit_defaults=True):
+    """A content block only its own provider understands (Anthropic's
+    server_tool_use, web_search_tool_result, mcp_tool_use, container_upload, and
+    block types newer than turnout): ``block`` is the JSON object as the client sent
+    it. Kept for ``provider``, dropped for every other backend."""
+
+    provider: str
+    block: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Part = TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart | OpaquePart
 
 Role = Literal["system", "user", "assistant"]
 

@@ -163,6 +163,20 @@ class Done(_Msg, tag="done"):
     t_stop_ns: int = 0
 
 
+class Passthrough(_Msg, tag="raw"):
+    """One upstream SSE event, framed as it is to be written, for a client that
+    speaks the upstream's own API (an Anthropic client routed to Anthropic): the
+    answer reaches it byte for byte, blocks turnout has no model of included
+    (server_tool_use, web_search_tool_result, citations, redacted_thinking, ...).
+    The event's parsed messages follow it, for telemetry and other consumers.
+    Gateway-internal: no worker sends it."""
+
+    request_id: str
+    seq: int
+    event: str
+    data: bytes
+
+
 FailKind = Literal[
     "invalid_request",  # the request cannot be served as sent (400)
     "context_overflow",  # prompt longer than the model's window (400)
@@ -239,7 +253,8 @@ class JobOutput(_Msg, tag="jobout"):
     pages: int = 0
 
 
-StreamMsg = Started | Ping | TextDelta | ThinkingDelta | ToolCallStart | ToolArgsDelta | Done | Failed | Counted | JobOutput
+StreamMsg = (Started | Ping | TextDelta | ThinkingDelta | ToolCallStart | ToolArgsDelta | Done | Failed | Counted
+             | JobOutput | Passthrough)
 
 TERMINAL = (Done, Failed, Counted)
 

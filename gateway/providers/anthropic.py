@@ -22,6 +22,7 @@ from protocol import messages as m
 from protocol.chat import (
     ChatRequest,
     ImagePart,
+    OpaquePart,
     Part,
     TextPart,
     ThinkingPart,
@@ -68,6 +69,8 @@ def _part(p: Part) -> dict[str, Any]:
         if p.is_error:
             block["is_error"] = True
         return block
+    if isinstance(p, OpaquePart):
+        return p.block  # make_safe kept only Anthropic's own
     assert isinstance(p, ThinkingPart)
     if p.redacted:
         return {"type": "redacted_thinking", "data": p.thinking}
@@ -144,8 +147,8 @@ class AnthropicProvider:
             data = _enc.encode(build_body(history.make_safe(req, "anthropic"), model))
         return Upstream(f"{base}/v1/messages", headers, data)
 
-    def parser(self) -> AnthropicParser:
-        return AnthropicParser()
+    def parser(self, passthrough: bool = False) -> AnthropicParser:
+        return AnthropicParser(passthrough)
 
     def error_message(self, body: bytes) -> str:
         try:
@@ -156,17 +159,29 @@ class AnthropicProvider:
 
 
 class AnthropicParser:
-    """Anthropic SSE events -> stream messages."""
+    """Anthropic SSE events -> stream messages.
 
-    def __init__(self) -> None:
+    Options:
+        passthrough: the client speaks Anthropic: each event also goes out as
+            it came (an m.Passthrough ahead of its parsed messages), so blocks
+            turnout has no model of reach the client too."""
+
+    def __init__(self, passthrough: bool = False) -> None:
         self.finished = False
         self.usage = Usage()
         self.stop_reason = "end_turn"
         self.stop_sequence = ""
+        self.passthrough = passthrough
 
     def feed(self, event: str, data: bytes) -> list[m.StreamMsg]:
         ev = decode(data)
         t = ev.get("type", event)
+        out = self._parse(t, ev)
+        if self.passthrough:
+            return [m.Passthrough("", 0, t, data), *out]
+        return out
+
+    def _parse(self, t: str, ev: dict[str, Any]) -> list[m.StreamMsg]:
         if t == "content_block_delta":
             d = ev["delta"]
             dt = d.get("type")

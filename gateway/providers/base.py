@@ -79,7 +79,9 @@ class Provider(Protocol):
     def build(self, ep: EndpointConfig, model: str, req: ChatRequest, key: str | None,
               raw: bytes | None, stream: bool) -> Upstream: ...
 
-    def parser(self) -> StreamParser: ...
+    def parser(self, passthrough: bool = False) -> StreamParser:
+        """``passthrough``: the client speaks this provider's API (see m.Passthrough)."""
+        ...
 
     def error_message(self, body: bytes) -> str: ...
 
@@ -336,7 +338,7 @@ class CloudSource:
                 msg, hint = self.provider.error_message(body), _retry_hint(body)
                 raise error_from_status(resp.status, self.provider.kind, self.ep.name, self.ep.key or self.ep.name,
                                         _safe(msg, self.key), resp.headers, hint)
-            parser = self.provider.parser()
+            parser = self.provider.parser(self.req.api == self.provider.kind)
             ctype = resp.headers.get("Content-Type", "")
             if "event-stream" in ctype:
                 async for events in sse_batches(resp.content):

@@ -141,7 +141,7 @@ class GeminiProvider:
             return Upstream(f"{base}/v1beta/models/{model}:streamGenerateContent?alt=sse", headers, body)
         return Upstream(f"{base}/v1beta/models/{model}:generateContent", headers, body, stream=False)
 
-    def parser(self) -> GeminiParser:
+    def parser(self, passthrough: bool = False) -> GeminiParser:
         return GeminiParser()
 
     def error_message(self, body: bytes) -> str:

@@ -119,7 +119,7 @@ class OpenAIProvider:
         body = build_body(history.make_safe(req, "openai"), model, self.compatible)
         return Upstream(f"{base}/chat/completions", headers, _enc.encode(body))
 
-    def parser(self) -> OpenAIParser:
+    def parser(self, passthrough: bool = False) -> OpenAIParser:
         return OpenAIParser()
 
     def error_message(self, body: bytes) -> str:

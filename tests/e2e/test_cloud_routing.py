@@ -275,6 +275,69 @@ def test_anthropic_passthrough_keeps_body_and_betas(cloud: TurnoutProcess, upstr
     assert "anthropic-beta" not in upstreams.requests[-1].headers
 
 
+SEARCH_TOOL = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}]
+SEARCH_KINDS = ["redacted_thinking", "server_tool_use", "web_search_tool_result", "text", "text"]
+
+
+def _check_search_answer(content: list[Any]) -> None:
+    assert [b.type for b in content] == SEARCH_KINDS
+    assert content[0].data.startswith("EmwKAhgB")
+    assert content[1].id == "srvtoolu_01FakeWebSearch" and content[1].input == {"query": "turnout news"}
+    assert content[2].content[0].url == FakeUpstreams.SEARCH_URL and content[2].tool_use_id == content[1].id
+    assert content[3].text == "Turnout shipped a gateway."
+    assert [c.cited_text for c in content[3].citations] == ["turnout shipped a gateway"]
+
+
+def test_anthropic_answer_reaches_an_anthropic_client_byte_for_byte(cloud: TurnoutProcess, upstreams: FakeUpstreams) -> None:
+    """Server tools, their results, citations and redacted thinking: blocks turnout
+    has no model of come through, streamed and not, and go back upstream as sent."""
+    body = json.dumps({"model": "ant/claude-test", "max_tokens": 200, "stream": True, "tools": SEARCH_TOOL,
+                       "messages": [{"role": "user", "content": "[[search]] what is new"}]}).encode()
+    r = urllib3.request("POST", cloud.base_url + "/v1/messages", body=body, headers={
+        "x-api-key": cloud.token, "content-type": "application/json", "anthropic-version": "2023-06-01"})
+    assert r.status == 200
+    sent = upstreams.last_sse["anthropic"]
+    rest = sent.split(b"\n\n", 1)[1]
+    assert r.data.endswith(rest), "every event after message_start as the upstream sent it"
+    assert json.loads(r.data.split(b"\n\n", 1)[0].split(b"data: ", 1)[1])["message"]["model"] == "ant/claude-test"
+    SEEN.append(r.data.decode())
+
+    final, _ = _stream(cloud, model="ant/claude-test", tools=SEARCH_TOOL,
+                           messages=[{"role": "user", "content": "[[search]] what is new"}])
+    _check_search_answer(final.content)
+    assert final.usage.server_tool_use is not None and final.usage.server_tool_use.web_search_requests == 1
+    whole = client(cloud).messages.create(model="ant/claude-test", max_tokens=200, tools=SEARCH_TOOL,  # type: ignore[list-item]
+                                          messages=[{"role": "user", "content": "[[search]] what is new"}])
+    _check_search_answer(whole.content)
+    assert whole.model == "ant/claude-test" and whole.usage.server_tool_use.web_search_requests == 1  # type: ignore[union-attr]
+    SEEN.append(whole.model_dump_json())
+
+    # The next turn carries those blocks back: to Anthropic as sent; to OpenAI,
+    # Gemini and a local model without them (each would refuse or misread them).
+    history = [{"role": "user", "content": "[[search]] what is new"},
+               {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in whole.content]},
+               {"role": "user", "content": "thanks"}]
+    client(cloud).messages.create(model="ant/claude-test", max_tokens=50, tools=SEARCH_TOOL, messages=history)  # type: ignore[arg-type,list-item]
+    a = upstreams.requests[-1]
+    assert a.provider == "anthropic" and a.body["messages"][1]["content"] == history[1]["content"]
+    for model, provider in (("oai/gpt-test", "openai"), ("gem/gemini-test", "gemini"), ("fake", None)):
+        msg = client(cloud).messages.create(model=model, max_tokens=50, messages=history)  # type: ignore[arg-type]
+        assert msg.content[-1].type == "text", model
+        if provider:
+            up = upstreams.requests[-1]
+            assert up.provider == provider and "srvtoolu_" not in json.dumps(up.body) and "EmwKAhgB" not in json.dumps(up.body)
+    n = client(cloud).messages.count_tokens(model="ant/claude-test", messages=history)  # type: ignore[arg-type]
+    assert n.input_tokens > 0
+
+
+def test_a_block_type_that_is_no_server_tool_is_still_a_400(cloud: TurnoutProcess) -> None:
+    with pytest.raises(anthropic.BadRequestError) as ei:
+        client(cloud).messages.create(model="ant/claude-test", max_tokens=5, messages=[  # type: ignore[list-item]
+            {"role": "user", "content": [{"type": "web_search_tool_result", "tool_use_id": "srvtoolu_x", "content": []},
+                                         {"type": "txt", "text": "typo"}]}])
+    assert ei.value.body["error"]["message"].startswith("messages.0.content.1")  # type: ignore[index]
+
+
 def test_openai_client_to_gemini_and_anthropic(cloud: TurnoutProcess) -> None:
     oc = openai.OpenAI(base_url=cloud.base_url + "/v1", api_key=cloud.token, max_retries=0)
     tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"],

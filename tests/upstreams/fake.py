@@ -8,6 +8,8 @@ What they answer is scripted by the last user text:
     ``[[tool:NAME {json}]]``  call tool NAME with that input
     ``[[think]]``             a thinking block (signature) before the answer
     ``[[slow]]``              200 tokens 10 ms apart (for cancellation)
+    ``[[search]]``            (Anthropic) a web search answer first: redacted_thinking,
+                              server_tool_use, web_search_tool_result, cited text
     anything else             "<provider> heard: <text>" in word chunks
 and by ``fail_next[provider]``: statuses to answer the next requests with.
 
@@ -52,6 +54,7 @@ class FakeUpstreams:
     requests: list[Recorded] = field(default_factory=list)
     disconnects: list[tuple[str, int]] = field(default_factory=list)
     fail_next: dict[str, list[int]] = field(default_factory=dict)
+    last_sse: dict[str, bytes] = field(default_factory=dict)  # the last streamed body, by provider
     token_delay_s: float = 0.0
     port: int = 0
 
@@ -185,6 +188,10 @@ class FakeUpstreams:
                       "output_tokens": 1}}})]
         chunks.append(ev("ping", {"type": "ping"}))
         idx = 0
+        search = "[[search]]" in text
+        if search:  # what a web search answer streams (server tool, its result, cited text)
+            chunks += self._anthropic_search(ev)
+            idx = 4
         if think:
             chunks.append(ev("content_block_start", {"type": "content_block_start", "index": idx,
                                                      "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
@@ -209,13 +216,51 @@ class FakeUpstreams:
                 chunks.append(ev("content_block_delta", {"type": "content_block_delta", "index": idx,
                                                          "delta": {"type": "input_json_delta", "partial_json": args[i:i + 7]}}))
             chunks.append(ev("content_block_stop", {"type": "content_block_stop", "index": idx}))
+        usage: dict[str, Any] = {"output_tokens": len(words)}
+        if search:
+            usage["server_tool_use"] = {"web_search_requests": 1}
         chunks.append(ev("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None}, "usage": {"output_tokens": len(words)}}))
+            "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None}, "usage": usage}))
         chunks.append(ev("message_stop", {"type": "message_stop"}))
+        self.last_sse["anthropic"] = b"".join(chunks)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                                            "request-id": "req_fake"})
         await resp.prepare(request)
         return await self._stream(request, resp, chunks, "anthropic", 0.01 if slow else 0.0)
+
+    SEARCH_URL = "https://example.com/turnout-news"
+
+    @classmethod
+    def _anthropic_search(cls, ev: Any) -> list[bytes]:
+        """Blocks 0-2 of a web search answer, as the Messages API streams them:
+        redacted_thinking, server_tool_use (input streamed), web_search_tool_result;
+        the cited text block follows as block 3."""
+        srv = "srvtoolu_01FakeWebSearch"
+        out = [ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"}}),
+            ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ev("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
+                "type": "server_tool_use", "id": srv, "name": "web_search", "input": {}}})]
+        q = json.dumps({"query": "turnout news"})
+        out += [ev("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                           "delta": {"type": "input_json_delta", "partial_json": q[i:i + 9]}})
+                for i in range(0, len(q), 9)]
+        out.append(ev("content_block_stop", {"type": "content_block_stop", "index": 1}))
+        out.append(ev("content_block_start", {"type": "content_block_start", "index": 2, "content_block": {
+            "type": "web_search_tool_result", "tool_use_id": srv, "content": [{
+                "type": "web_search_result", "title": "Turnout news", "url": cls.SEARCH_URL,
+                "encrypted_content": "EqgfCioIARgBIiQ3YTAwMjY1Mi1mZjM5LTQ1NGUtODgxNC1kNjNjNTk1ZWI3Y2", "page_age": "April 30, 2025"}]}}))
+        out.append(ev("content_block_stop", {"type": "content_block_stop", "index": 2}))
+        out.append(ev("content_block_start", {"type": "content_block_start", "index": 3, "content_block": {
+            "type": "text", "text": "", "citations": []}}))
+        out.append(ev("content_block_delta", {"type": "content_block_delta", "index": 3, "delta": {
+            "type": "citations_delta", "citation": {
+                "type": "web_search_result_location", "cited_text": "turnout shipped a gateway", "url": cls.SEARCH_URL,
+                "title": "Turnout news", "encrypted_index": "Eo8BCioIAhgBIiQyYjQ0OWJmZi1lNm"}}}))
+        out.append(ev("content_block_delta", {"type": "content_block_delta", "index": 3,
+                                              "delta": {"type": "text_delta", "text": "Turnout shipped a gateway."}}))
+        out.append(ev("content_block_stop", {"type": "content_block_stop", "index": 3}))
+        return out
 
     # -------------------------------------------------------------- OpenAI
 
