@@ -14,8 +14,9 @@ interleaved so noise hits all alike:
   ``LITELLM_USE_CHAT_COMPLETIONS_URL_FOR_ANTHROPIC_MESSAGES=true`` so it calls the
   same ``/chat/completions``).
 
-Added latency = a proxy's time to the end of the stream minus the direct call's,
-at p50 and p99 (and the same for time to first token). Abort time: the client
+Added latency = a proxy's time to the answer's end marker minus the direct call's,
+at p50 and p99 (and the same for time to first token). Every client reads each
+body to its end, as the SDKs do, so its connection is reused. Abort time: the client
 closes its connection after 3 text deltas of a slow answer; the upstream stamps
 CLOCK_MONOTONIC when it sees its own request end; abort = that - the close.
 """
@@ -69,15 +70,18 @@ def _wait_port(port: int, timeout: float = 90.0) -> None:
 
 
 async def _read_stream(resp: aiohttp.ClientResponse, t0: float, end: bytes) -> tuple[float, float]:
-    ttft = 0.0
+    """(time to first text, time to the answer's end marker). The body is then
+    read to its end, untimed, as SDK clients do, so the connection is reused."""
+    ttft = total = 0.0
     buf = b""
     async for chunk in resp.content.iter_any():
         if not ttft and (b"text_delta" in chunk or b'"content":"' in chunk.replace(b'"content":""', b"")):
             ttft = time.perf_counter() - t0
-        buf = (buf + chunk)[-200:]
-        if end in buf:
-            break
-    return ttft, time.perf_counter() - t0
+        if not total:
+            buf = (buf + chunk)[-200:]
+            if end in buf:
+                total = time.perf_counter() - t0
+    return ttft, total
 
 
 async def direct(s: aiohttp.ClientSession, url: str) -> tuple[float, float]:
@@ -218,7 +222,7 @@ def write(res: dict[str, Any], cmd: str) -> None:
     lines = ["# Cloud proxy overhead (issue 5)\n", f"Command: `{cmd}`  ",
              f"Date: {res['date']}  ", f"Machine: {res['machine']}\n",
              "Fast local OpenAI-shaped upstream (20 streamed words, no delay); Anthropic Messages in, "
-             "OpenAI Chat Completions out; requests interleaved; "
+             "OpenAI Chat Completions out; requests interleaved; each body read to its end (connections reused); "
              f"n = {r['direct']['total_ms']['n']} per target.\n",
              "| target | total p50 ms | total p99 ms | added p50 ms | added p99 ms | added TTFT p50 ms | abort p50 ms | abort p99 ms |",
              "|---|---|---|---|---|---|---|---|",
@@ -246,8 +250,8 @@ def main() -> None:
         sys.exit(2)
     res = asyncio.run(run(args.n, use_litellm, args.aborts))
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-           "command": "python -m bench.cloud " + " ".join(sys.argv[1:]), "results": res}
-    write(out, ".venv/bin/python -m bench.cloud " + " ".join(sys.argv[1:]))
+           "command": " ".join(["python -m bench.cloud", *sys.argv[1:]]), "results": res}
+    write(out, " ".join([".venv/bin/python -m bench.cloud", *sys.argv[1:]]))
     print(json.dumps(res, indent=2))
 
 
