@@ -39,7 +39,7 @@ from gateway.bus import Bus
 from gateway.errors import ApiError
 from gateway.keys import KeyCache
 from gateway.providers import DEFAULT_BASE_URLS, PROVIDERS, provider_for
-from gateway.providers.base import CloudSource, Outcome, StaticSource
+from gateway.providers.base import CloudSource, Outcome, StaticSource, count_upstream
 from gateway.telemetry import Telemetry
 from protocol import messages as m
 from protocol.chat import ChatRequest, ImagePart, ToolResultPart, all_text
@@ -146,7 +146,8 @@ def _direct(cfg: Config, s: str) -> list[Target]:
 
 def estimate_tokens(req: ChatRequest) -> int:
     """A quick size estimate (4 characters a token, ~1.6k per image): good enough to
-    compare with a context window, never sent to a client as a count."""
+    compare with a context window; a client's count only for endpoints with no
+    counting call of their own (OpenAI and compatible servers)."""
     images = sum(1 for msg in req.messages for p in msg.content
                  if isinstance(p, ImagePart) or (isinstance(p, ToolResultPart)
                                                   and any(isinstance(c, ImagePart) for c in p.content)))
@@ -314,6 +315,16 @@ class Router:
                            retries=max(0, r.retries), backoff_s=r.backoff_s, max_wait_s=r.max_retry_after_s,
                            on_outcome=done)
 
+    async def _count(self, t: Target, req: ChatRequest, raw: bytes | None) -> int:
+        """The endpoint's own count where it has one (Anthropic, Gemini), else an
+        estimate (OpenAI and compatible servers have no counting call)."""
+        ep = t.endpoint
+        assert ep is not None and self.http is not None
+        kname = self.key_name(ep)
+        key = self.keys.get(kname) if kname else None
+        n = await count_upstream(self.http, provider_for(ep.provider), ep, t.model, req, key, raw)
+        return n if n is not None else estimate_tokens(req)
+
     async def open(self, request: web.Request, bus: Bus, req: ChatRequest, count: bool) -> Source:
         override = (self.overrides.get(req.session_id) if req.session_id else None) or self.global_override
         targets = plan(self.config, req, override)
@@ -321,12 +332,12 @@ class Router:
             raise ApiError(404, f"model: {req.model!r} is not served by turnout: no local model, endpoint "
                                 f"model or [routing] alias matches it (see GET /admin/endpoints)",
                            param="model", code="model_not_found")
+        raw = await request.read() if req.api == "anthropic" else None
         if count:
             t = targets[0]
             if t.local is not None:
                 return await bus.open(t.local, req, count=True)
-            return StaticSource([m.Counted("", 0, estimate_tokens(req))])
-        raw = await request.read() if req.api == "anthropic" else None
+            return StaticSource([m.Counted("", 0, await self._count(t, req, raw))])
         rid = str(structlog.contextvars.get_contextvars().get("request_id", ""))
         for i, t in enumerate(targets):
             last = i == len(targets) - 1

@@ -38,6 +38,9 @@ _enc = msgspec.json.Encoder()
 _STOP = {"end_turn": "end_turn", "max_tokens": "max_tokens", "stop_sequence": "stop_sequence",
          "tool_use": "tool_use", "refusal": "refusal", "pause_turn": "end_turn",
          "model_context_window_exceeded": "max_tokens"}
+# Fields of a Messages body that count_tokens refuses.
+_NOT_COUNTED = ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata",
+                "service_tier", "container")
 _ERR_KIND: dict[str, m.FailKind] = {"overloaded_error": "overloaded", "rate_limit_error": "overloaded",
                                     "api_error": "overloaded", "invalid_request_error": "invalid_request",
                                     "request_too_large": "invalid_request"}
@@ -146,6 +149,18 @@ class AnthropicProvider:
         else:
             data = _enc.encode(build_body(history.make_safe(req, "anthropic"), model))
         return Upstream(f"{base}/v1/messages", headers, data)
+
+    def build_count(self, ep: EndpointConfig, model: str, req: ChatRequest, key: str | None,
+                    raw: bytes | None) -> Upstream:
+        up = self.build(ep, model, req, key, raw, False)
+        body = decode(up.body)
+        for k in _NOT_COUNTED:
+            body.pop(k, None)
+        up.headers.pop("accept", None)
+        return Upstream(up.url + "/count_tokens", up.headers, _enc.encode(body), stream=False)
+
+    def parse_count(self, body: bytes) -> int:
+        return int(decode(body)["input_tokens"])
 
     def parser(self, passthrough: bool = False) -> AnthropicParser:
         return AnthropicParser(passthrough)

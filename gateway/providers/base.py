@@ -85,6 +85,13 @@ class Provider(Protocol):
 
     def error_message(self, body: bytes) -> str: ...
 
+    def build_count(self, ep: EndpointConfig, model: str, req: ChatRequest, key: str | None,
+                    raw: bytes | None) -> Upstream | None:
+        """The provider's own token-counting request, or None when it has none."""
+        ...
+
+    def parse_count(self, body: bytes) -> int: ...
+
 
 @functools.lru_cache(maxsize=256)
 def env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
@@ -392,6 +399,30 @@ class CloudSource:
 async def _drain(content: aiohttp.StreamReader) -> None:
     async for _ in content.iter_any():
         pass
+
+
+async def count_upstream(http: aiohttp.ClientSession, provider: Provider, ep: EndpointConfig, model: str,
+                         req: ChatRequest, key: str | None, raw: bytes | None) -> int | None:
+    """Input tokens as the upstream itself counts them (Anthropic's count_tokens,
+    Gemini's countTokens); None when the provider has no such call or it failed
+    (the caller estimates instead: a count is advice, not worth an error)."""
+    up = provider.build_count(ep, model, req, key, raw)
+    if up is None:
+        return None
+    proxy, proxy_auth = env_proxy(up.url)
+    timeout = aiohttp.ClientTimeout(total=min(ep.timeout_s, 30.0), sock_connect=ep.connect_timeout_s)
+    try:
+        async with http.post(up.url, data=up.body, headers=up.headers, timeout=timeout,
+                             proxy=proxy, proxy_auth=proxy_auth) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                log.info("upstream_count_failed", endpoint=ep.name, status=resp.status,
+                         message=_safe(provider.error_message(body), key)[:200])
+                return None
+            return provider.parse_count(body)
+    except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, KeyError, TypeError, ValueError) as e:
+        log.info("upstream_count_failed", endpoint=ep.name, error=type(e).__name__)
+        return None
 
 
 def _safe(text: str, key: str | None) -> str:

@@ -141,6 +141,16 @@ class GeminiProvider:
             return Upstream(f"{base}/v1beta/models/{model}:streamGenerateContent?alt=sse", headers, body)
         return Upstream(f"{base}/v1beta/models/{model}:generateContent", headers, body, stream=False)
 
+    def build_count(self, ep: EndpointConfig, model: str, req: ChatRequest, key: str | None,
+                    raw: bytes | None) -> Upstream:
+        up = self.build(ep, model, req, key, raw, False)
+        body = {"generateContentRequest": {"model": f"models/{model}", **decode(up.body)}}
+        url = up.url.rsplit(":", 1)[0] + ":countTokens"
+        return Upstream(url, up.headers, _enc.encode(body), stream=False)
+
+    def parse_count(self, body: bytes) -> int:
+        return int(decode(body)["totalTokens"])
+
     def parser(self, passthrough: bool = False) -> GeminiParser:
         return GeminiParser()
 

@@ -119,6 +119,13 @@ class OpenAIProvider:
         body = build_body(history.make_safe(req, "openai"), model, self.compatible)
         return Upstream(f"{base}/chat/completions", headers, _enc.encode(body))
 
+    def build_count(self, ep: EndpointConfig, model: str, req: ChatRequest, key: str | None,
+                    raw: bytes | None) -> None:
+        return None  # Chat Completions has no counting call: the caller estimates
+
+    def parse_count(self, body: bytes) -> int:
+        raise NotImplementedError
+
     def parser(self, passthrough: bool = False) -> OpenAIParser:
         return OpenAIParser()
 

@@ -330,6 +330,22 @@ def test_anthropic_answer_reaches_an_anthropic_client_byte_for_byte(cloud: Turno
     assert n.input_tokens > 0
 
 
+def test_count_tokens_asks_the_upstream_that_can_count(cloud: TurnoutProcess, upstreams: FakeUpstreams) -> None:
+    c = client(cloud)
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "count me " * 50, "cache_control": {"type": "ephemeral"}}]}]
+    for model, provider in (("ant/claude-test", "anthropic"), ("gem/gemini-test", "gemini")):
+        n = c.messages.count_tokens(model=model, messages=msgs, system="be brief",  # type: ignore[arg-type]
+                                    thinking={"type": "enabled", "budget_tokens": 1024})
+        up = upstreams.requests[-1]
+        assert up.provider == provider and up.path.endswith(("/count_tokens", ":countTokens")), up.path
+        assert n.input_tokens == FakeUpstreams.count_of(provider, up.body)
+    assert upstreams.requests[-2].body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    # OpenAI has no counting call: an estimate, and no request upstream.
+    before = len(upstreams.requests)
+    n = c.messages.count_tokens(model="oai/gpt-test", messages=msgs)  # type: ignore[arg-type]
+    assert n.input_tokens > 100 and len(upstreams.requests) == before
+
+
 def test_a_block_type_that_is_no_server_tool_is_still_a_400(cloud: TurnoutProcess) -> None:
     with pytest.raises(anthropic.BadRequestError) as ei:
         client(cloud).messages.create(model="ant/claude-test", max_tokens=5, messages=[  # type: ignore[list-item]

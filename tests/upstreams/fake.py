@@ -91,6 +91,7 @@ class FakeUpstreams:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/anthropic/v1/messages", self.anthropic)
+        app.router.add_post("/anthropic/v1/messages/count_tokens", self.anthropic_count)
         app.router.add_post("/openai/v1/chat/completions", self.openai)
         app.router.add_post("/gemini/v1beta/models/{model}:{method}", self.gemini)
         app.router.add_get("/_disconnects", self.list_disconnects)
@@ -228,6 +229,25 @@ class FakeUpstreams:
         await resp.prepare(request)
         return await self._stream(request, resp, chunks, "anthropic", 0.01 if slow else 0.0)
 
+    @staticmethod
+    def count_of(provider: str, body: dict[str, Any]) -> int:
+        """What the fake answers a token count with (not the 4-chars estimate)."""
+        if provider == "anthropic":
+            return 1000 + len(json.dumps(body["messages"])) // 3
+        return 2000 + len(json.dumps(body["generateContentRequest"]["contents"])) // 3
+
+    async def anthropic_count(self, request: web.Request) -> web.StreamResponse:
+        ok = request.headers.get("x-api-key") == self.keys["anthropic"]
+        body = await self._record("anthropic", request, ok)
+        if not ok:
+            return web.json_response({"type": "error", "error": {"type": "authentication_error",
+                                                                  "message": "invalid x-api-key"}}, status=401)
+        extra = next((k for k in ("max_tokens", "stream", "temperature", "metadata") if k in body), None)
+        if extra:
+            return web.json_response({"type": "error", "error": {"type": "invalid_request_error",
+                                      "message": f"{extra}: Extra inputs are not permitted"}}, status=400)
+        return web.json_response({"input_tokens": self.count_of("anthropic", body)})
+
     SEARCH_URL = "https://example.com/turnout-news"
 
     @classmethod
@@ -335,6 +355,12 @@ class FakeUpstreams:
         if st:
             return web.json_response({"error": {"code": st, "message": "The model is overloaded. Please try again later.",
                                                 "status": "UNAVAILABLE"}}, status=st)
+        if method == "countTokens":
+            if "generateContentRequest" not in body:
+                return web.json_response({"error": {"code": 400, "message": "* CountTokensRequest: contents is required",
+                                                    "status": "INVALID_ARGUMENT"}}, status=400)
+            return web.json_response({"totalTokens": self.count_of("gemini", body),
+                                      "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1}]})
         bad = _gemini_schema_problem(body)
         if bad:
             return web.json_response({"error": {"code": 400, "message": f"Invalid JSON payload received. Unknown name \"{bad}\"",
