@@ -7,7 +7,8 @@ Routes (errors in OpenAI's shape, ``{"error": {"message", "type", "param", "code
                                     (json, text, srt, vtt, verbose_json),
                                     ``timestamp_granularities[]``, ``stream`` (SSE)
     POST /v1/audio/speech           OpenAI's: JSON ``model``, ``input``, ``voice``,
-                                    ``response_format`` (wav, pcm), ``speed``,
+                                    ``response_format`` (mp3 default, opus, aac,
+                                    flac, wav, pcm), ``speed``,
                                     ``stream_format`` (audio, sse); audio is streamed
                                     sentence by sentence as it is synthesised
     POST /v1/ocr                    image (multipart ``file``, or JSON ``{"image":
@@ -58,7 +59,9 @@ log = structlog.get_logger()
 _json = msgspec.json.Encoder()
 
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-SPEECH_FORMATS = ("wav", "pcm")
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+SPEECH_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
+                "wav": "audio/wav", "pcm": "audio/pcm"}
 OPENAI_PCM_RATE = 24000  # OpenAI documents pcm as 24 kHz 16-bit signed little-endian mono
 
 # ISO 639-1 -> the name OpenAI's verbose_json reports.
@@ -471,14 +474,13 @@ async def speech(request: web.Request) -> web.StreamResponse:
         raise ApiError(413, f"input: {len(text)} characters; the limit is {limits.max_speech_chars} (media.max_speech_chars)",
                        param="input", code="request_too_large")
     up = Upload(fields={k: [str(v)] for k, v in body.items() if isinstance(v, str | int | float) and k != "input"})
-    # OpenAI's default is mp3, which turnout does not encode: wav is the default here.
-    fmt = _choice(up, "response_format", "wav", SPEECH_FORMATS)
+    fmt = _choice(up, "response_format", "mp3", SPEECH_FORMATS)  # OpenAI's default
     stream_format = _choice(up, "stream_format", "audio", ("audio", "sse"))
     speed = _float(up, "speed", 1.0, 0.25, 4.0)
     voice = up.get("voice")
     mc = _tts_model(bus, up.get("model"), voice)
-    params = m.TtsParams(text=text, voice=voice, speed=speed,
-                         sample_rate=OPENAI_PCM_RATE if fmt == "pcm" else 0)
+    params = m.TtsParams(text=text, voice=voice, speed=speed, sample_rate=OPENAI_PCM_RATE if fmt == "pcm" else 0,
+                         format="" if fmt in ("wav", "pcm") else fmt)
     chunks = speech_chunks(bus, mc, params)
     try:
         # Wait for the first sentence before answering, so that a refusal is an
@@ -487,7 +489,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
             first, rate = await anext(chunks)
         except StopAsyncIteration:
             raise ApiError(400, "input: nothing in the text can be spoken", param="input") from None
-        ctype = {"wav": "audio/wav", "pcm": "audio/pcm"}[fmt]
+        ctype = SPEECH_TYPES[fmt]
         if stream_format == "sse":
             ctype = "text/event-stream"
         resp = web.StreamResponse(headers={"Content-Type": ctype, "Cache-Control": "no-cache",
@@ -500,7 +502,8 @@ async def speech(request: web.Request) -> web.StreamResponse:
             total += len(first)
             async for pcm, _ in chunks:
                 total += len(pcm)
-                await resp.write(_sse({"type": "speech.audio.delta", "audio": base64.b64encode(pcm).decode()}))
+                if pcm:  # an encoder may hold a short sentence back for its next frame
+                    await resp.write(_sse({"type": "speech.audio.delta", "audio": base64.b64encode(pcm).decode()}))
             await resp.write(_sse({"type": "speech.audio.done",
                                    "usage": {"input_tokens": len(text.split()), "output_tokens": 0,
                                              "total_tokens": len(text.split())}}))

@@ -83,6 +83,7 @@ class TtsParams(_Params, tag="tts"):
     voice: str = ""
     speed: float = 1.0  # OpenAI's 0.25..4.0; Piper's length_scale is 1/speed
     sample_rate: int = 0  # 0: the voice's own rate; else resampled (OpenAI pcm: 24000)
+    format: str = ""  # "": 16-bit PCM frames; mp3 | opus | aac | flac: encoded by the worker
 
 
 class UpscaleParams(_Params, tag="upscale"):

@@ -16,7 +16,9 @@ Options (``[models.options]``):
 Audio is streamed as it is synthesised: one ``JobOutput`` per sentence, with the
 sentence's 16-bit little-endian mono PCM in a frame (``audio/pcm;rate=N``), so the
 first sentence plays while the rest is made and a long text is cancellable between
-sentences. ``sample_rate`` in the job resamples (OpenAI's ``pcm`` is 24 kHz).
+sentences. ``sample_rate`` in the job resamples (OpenAI's ``pcm`` is 24 kHz);
+``format`` (mp3, opus, aac, flac) encodes each sentence as it is made
+(workers/audio_encode.py), the encoder's tail in a last output.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import zmq
 
 from protocol import messages as m
+from workers.audio_encode import FORMATS, StreamEncoder
 from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WithFrames, WorkerSpec
 from workers.media import MediaBackend, parse_options
 
@@ -128,16 +131,23 @@ class TtsBackend(MediaBackend):
             raise BackendError("invalid_request", "input: the text to speak is empty")
         if not 0.25 <= p.speed <= 4.0:
             raise BackendError("invalid_request", f"speed: {p.speed} is out of range 0.25..4.0")
+        if p.format and p.format not in FORMATS:
+            raise BackendError("invalid_request", f"response_format: {p.format!r} is not one of {', '.join(FORMATS)}")
         samples = 0
         out_rate = p.sample_rate or self.sample_rate
+        enc = StreamEncoder(p.format, out_rate) if p.format else None
+        media_type = enc.media_type if enc else f"audio/pcm;rate={out_rate}"
         for audio, rate in self.sentences(p.text, p.speed):
             audio = resample(audio, rate, out_rate)
             samples += len(audio)
+            pcm = to_pcm16(audio)
             # One sentence is ready: send it (the loop may cancel before the next).
-            yield WithFrames(m.JobOutput(request_id, 0, media_type=f"audio/pcm;rate={out_rate}",
-                                         duration_s=round(len(audio) / out_rate, 3)), [to_pcm16(audio)])
+            yield WithFrames(m.JobOutput(request_id, 0, media_type=media_type,
+                                         duration_s=round(len(audio) / out_rate, 3)), [enc.feed(pcm) if enc else pcm])
         if samples == 0:
             raise BackendError("invalid_request", "input: nothing in the text can be spoken")
+        if enc:
+            yield WithFrames(m.JobOutput(request_id, 0, media_type=media_type), [enc.close()])
         yield m.Done(request_id, 0, "end_turn", m.Usage(len(p.text), 0))
 
 

@@ -159,6 +159,38 @@ def test_round_trip_text_speech_text(media: TurnoutProcess) -> None:
     assert w <= 0.15, back
 
 
+def test_speech_in_every_openai_format(media: TurnoutProcess) -> None:
+    """mp3 (the default, as OpenAI's), opus, aac and flac decode to the same length
+    of speech as wav; mp3 transcribes back as well as the wav does."""
+    import av
+
+    c = oai(media)
+    said = "Compressed speech is encoded sentence by sentence. It plays while the rest is made."
+    wav = c.audio.speech.create(model="tts-1", voice="alloy", input=said, response_format="wav").content
+    seconds = (len(wav) - 44) / 2 / 22050
+    with http(media) as h:
+        default = h.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": said})
+    assert default.status_code == 200 and default.headers["content-type"] == "audio/mpeg"
+    for fmt, ctype, codec in (("mp3", "audio/mpeg", "mp3"), ("opus", "audio/ogg", "opus"),
+                              ("aac", "audio/aac", "aac"), ("flac", "audio/flac", "flac")):
+        r = c.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input=said, response_format=fmt)  # type: ignore[arg-type]
+        data = r.content
+        assert r.headers["content-type"] == ctype
+        with av.open(io.BytesIO(data)) as f:
+            stream = f.streams.audio[0]
+            assert stream.codec_context.name.startswith(codec), (fmt, stream.codec_context.name)
+            got = sum(fr.samples for fr in f.decode(audio=0)) / stream.rate
+        print(f"\n{fmt}: {len(data)} bytes, {got:.2f} s (wav {seconds:.2f} s, {len(wav)} bytes)")
+        assert abs(got - seconds) < 0.15, (fmt, got, seconds)
+        if fmt == "mp3":
+            assert data[:3] == b"ID3" or data[0] == 0xFF
+            # As intelligible as the wav: whisper hears the same words in both.
+            back = c.audio.transcriptions.create(model="whisper-1", file=("speech.mp3", data)).text
+            ref = c.audio.transcriptions.create(model="whisper-1", file=("speech.wav", wav)).text
+            print(f"WER mp3 {wer(said, back):.3f} ({back!r}), wav {wer(said, ref):.3f} ({ref!r})")
+            assert wer(said, back) <= wer(said, ref) + 0.1, (back, ref)
+
+
 def test_speech_pcm_is_24khz_and_sse_streams_sentences(media: TurnoutProcess) -> None:
     c = oai(media)
     text = "One sentence here. Another sentence there. And a third."
@@ -230,7 +262,7 @@ def test_bad_input_is_4xx_and_the_workers_keep_serving(media: TurnoutProcess, sp
                                  response_format="mp3"), 400, "response_format")
         assert_openai_error(post("/v1/images/upscale", "image", good_png, scale="3"), 400, "scale")
         assert_openai_error(h.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "alloy",
-                                                             "response_format": "mp3"}), 400, "wav, pcm")
+                                                             "response_format": "ogg"}), 400, "mp3, opus, aac, flac, wav, pcm")
         assert_openai_error(post("/v1/ocr", "file", good_png, model="fake"), 400, "fake model")
         # over the configured limits
         assert_openai_error(post("/v1/ocr", "file", png(Image.new("RGB", (1200, 1000), "white"))), 413,
