@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -319,7 +320,8 @@ async def admin_workers(request: web.Request) -> web.StreamResponse:
     return _json(out)
 
 
-def build_app(bus: Bus, token: str, max_body_bytes: int) -> web.Application:
+def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None = None) -> web.Application:
+    """``state_path``: where routing switches are kept across restarts (routing.json)."""
     app = web.Application(middlewares=[middleware], client_max_size=max_body_bytes)
     app[BUS] = bus
     app[TOKEN] = token
@@ -336,6 +338,6 @@ def build_app(bus: Bus, token: str, max_body_bytes: int) -> web.Application:
     r.add_get("/v1/models/{model_id:.+}", get_model)
     r.add_get("/admin/workers", admin_workers)
     media.register_routes(app)
-    routing.setup(app, bus.config)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
+    routing.setup(app, bus.config, state_path)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
     mcp_server.register(app)  # /mcp (after routing: its tools use the router)
     return app

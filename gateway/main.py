@@ -22,6 +22,7 @@ from protocol.config import decode_config
 from protocol.logs import setup_logging
 from protocol.sockets import Endpoints
 from supervisor.arbiter import GatewaySpec
+from supervisor.control import instance_state_dir
 
 log = structlog.get_logger()
 
@@ -42,7 +43,9 @@ async def serve(spec: GatewaySpec) -> int:
     bus = Bus(spec.id, Endpoints(spec.runtime_dir), config)
     bus.on_cancel_done = _log_cancel
     bus.start()
-    app = build_app(bus, token, int(config.server.max_body_mb * 1024 * 1024))
+    # Routing switches live beside the instance's pidfile and log (one per port).
+    state = instance_state_dir(spec.port) / "routing.json" if spec.port else None
+    app = build_app(bus, token, int(config.server.max_body_mb * 1024 * 1024), state)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.port, reuse_address=True, backlog=1024)

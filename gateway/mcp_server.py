@@ -137,7 +137,6 @@ class McpState:
     manager: Any
     tool_uses: ToolUseIndex = field(default_factory=ToolUseIndex)
     usage: UsageLedger = field(default_factory=UsageLedger)
-    global_target: str | None = None
 
 
 MCP: web.AppKey[McpState] = web.AppKey("mcp", McpState)
@@ -356,8 +355,7 @@ def _ready_models(app: web.Application) -> set[str]:
 def _set_global(app: web.Application, target: str | None) -> None:
     """Route every session that has no choice of its own to ``target`` (None: back
     to the configuration)."""
-    _router(app).global_override = target
-    app[MCP].global_target = target
+    _router(app).set_global(target)
 
 
 def _window_of(cands: list[Choice], label: str) -> int:
@@ -388,7 +386,7 @@ async def endpoint_set(app: web.Application, ctx: Any, target: str, scope: str, 
                           f"or use scope='global'")
     before = _current_label(router, sid)
     if name is None:
-        router.overrides.pop(sid, None)
+        router.clear_override(sid)
         log.info("endpoint_set", scope="session", session=sid, target=None)
         return {"scope": "session", "session_id": sid, "session_found_by": how, "target": None,
                 "summary": "This session routes by the configuration again (its override is cleared)."}
@@ -547,7 +545,7 @@ def build_server(app: web.Application) -> Any:
             items.append(d)
         aliases = dict(cfg.routing.aliases)
         return {"endpoints": items, "aliases": aliases, "default": cfg.routing.default or None,
-                "global_switch": app[MCP].global_target,
+                "global_switch": _router(app).global_override,
                 "summary": f"{len(items)} endpoints: " + ", ".join(i["name"] for i in items)}
 
     async def endpoint_status(ctx: Context, endpoint: Annotated[str, Field(

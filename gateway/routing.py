@@ -26,8 +26,10 @@ connection error, 429 or 5xx before anything has reached the client, to the next
 from __future__ import annotations
 
 import fnmatch
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -244,6 +246,16 @@ def validate(cfg: Config) -> list[str]:
 # -------------------------------------------------------------------- runtime
 
 
+MAX_KEPT_OVERRIDES = 10_000
+
+
+class _RoutingState(msgspec.Struct):
+    """routing.json: the switches made in conversation (endpoint_set, /admin/sessions)."""
+
+    global_target: str | None = None
+    sessions: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Router:
     """The gateway's routing state.
 
@@ -253,13 +265,57 @@ class Router:
     Holds the per-session overrides, the telemetry and the HTTP client session
     (created at app start-up, closed at clean-up)."""
 
-    def __init__(self, config: Config, keys: KeyCache | None = None) -> None:
+    def __init__(self, config: Config, keys: KeyCache | None = None, state_path: Path | None = None) -> None:
         self.config = config
         self.keys = keys or KeyCache()
         self.telemetry = Telemetry()
         self.overrides: dict[str, str] = {}  # session id -> target (endpoint_set, scope session)
         self.global_override: str | None = None  # every session without its own (scope global)
         self.http: aiohttp.ClientSession | None = None
+        # Where the overrides are kept, so a restarted gateway (a crash, an upgrade,
+        # `turnout down` and `up`) routes every conversation as it was told to.
+        self.state_path = state_path
+        self._load()
+
+    def _load(self) -> None:
+        if self.state_path is None or not self.state_path.exists():
+            return
+        try:
+            st = msgspec.json.decode(self.state_path.read_bytes(), type=_RoutingState)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.warning("routing_state_unreadable", path=str(self.state_path), error=str(e)[:200])
+            return
+        valid = lambda t: bool(resolve_target(self.config, t, 1))  # noqa: E731 - the config may have changed
+        self.global_override = st.global_target if st.global_target and valid(st.global_target) else None
+        self.overrides = {sid: t for sid, t in st.sessions.items() if valid(t)}
+        dropped = len(st.sessions) - len(self.overrides) + (st.global_target is not None and self.global_override is None)
+        log.info("routing_state_loaded", sessions=len(self.overrides), global_target=self.global_override,
+                 dropped=dropped)
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        if len(self.overrides) > MAX_KEPT_OVERRIDES:  # the oldest first: dicts keep insertion order
+            for sid in list(self.overrides)[:len(self.overrides) - MAX_KEPT_OVERRIDES]:
+                del self.overrides[sid]
+        data = msgspec.json.encode(_RoutingState(self.global_override, self.overrides))
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.state_path)
+        except OSError as e:  # routing still works; it just will not survive a restart
+            log.warning("routing_state_unwritable", path=str(self.state_path), error=e.strerror)
+
+    def clear_override(self, sid: str) -> None:
+        if self.overrides.pop(sid, None) is not None:
+            self._save()
+
+    def set_global(self, target: str | None) -> None:
+        self.global_override = target
+        self._save()
 
     @property
     def active(self) -> bool:
@@ -274,7 +330,9 @@ class Router:
         if not targets:
             raise ApiError(404, f"target: {target!r} names no endpoint/model, endpoint model or local model",
                            param="target")
+        self.overrides.pop(sid, None)  # re-inserted last: the most recent survive the cap
         self.overrides[sid] = target
+        self._save()
         return targets
 
     async def start(self) -> None:
@@ -455,17 +513,18 @@ async def session_put(request: web.Request) -> web.StreamResponse:
 async def session_delete(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     sid = request.match_info["sid"]
-    router.overrides.pop(sid, None)
+    router.clear_override(sid)
     return _json({"id": sid, "override": None})
 
 
-def setup(app: web.Application, config: Config) -> None:
-    """Install the router on ``app``: its state, its admin routes, and the HTTP
-    client session's life (opened on start-up, closed on clean-up)."""
+def setup(app: web.Application, config: Config, state_path: Path | None = None) -> None:
+    """Install the router on ``app``: its state (kept in ``state_path`` when given),
+    its admin routes, and the HTTP client session's life (opened on start-up,
+    closed on clean-up)."""
     problems = validate(config)
     if problems:
         raise ValueError("; ".join(problems))
-    router = Router(config)
+    router = Router(config, state_path=state_path)
     app[ROUTER] = router
 
     async def on_startup(_: web.Application) -> None:

@@ -49,7 +49,9 @@ class TurnoutProcess:
         self.config_path.write_text(config_toml)
         self.log_path = self.workdir / "turnout.log"
         self.env = dict(os.environ)
-        self.env.update({"TURNOUT_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+        # State (routing switches, a daemon's pidfile) under the workdir, not the user's home.
+        self.env.update({"TURNOUT_TOKEN": token, "PYTHONUNBUFFERED": "1",
+                         "XDG_STATE_HOME": str(self.workdir / "state")})
         self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._descendants: list[psutil.Process] = []

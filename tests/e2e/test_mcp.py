@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -23,6 +25,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from supervisor.launch import TurnoutProcess
 from tests.conftest import FAKE_CONFIG
+from tests.helpers import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,3 +273,41 @@ def test_switching_needs_no_routing_section(turnout_factory) -> None:  # type: i
     result(call(t2, "endpoint_set", {"target": "fake2", "scope": "global"}))
     # an exact alias of another model does not escape the global switch
     assert chat(t2, "plain-C", "a b c d e f", model="some-local-model")["usage"]["output_tokens"] == 3
+
+
+def test_switches_survive_a_gateway_crash_and_a_restart(tmp_path: Path) -> None:
+    """A session's switch and the global one are kept (routing.json in the state
+    dir): a gateway the supervisor restarts, or a whole `turnout up` again on the
+    same port, routes as it was told; clearing is kept too."""
+    def gateway_pid(tp: TurnoutProcess) -> int:
+        return next(p.pid for p in tp.descendants() if "gateway.main" in " ".join(p.cmdline()))
+
+    t1 = TurnoutProcess(TWO_FAKES, workdir=str(tmp_path))
+    t1.start()
+    try:
+        chat(t1, "keep-A", "hello")
+        result(call(t1, "endpoint_set", {"target": "fake2", "session_id": "keep-A"}))
+        result(call(t1, "endpoint_set", {"target": "second-model", "scope": "global"}))
+        old = gateway_pid(t1)
+        os.kill(old, signal.SIGKILL)
+        def back() -> bool:
+            try:
+                return gateway_pid(t1) != old and t1.healthz()[0] == 200
+            except (OSError, StopIteration, psutil.Error):  # the old one going; the new one not up yet
+                return False
+        poll_until(back, timeout=30, interval=0.1)
+        assert chat(t1, "keep-A", "a b c d e f")["usage"]["output_tokens"] == 3
+        assert chat(t1, "new-B", "a b c d e f")["usage"]["output_tokens"] == 3  # the global switch
+        result(call(t1, "endpoint_set", {"target": "default", "scope": "global"}))
+    finally:
+        t1.stop()
+    t2 = TurnoutProcess(TWO_FAKES, workdir=str(tmp_path))
+    t2.port, t2.base_url = t1.port, t1.base_url  # the same instance: state is per port
+    t2.start()
+    try:
+        assert chat(t2, "keep-A", "a b c d e f")["usage"]["output_tokens"] == 3
+        assert chat(t2, "new-C", "a b c d e f")["usage"]["output_tokens"] == 12  # global cleared, and kept so
+        status, s = http(t2, "GET", "/admin/sessions/keep-A")
+        assert status == 200 and s["override"] == "fake2"
+    finally:
+        t2.stop()
