@@ -333,8 +333,36 @@ class Arbiter:
         now = time.monotonic()
         for slot in list(self.slots.values()):
             if slot.child is None and slot.restart_at is not None and now >= slot.restart_at:
+                if slot.kind == "worker" and not self._restart_admitted(slot, now):
+                    continue
                 slot.restarts += 1
                 self._spawn(slot)
+
+    def _restart_admitted(self, slot: Slot, now: float) -> bool:
+        """A crashed worker comes back through admission like any load: a crash
+        under memory pressure (an OOM kill, say) is not restarted into the same
+        shortage. Refused: tried again after ``retry_after_s``; evictions: once
+        the idle victims are gone."""
+        assert slot.model is not None
+        mc = slot.model
+        avail_mb = self.available_bytes / MB
+        others = [w for w in self._snaps() if w.id != slot.id]
+        adm = memory.admit(self.expected_mb(mc), mc.priority, avail_mb, self.level, others, self.watermarks)
+        if adm.decision == "admit":
+            return True
+        if adm.decision == "evict":
+            log.info("restart_evicts", id=slot.id, victims=list(adm.evict), reason=adm.reason)
+            for vid in adm.evict:
+                self._evict_slot(self.slots[vid], f"evicted to make room for {mc.name} (restart)", drain=True)
+            slot.restart_at = now + self.config.supervisor.cooldown_s
+            return False
+        reason = f"restart waits for memory: {adm.reason}"
+        if slot.reason != reason:
+            log.warning("restart_deferred", id=slot.id, reason=adm.reason)
+            slot.reason = reason
+            self._publish(slot)
+        slot.restart_at = now + self.config.supervisor.retry_after_s
+        return False
 
     def _check_heartbeats(self) -> None:
         now = time.monotonic_ns()
@@ -513,8 +541,12 @@ class Arbiter:
     def expected_mb(self, mc: ModelConfig) -> float:
         if mc.expected_mb > 0:
             return mc.expected_mb
-        if mc.path:
-            return memory.gguf_footprint_mb(mc.path, mc.context_window)
+        if mc.backend == "llama_cpp":
+            # "" is the bundled model, a name a registered one: their files, if there yet.
+            from workers.models import locate  # late: the supervisor seldom needs it
+
+            path = locate(mc.path)
+            return memory.gguf_footprint_mb(str(path), mc.context_window) if path is not None else 0.0
         return 0.0
 
     def _admit(self, mc: ModelConfig) -> m.FromSupervisor | None:

@@ -382,6 +382,17 @@ def remove(name: str) -> ModelEntry:
     return ModelEntry(name, rec["path"], source, present=source == "local")
 
 
+def locate(path_or_name: str) -> Path | None:
+    """The file :func:`resolve` would load, without assembling anything: None when
+    it is not there (yet)."""
+    if not path_or_name or path_or_name == DEFAULT_MODEL_NAME:
+        p = default_model_path()
+    else:
+        reg = _load_registry()
+        p = Path(reg[path_or_name]["path"]) if path_or_name in reg else Path(path_or_name).expanduser()
+    return p if p.is_file() else None
+
+
 def resolve(path_or_name: str) -> Path:
     """What a worker loads: empty -> the default model (assembled on demand), a
     registered name -> its path, anything else -> a file path."""

@@ -4,6 +4,8 @@ to what is available when the test starts, so it behaves the same on any machine
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import psutil
 import urllib3
@@ -93,3 +95,42 @@ expected_mb = 100000000
     reply = command(t, m.LoadModel("huge"))
     assert isinstance(reply, m.LoadRefused) and reply.retry_after_s == 7
     assert not workers_of(t, "huge")
+
+
+def test_a_crashed_worker_comes_back_only_when_it_fits(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    """A restart goes through admission: while something else holds the memory the
+    model needs, the crashed worker waits (its reason says why) instead of being
+    started into the shortage; once the memory is back, it restarts by itself."""
+    import numpy as np
+
+    avail_mb = psutil.virtual_memory().available / MB
+    soft = avail_mb - 2500  # at start: 1000 MiB to spare for the model's 1500
+    t = turnout_factory(f"""
+[supervisor]
+soft_available_mb = {soft:.0f}
+hard_available_mb = {soft - 1000:.0f}
+hysteresis_mb = 100
+sample_interval_s = 0.2
+retry_after_s = 0.5
+restart_first_s = 0.05
+
+[[models]]
+name = "fits"
+backend = "fake"
+expected_mb = 1500
+""")
+    poll_until(lambda: workers_of(t, "fits", "ready"), 30)
+    hog = np.ones(2000 * MB, dtype=np.uint8)  # now the model would leave ~1000 MiB too little
+    try:
+        r = urllib3.request("POST", t.base_url + "/v1/messages", headers={"x-api-key": t.token}, json={
+            "model": "fits", "max_tokens": 5, "messages": [{"role": "user", "content": "x [[crash:0]]"}]})
+        assert r.status in (200, 529), r.data  # the worker died on this request
+        waiting = poll_until(lambda: [w for w in status(t).workers if "restart waits for memory" in w.reason], 15)
+        assert waiting[0].id == "fits-0" and "not enough memory" in waiting[0].reason, waiting
+        time.sleep(1.5)  # three retries' worth: still not started into the shortage
+        assert not workers_of(t, "fits", "ready")
+    finally:
+        del hog
+    # the memory is back: the next retry admits it
+    poll_until(lambda: workers_of(t, "fits", "ready"), 30)
+    assert log_events(t, "restart_deferred")[0]["id"] == "fits-0"

@@ -63,6 +63,19 @@ def test_add_list_remove_local(tiny_gguf: Path) -> None:
         models.remove("tiny")
 
 
+def test_locate_finds_without_assembling(tiny_gguf: Path, cache: Path) -> None:
+    """What the supervisor sizes a model by: the bundled one only once assembled, a
+    registered name, a path; nothing is assembled or downloaded to find out."""
+    assert models.locate("") is None and not models.default_model_path().exists()
+    models.add_model(tiny_gguf)
+    assert models.locate("tiny") == tiny_gguf.resolve()
+    assert models.locate(str(tiny_gguf)) == tiny_gguf
+    assert models.locate(str(cache / "nope.gguf")) is None
+    models.default_model_path().parent.mkdir(parents=True, exist_ok=True)
+    models.default_model_path().write_bytes(tiny_gguf.read_bytes())
+    assert models.locate("") == models.default_model_path()
+
+
 def test_add_refuses_a_non_gguf(tmp_path: Path) -> None:
     f = tmp_path / "notes.txt"
     f.write_text("hello")
