@@ -24,6 +24,7 @@ from protocol.chat import (
     Message,
     OpaquePart,
     Part,
+    ResponseFormat,
     TextPart,
     ThinkingConfig,
     ThinkingPart,
@@ -132,6 +133,7 @@ class _Common(msgspec.Struct, kw_only=True):
     metadata: AMetadata | None = None
     output_config: dict[str, Any] | None = None
     context_management: dict[str, Any] | None = None
+    output_format: dict[str, Any] | None = None  # the structured-outputs beta's name for output_config.format
     mcp_servers: list[dict[str, Any]] | None = None
     container: Any = None
     service_tier: str | None = None
@@ -228,7 +230,7 @@ def _canonical(r: _Common, headers: Any, max_tokens: int, stream: bool) -> ChatR
     elif r.system:
         system = [TextPart(b.text, cache=b.cache_control is not None) for b in r.system]
     extra: dict[str, Any] = {}
-    for k in ("output_config", "context_management", "mcp_servers", "container", "service_tier"):
+    for k in ("output_config", "output_format", "context_management", "mcp_servers", "container", "service_tier"):
         v = getattr(r, k)
         if v is not None:
             extra[k] = v
@@ -237,6 +239,13 @@ def _canonical(r: _Common, headers: Any, max_tokens: int, stream: bool) -> ChatR
     beta = headers.get("anthropic-beta") if headers is not None else None
     if beta:
         extra["anthropic_beta"] = [b.strip() for b in str(beta).split(",") if b.strip()]
+    fmt = (r.output_config or {}).get("format") or r.output_format
+    rf: ResponseFormat | None = None
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+            raise ApiError(400, "output_config.format: expected {\"type\": \"json_schema\", \"schema\": {...}}",
+                           param="output_config.format")
+        rf = ResponseFormat("json_schema", fmt["schema"])
     tc = r.tool_choice
     return ChatRequest(
         model=r.model,
@@ -250,6 +259,7 @@ def _canonical(r: _Common, headers: Any, max_tokens: int, stream: bool) -> ChatR
         session_id=session_id(headers, r.metadata),
         api="anthropic",
         extra=extra,
+        response_format=rf,
     )
 
 

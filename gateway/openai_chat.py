@@ -8,6 +8,7 @@ convention); usage in a last chunk when ``stream_options.include_usage`` is set.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from protocol.chat import (
     ImagePart,
     Message,
     Part,
+    ResponseFormat,
     TextPart,
     ThinkingPart,
     Tool,
@@ -139,6 +141,36 @@ def _parts(content: str | list[OText | OImage] | None) -> list[Part]:
     return out
 
 
+def _response_format(rf: dict[str, Any] | None) -> ResponseFormat | None:
+    """OpenAI's ``response_format``: text (the default), json_object, or json_schema
+    with ``json_schema.name`` and ``json_schema.schema``."""
+    if rf is None:
+        return None
+    t = rf.get("type")
+    if t == "text":
+        return None
+    if t == "json_object":
+        return ResponseFormat("json_object")
+    if t != "json_schema":
+        raise ApiError(400, f"response_format.type: Invalid value {t!r}: expected 'text', 'json_object' or 'json_schema'",
+                       param="response_format.type")
+    js = rf.get("json_schema")
+    if not isinstance(js, dict):
+        raise ApiError(400, "response_format.json_schema: Field required when type is 'json_schema'",
+                       param="response_format.json_schema")
+    name = js.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise ApiError(400, "response_format.json_schema.name: required, up to 64 letters, digits, '_' or '-'",
+                       param="response_format.json_schema.name")
+    schema = js.get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise ApiError(400, "response_format.json_schema.schema: must be a JSON Schema object",
+                       param="response_format.json_schema.schema")
+    strict = js.get("strict")
+    return ResponseFormat("json_schema", schema or {"type": "object"}, name,
+                          strict if isinstance(strict, bool) else None)
+
+
 def parse_chat(body: bytes, headers: Any = None) -> tuple[ChatRequest, bool]:
     """The canonical request and whether usage is wanted in the stream."""
     try:
@@ -203,6 +235,11 @@ def parse_chat(body: bytes, headers: Any = None) -> tuple[ChatRequest, bool]:
     )
     if r.seed is not None:
         req.extra["seed"] = r.seed
+    req.response_format = _response_format(r.response_format)
+    for k in ("presence_penalty", "frequency_penalty", "reasoning_effort"):
+        v = getattr(r, k)
+        if v is not None:
+            req.extra[k] = v
     return req, bool(r.stream_options and r.stream_options.include_usage)
 
 

@@ -92,6 +92,18 @@ class ThinkingConfig(msgspec.Struct, omit_defaults=True):
     budget_tokens: int = 0
 
 
+class ResponseFormat(msgspec.Struct, omit_defaults=True):
+    """Structured output: the answer's text is one JSON object (``json_object``), or
+    one that matches ``schema`` (``json_schema``). From OpenAI's ``response_format``
+    and Anthropic's ``output_config.format``; local models are held to it by a
+    grammar (llama.cpp) or an instruction (MLX), providers by their own option."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str = ""
+    strict: bool | None = None
+
+
 class ChatRequest(msgspec.Struct, omit_defaults=True):
     """A chat request in canonical form.
 
@@ -115,6 +127,7 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     session_id: str = ""
     api: Literal["anthropic", "openai"] = "anthropic"
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    response_format: ResponseFormat | None = None
 
 
 StopReason = Literal[

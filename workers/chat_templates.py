@@ -152,6 +152,18 @@ def _join(a: str, b: str) -> str:
     return b if not a else a if not b else f"{a}\n\n{b}"
 
 
+def json_instruction(req: ChatRequest) -> str:
+    """What a structured-output request asks, in words (llama.cpp's grammar then
+    holds the model to it; MLX has only the words)."""
+    rf = req.response_format
+    if rf is None:
+        return ""
+    text = "Answer with one JSON object and nothing else: no prose, no code fence."
+    if rf.schema:
+        text += " It must match this JSON Schema:\n" + json.dumps(rf.schema, ensure_ascii=False)
+    return text
+
+
 def normalise(req: ChatRequest, tools_enabled: bool) -> list[dict[str, Any]]:
     """Canonical messages -> HF-style message dicts (see the module docstring).
 
@@ -159,7 +171,7 @@ def normalise(req: ChatRequest, tools_enabled: bool) -> list[dict[str, Any]]:
     ``tool_calls``), tool (``content``, ``tool_call_id``, ``name``). Consecutive
     user (or assistant) turns are merged, since several templates insist on
     alternation."""
-    system = "\n\n".join(p.text for p in req.system if p.text)
+    system = _join("\n\n".join(p.text for p in req.system if p.text), json_instruction(req))
     out: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_use id -> tool name, for tool results
     pending_system = ""  # a mid-conversation system entry with no user turn before it

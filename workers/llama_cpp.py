@@ -22,6 +22,7 @@ Options (``[models.options]``, validated by :class:`LlamaOptions`): see its fiel
 
 from __future__ import annotations
 
+import json
 import os
 
 # OpenMP reads this once, when llama.cpp's library loads: spinning threads collapse
@@ -340,6 +341,9 @@ class LlamaBackend:
         if n_prompt > max_prompt:
             raise BackendError("context_overflow", f"prompt is too long: {n_prompt} tokens > {max_prompt} maximum")
         grammar, forced = self._grammar(req, rendered)
+        json_only = False
+        if grammar is None and req.response_format is not None and not rendered.tools_enabled:
+            grammar, json_only = self._json_grammar(req), True
         n_cached = self._reuse(tokens)
         # Anthropic usage: input_tokens excludes what was read from the cache.
         usage = Usage(input_tokens=n_prompt - n_cached, cache_read_input_tokens=n_cached)
@@ -354,7 +358,7 @@ class LlamaBackend:
         # ---- decode
         sampler = self._sampler(req, grammar)
         try:
-            yield from self._decode(request_id, req, rendered, sampler, forced, n_prompt, usage, ctx)
+            yield from self._decode(request_id, req, rendered, sampler, forced, n_prompt, usage, ctx, json_only)
         finally:
             sampler.close()
 
@@ -404,6 +408,21 @@ class LlamaBackend:
             log.warning("tool_grammar_failed", error=repr(e))
             return None, False
 
+    def _json_grammar(self, req: ChatRequest) -> Any:
+        """The grammar of a structured-output answer: any JSON object, or one of the
+        request's schema."""
+        from llama_cpp import LlamaGrammar
+
+        rf = req.response_format
+        assert rf is not None
+        # {"type": "object"} for json_object: the converter bounds whitespace, so a
+        # finished object cannot trail blanks up to max_tokens.
+        schema = rf.schema if rf.type == "json_schema" and rf.schema else {"type": "object"}
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as e:  # a schema llama.cpp's converter cannot express: say so, do not ignore it
+            raise BackendError("invalid_request", f"response_format: llama.cpp cannot constrain output to this schema: {e}") from None
+
     def _sampler(self, req: ChatRequest, grammar: Any) -> Any:
         from llama_cpp._internals import LlamaSampler
 
@@ -437,13 +456,15 @@ class LlamaBackend:
         n_prompt: int,
         usage: Usage,
         ctx: GenContext,
+        json_only: bool = False,
     ) -> Iterator[GenItem]:
         llm, lc = self.llm, self._lc
         budget = min(req.max_tokens, self.context_window - n_prompt)
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         # A grammar-forced call is one JSON object, whitespace and newlines included:
         # end-of-turn strings must not cut it (the grammar ends it).
-        turn_stops = [] if forced else [*rendered.stop, *self.opts.stop]
+        # So is a structured-output answer.
+        turn_stops = [] if forced or json_only else [*rendered.stop, *self.opts.stop]
         out = tc.AnswerWriter(request_id, req, stops=turn_stops, tools_enabled=rendered.tools_enabled,
                               thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
         stop_reason: Any = "max_tokens"

@@ -33,6 +33,7 @@ from protocol.chat import (
 from protocol.config import EndpointConfig
 
 API_VERSION = "2023-06-01"
+JSON_ONLY = "Answer with one JSON object and nothing else: no prose, no code fence."
 _enc = msgspec.json.Encoder()
 
 _STOP = {"end_turn": "end_turn", "max_tokens": "max_tokens", "stop_sequence": "stop_sequence",
@@ -121,9 +122,14 @@ def build_body(req: ChatRequest, model: str) -> dict[str, Any]:
     if req.stop:
         body["stop_sequences"] = req.stop
     if req.api == "anthropic":
-        for k in ("metadata", "output_config", "context_management", "service_tier"):
+        for k in ("metadata", "output_config", "output_format", "context_management", "service_tier"):
             if k in req.extra:
                 body[k] = req.extra[k]
+    elif req.response_format is not None and req.response_format.schema:
+        # Another API's structured output: Anthropic's is output_config.format (GA).
+        body["output_config"] = {"format": {"type": "json_schema", "schema": req.response_format.schema}}
+    elif req.response_format is not None:  # JSON with no schema: Anthropic has no such mode
+        body.setdefault("system", []).append({"type": "text", "text": JSON_ONLY})
     return body
 
 

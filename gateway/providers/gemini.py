@@ -123,6 +123,11 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
         if req.thinking.type == "enabled" and req.thinking.budget_tokens:
             tcfg["thinkingBudget"] = req.thinking.budget_tokens
         gc["thinkingConfig"] = tcfg
+    rf = req.response_format
+    if rf is not None:
+        gc["responseMimeType"] = "application/json"
+        if rf.schema:
+            gc["responseSchema"] = history.gemini_schema(rf.schema)
     body["generationConfig"] = gc
     return body
 

@@ -97,8 +97,18 @@ def build_body(req: ChatRequest, model: str, compatible: bool) -> dict[str, Any]
             body[k] = v
     if req.stop:
         body["stop"] = req.stop[:4]
-    if "seed" in req.extra:
-        body["seed"] = req.extra["seed"]
+    for k in ("seed", "presence_penalty", "frequency_penalty", "reasoning_effort"):
+        if k in req.extra:
+            body[k] = req.extra[k]
+    rf = req.response_format
+    if rf is not None:
+        if rf.type == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        else:
+            js: dict[str, Any] = {"name": rf.name or "response", "schema": rf.schema or {"type": "object"}}
+            if rf.strict is not None:
+                js["strict"] = rf.strict
+            body["response_format"] = {"type": "json_schema", "json_schema": js}
     return body
 
 

@@ -44,6 +44,12 @@ def test_system_tools_and_tool_results() -> None:
     ({"model": "x", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
     ({"model": "x", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({"model": "x", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}},
+     "response_format.type"),
+    ({"model": "x", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}},
+     "response_format.json_schema"),
+    ({"model": "x", "messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format.json_schema.name"),
 ])
 def test_errors_name_the_param(body: dict[str, object], param: str) -> None:
     with pytest.raises(ApiError) as ei:

@@ -155,3 +155,36 @@ def test_history_repair_duplicate_ids_and_foreign_thinking() -> None:
     assert not any(isinstance(p, ThinkingPart) for msg in safe.messages for p in msg.content)
     gem = make_safe(req, "gemini")
     assert [p.signature for msg in gem.messages for p in msg.content if isinstance(p, ThinkingPart)] == [tag_signature("gemini", "G")]
+
+
+def test_structured_output_reaches_each_provider_in_its_own_words() -> None:
+    from gateway import anthropic as a
+    from gateway import openai_chat as o
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "required": ["n"],
+              "additionalProperties": False, "$schema": "http://json-schema.org/draft-07/schema#"}
+    req, _ = o.parse_chat(json.dumps({"model": "x", "messages": [{"role": "user", "content": "count"}],
+                                      "response_format": {"type": "json_schema", "json_schema": {
+                                          "name": "count", "strict": True, "schema": schema}},
+                                      "presence_penalty": 0.5}).encode())
+    ep = EndpointConfig("e", "openai", "http://h/v1")
+    b = json.loads(OpenAIProvider().build(ep, "gpt", req, "K", None, True).body)
+    assert b["response_format"] == {"type": "json_schema", "json_schema": {"name": "count", "schema": schema, "strict": True}}
+    assert b["presence_penalty"] == 0.5
+    g = json.loads(GeminiProvider().build(EndpointConfig("g", "gemini"), "gem", req, "K", None, True).body)
+    assert g["generationConfig"]["responseMimeType"] == "application/json"
+    assert g["generationConfig"]["responseSchema"] == gemini_schema(schema)
+    assert "$schema" not in g["generationConfig"]["responseSchema"]
+    an = json.loads(AnthropicProvider().build(EndpointConfig("a", "anthropic"), "claude", req, "K", None, True).body)
+    assert an["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    # JSON mode without a schema: Anthropic has none, so it is asked in words
+    req2, _ = o.parse_chat(json.dumps({"model": "x", "messages": [{"role": "user", "content": "hi"}],
+                                       "response_format": {"type": "json_object"}}).encode())
+    an2 = json.loads(AnthropicProvider().build(EndpointConfig("a", "anthropic"), "claude", req2, "K", None, True).body)
+    assert "output_config" not in an2 and "one JSON object" in an2["system"][-1]["text"]
+    # An Anthropic client's output_config.format becomes the same canonical format
+    ra = a.parse_messages(json.dumps({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                                      "output_config": {"format": {"type": "json_schema", "schema": schema}}}).encode())
+    assert ra.response_format is not None and ra.response_format.schema == schema
+    b3 = json.loads(OpenAIProvider().build(ep, "gpt", ra, "K", None, True).body)
+    assert b3["response_format"]["json_schema"]["schema"] == schema
