@@ -23,7 +23,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway import anthropic, mcp_server, media, openai_chat, routing
+from gateway import anthropic, embeddings, mcp_server, media, openai_chat, routing
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import collect
@@ -338,6 +338,7 @@ def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None
     r.add_get("/v1/models/{model_id:.+}", get_model)
     r.add_get("/admin/workers", admin_workers)
     media.register_routes(app)
+    embeddings.register_routes(app)
     routing.setup(app, bus.config, state_path)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
     mcp_server.register(app)  # /mcp (after routing: its tools use the router)
     return app

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.config import NON_CHAT_BACKENDS
+
 MCP_NAME = "turnout"
 FAMILIES = ("OPUS", "SONNET", "HAIKU")
 _MISSING = {"__turnout_missing__": True}  # a key that was absent (JSON-safe marker)
@@ -110,7 +112,7 @@ def model_options(cfg: Any) -> list[ModelOption]:
 
     out: list[ModelOption] = []
     for mc in cfg.models:
-        if mc.backend in ("ocr", "stt", "tts", "upscale"):
+        if mc.backend in NON_CHAT_BACKENDS:
             continue
         win = mc.context_window or int(mc.options.get("context_window", 0) or 0)
         w = f", {fmt_tokens(win)} window" if win else ""

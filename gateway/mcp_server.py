@@ -57,7 +57,7 @@ from gateway.errors import ApiError
 from gateway.routing import BUS, ROUTER, Router, Source, resolve_target
 from protocol import messages as m
 from protocol.chat import ChatRequest
-from protocol.config import Config, EndpointConfig, ModelConfig
+from protocol.config import NON_CHAT_BACKENDS, Config, EndpointConfig, ModelConfig
 
 log = structlog.get_logger()
 
@@ -233,7 +233,7 @@ class Choice:
 
 def choices(app: web.Application, cfg: Config) -> list[Choice]:
     out = [Choice(mc.name, True, mc.backend, app[BUS].context_window(mc)) for mc in cfg.models
-           if mc.backend not in ("ocr", "stt", "tts", "upscale")]
+           if mc.backend not in NON_CHAT_BACKENDS]
     for ep in cfg.endpoints:
         out.extend(Choice(f"{ep.name}/{em.name}", False, ep.provider, em.context_window, em.input_price,
                           em.output_price) for em in ep.models)

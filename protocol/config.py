@@ -218,15 +218,23 @@ class ConfigError(Exception):
     pass
 
 
+# Backends that do not chat: never a chat target, a Claude Code model, a routing choice.
+NON_CHAT_BACKENDS = ("ocr", "stt", "tts", "upscale", "embed")
+DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
+
+
 def default_config() -> Config:
-    """No config file: the bundled default model answers every Claude model id."""
+    """No config file: the bundled default model answers every Claude model id; the
+    bundled embedding model answers /v1/embeddings, loaded on the first request."""
     return Config(
         models=[
             ModelConfig(
                 name=DEFAULT_MODEL_NAME,
                 backend="llama_cpp",
                 aliases=["claude-*", "default"],
-            )
+            ),
+            ModelConfig(name=DEFAULT_EMBED_MODEL, backend="embed", aliases=["text-embedding-*"], workers=0,
+                        on_demand=True),
         ]
     )
 

@@ -92,7 +92,11 @@ class UpscaleParams(_Params, tag="upscale"):
     max_pixels: int = 0  # input pixels; 0: no limit
 
 
-JobParams = OcrParams | SttParams | TtsParams | UpscaleParams
+class EmbedParams(_Params, tag="embed"):
+    texts: list[str] = msgspec.field(default_factory=list)
+
+
+JobParams = OcrParams | SttParams | TtsParams | UpscaleParams | EmbedParams
 
 
 class Job(_Msg, tag="job"):
@@ -252,6 +256,7 @@ class JobOutput(_Msg, tag="jobout"):
     width: int = 0
     height: int = 0
     pages: int = 0
+    tokens: int = 0  # embed: the input's tokens
 
 
 StreamMsg = (Started | Ping | TextDelta | ThinkingDelta | ToolCallStart | ToolArgsDelta | Done | Failed | Counted

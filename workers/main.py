@@ -16,7 +16,7 @@ import structlog
 from protocol.logs import setup_logging
 from workers.base import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR, ModelLoadError, WorkerSpec, run_worker
 
-BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale"}
+BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,6 +93,7 @@ class FakeUpstreams:
         app.router.add_post("/anthropic/v1/messages", self.anthropic)
         app.router.add_post("/anthropic/v1/messages/count_tokens", self.anthropic_count)
         app.router.add_post("/openai/v1/chat/completions", self.openai)
+        app.router.add_post("/openai/v1/embeddings", self.openai_embeddings)
         app.router.add_post("/gemini/v1beta/models/{model}:{method}", self.gemini)
         app.router.add_get("/_disconnects", self.list_disconnects)
         return app
@@ -337,6 +338,28 @@ class FakeUpstreams:
         await resp.prepare(request)
         return await self._stream(request, resp, chunks, "openai", 0.01 if slow else 0.0)
 
+    @staticmethod
+    def vector_of(text: str, dims: int = 8) -> list[float]:
+        """The fake providers' embedding of ``text``: deterministic, unit length."""
+        import hashlib
+
+        h = hashlib.sha256(text.encode()).digest()
+        v = [b - 127.5 for b in h[:dims]]
+        n = sum(x * x for x in v) ** 0.5
+        return [round(x / n, 6) for x in v]
+
+    async def openai_embeddings(self, request: web.Request) -> web.StreamResponse:
+        ok = request.headers.get("Authorization", "") == f"Bearer {self.keys['openai']}"
+        body = await self._record("openai", request, ok)
+        if not ok:
+            return web.json_response({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                                "param": None, "code": "invalid_api_key"}}, status=401)
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        data = [{"object": "embedding", "index": i, "embedding": self.vector_of(t)} for i, t in enumerate(texts)]
+        n = sum(len(t.split()) for t in texts)
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": n, "total_tokens": n}})
+
     # -------------------------------------------------------------- Gemini
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:
@@ -355,6 +378,9 @@ class FakeUpstreams:
         if st:
             return web.json_response({"error": {"code": st, "message": "The model is overloaded. Please try again later.",
                                                 "status": "UNAVAILABLE"}}, status=st)
+        if method == "batchEmbedContents":
+            return web.json_response({"embeddings": [
+                {"values": self.vector_of(r["content"]["parts"][0]["text"])} for r in body["requests"]]})
         if method == "countTokens":
             if "generateContentRequest" not in body:
                 return web.json_response({"error": {"code": 400, "message": "* CountTokensRequest: contents is required",
