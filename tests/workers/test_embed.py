@@ -60,6 +60,6 @@ def test_cancel_between_batches(minilm: EmbedBackend) -> None:
 def test_empty_job_and_missing_model(minilm: EmbedBackend, tmp_path: Path) -> None:
     with pytest.raises(BackendError):
         vectors(minilm, [])
-    with pytest.raises(ModelLoadError, match="model.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors"):
         (tmp_path / "config.json").write_text("{}")
         backend(str(tmp_path))
