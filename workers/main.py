@@ -22,8 +22,10 @@ BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embe
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = msgspec.json.decode(argv[0], type=WorkerSpec)
-    # numpy/BLAS threads fight the model runtime for the same cores (MEASURED.md).
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # numpy/BLAS threads fight the model runtime for the same cores (MEASURED.md),
+    # except where BLAS is the runtime: the embed worker's encoder is its GEMMs.
+    blas = str(spec.options.get("threads") or os.cpu_count() or 1) if spec.backend == "embed" else "1"
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", blas)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     setup_logging(f"worker:{spec.id}")
     structlog.contextvars.bind_contextvars(worker=spec.id)
