@@ -48,7 +48,9 @@ token_delay_ms = 10
 
 async def test_growing_worker_is_evicted_before_the_machine_is_short(turnout_factory) -> None:  # type: ignore[no-untyped-def]
     avail_mb = psutil.virtual_memory().available / MB
-    soft, hard = avail_mb - 700, avail_mb - 1500
+    # Pressure clears when memory is back within (1000 - hysteresis) MiB of the start:
+    # room for the rest of a shared machine to move meanwhile.
+    soft, hard = avail_mb - 1000, avail_mb - 1800
     t = turnout_factory(config(soft, hard))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         # 8 MiB per token, 100 tokens a second: it would take all memory in under a minute
@@ -63,7 +65,7 @@ async def test_growing_worker_is_evicted_before_the_machine_is_short(turnout_fac
     assert ev[1]["pressure"] == "hard" and ev[1]["drain"]
     # ...well before the machine was short: the hog held about (avail - hard), no more
     assert ev[1]["available_mb"] > hard - 800, (ev[1], hard)
-    assert ev[1]["rss_mb"] < 1500 + 800
+    assert ev[1]["rss_mb"] < 1800 + 800
     st = status(t)
     reasons = {mi.name: mi.reason for mi in st.models}
     assert "memory pressure (soft)" in reasons["idle-lo"] and "memory pressure (hard)" in reasons["hog"]
