@@ -6,6 +6,8 @@ Routes:
     POST /v1/messages               Anthropic Messages (stream and not)
     POST /v1/messages/count_tokens  Anthropic token counting
     POST /v1/chat/completions       OpenAI Chat Completions (stream and not)
+    POST /v1/responses              OpenAI Responses (stream and not; gateway/responses.py)
+    POST /v1/embeddings             OpenAI Embeddings (gateway/embeddings.py)
     GET  /v1/models[/{id}]          Anthropic shape when ``anthropic-version`` is sent, else OpenAI's
     GET  /admin/workers             the supervisor's worker table
     GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp_server.py)
@@ -23,7 +25,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway import anthropic, embeddings, mcp_server, media, openai_chat, routing
+from gateway import anthropic, embeddings, mcp_server, media, openai_chat, responses, routing
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import collect
@@ -44,7 +46,7 @@ _enc = msgspec.json.Encoder()
 
 
 def _shape(request: web.Request) -> ApiShape:
-    if request.path.startswith(("/v1/chat", "/v1/audio", "/v1/ocr", "/v1/images")) or (
+    if request.path.startswith(("/v1/chat", "/v1/responses", "/v1/embeddings", "/v1/audio", "/v1/ocr", "/v1/images")) or (
         request.path.startswith("/v1/models") and "anthropic-version" not in request.headers
     ):
         return "openai"
@@ -213,6 +215,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _with_stream(request, req, body)
 
 
+async def responses_route(request: web.Request) -> web.StreamResponse:
+    req, echo = responses.parse_responses(await read_body(request), request.headers)
+    rid = responses.new_response_id()
+
+    async def body(st: Source) -> web.StreamResponse:
+        if not req.stream:
+            c = await collect(st)
+            return _json(responses.response_body(c, req.model, rid, echo))
+        first = await _first(st)
+        enc = responses.EventEncoder(req.model, rid, echo)
+        return await _pump(request, st, enc.start(), first, enc.encode)
+
+    return await _with_stream(request, req, body)
+
+
 class Listing(msgspec.Struct):
     """One name a client may send as ``model``."""
 
@@ -334,6 +351,7 @@ def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None
     r.add_post("/v1/messages", messages)
     r.add_post("/v1/messages/count_tokens", count_tokens)
     r.add_post("/v1/chat/completions", chat_completions)
+    r.add_post("/v1/responses", responses_route)
     r.add_get("/v1/models", list_models)
     r.add_get("/v1/models/{model_id:.+}", get_model)
     r.add_get("/admin/workers", admin_workers)

@@ -132,13 +132,16 @@ def _parts(content: str | list[OText | OImage] | None) -> list[Part]:
         if isinstance(p, OText):
             out.append(TextPart(p.text))
         else:
-            url = p.image_url.url
-            if url.startswith("data:") and ";base64," in url:
-                head, data = url[5:].split(";base64,", 1)
-                out.append(ImagePart(media_type=head, data=data))
-            else:
-                out.append(ImagePart(url=url))
+            out.append(data_url_part(p.image_url.url))
     return out
+
+
+def data_url_part(url: str) -> ImagePart:
+    """An image by ``data:`` URL (inline base64) or by reference."""
+    if url.startswith("data:") and ";base64," in url:
+        head, data = url[5:].split(";base64,", 1)
+        return ImagePart(media_type=head, data=data)
+    return ImagePart(url=url)
 
 
 def _response_format(rf: dict[str, Any] | None) -> ResponseFormat | None:

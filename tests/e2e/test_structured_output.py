@@ -1,6 +1,6 @@
 """Structured output through a real turnout and a llama.cpp worker (tiny random
-GGUF): the official OpenAI SDK's ``chat.completions.parse`` with a Pydantic model,
-and the Anthropic SDK's ``output_config.format``; random weights, so only the
+GGUF): the official OpenAI SDK's ``chat.completions.parse`` and ``responses.parse``
+with a Pydantic model, and the Anthropic SDK's ``output_config.format``; random weights, so only the
 grammar can make these parse."""
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ temperature = 1.0
                                          messages=[{"role": "user", "content": "judge"}])
         v = done.choices[0].message.parsed
         assert isinstance(v, Verdict) and done.choices[0].finish_reason == "stop"
+    parsed = oc.responses.parse(model="tiny", input="judge", text_format=Verdict, max_output_tokens=120)
+    assert isinstance(parsed.output_parsed, Verdict)
     ac = anthropic.Anthropic(base_url=t.base_url, api_key=t.token, max_retries=0)
     msg = ac.messages.create(model="tiny", max_tokens=120, messages=[{"role": "user", "content": "judge"}],
                              extra_body={"output_config": {"format": {"type": "json_schema",
