@@ -8,8 +8,8 @@ model's), ``instructions``, function ``tools`` and ``tool_choice``,
 ``max_output_tokens``, ``temperature``, ``top_p``, ``text.format`` (structured
 output), ``parallel_tool_calls``, ``stream``. turnout keeps no responses, so
 ``previous_response_id`` and ``item_reference`` are refused with a 400 that says to
-send the whole conversation (as clients do with ``store: false``); so are hosted tool
-types (web search, file search, computer use...).
+send the whole conversation (as clients do with ``store: false``). Tools OpenAI hosts
+(web search, file search, computer use...) are left out of what the model sees.
 
 Streaming events, each with a rising ``sequence_number``: ``response.created``,
 ``response.in_progress``; per message ``response.output_item.added``,
@@ -116,6 +116,13 @@ def _items(raw: Any) -> list[Message]:
     return msgs
 
 
+def _session(headers: Any) -> str:
+    """The client's conversation id: ``X-Session-Id``, or Codex CLI's ``session-id``."""
+    if headers is None:
+        return ""
+    return str(headers.get("X-Session-Id") or headers.get("session-id") or "")
+
+
 def _format(text: Any) -> ResponseFormat | None:
     fmt = (text or {}).get("format") if isinstance(text, dict) else None
     if fmt is None or fmt.get("type") == "text":
@@ -125,6 +132,27 @@ def _format(text: Any) -> ResponseFormat | None:
     if fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
         return ResponseFormat("json_schema", fmt["schema"], str(fmt.get("name", "")), fmt.get("strict"))
     raise _bad("text.format", "expected {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...} (json_schema needs schema)")
+
+
+def _tools(raw: Any, where: str) -> list[Tool]:
+    """Function tools, also those grouped in a ``namespace`` (Codex CLI sends some).
+    Tools OpenAI hosts (web_search, file_search, code_interpreter, computer use,
+    image generation, remote MCP, custom/freeform) are left out, as other
+    OpenAI-compatible servers do: a model here cannot run them, and refusing the
+    request would break clients that always send them."""
+    if not isinstance(raw, list):
+        raise _bad(where, "expected a list of tools")
+    out: list[Tool] = []
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict):
+            raise _bad(f"{where}.{i}", "expected an object")
+        if t.get("type") == "namespace":
+            out.extend(_tools(t.get("tools") or [], f"{where}.{i}.tools"))
+        elif t.get("type") == "function":
+            if not t.get("name"):
+                raise _bad(f"{where}.{i}.name", "Field required")
+            out.append(Tool(str(t["name"]), str(t.get("description") or ""), t.get("parameters") or {}))
+    return out
 
 
 def parse_responses(body: bytes, headers: Any = None) -> tuple[ChatRequest, dict[str, Any]]:
@@ -149,14 +177,7 @@ def parse_responses(body: bytes, headers: Any = None) -> tuple[ChatRequest, dict
         system.append(TextPart(r["instructions"]))
     while msgs and msgs[0].role == "system":  # leading system/developer items join the instructions
         system.extend(p for p in msgs.pop(0).content if isinstance(p, TextPart))
-    tools: list[Tool] = []
-    for i, t in enumerate(r.get("tools") or []):
-        if not isinstance(t, dict) or t.get("type") != "function":
-            kind = t.get("type") if isinstance(t, dict) else t
-            raise _bad(f"tools.{i}.type", f"{kind!r} tools are hosted by OpenAI; turnout serves function tools")
-        if not t.get("name"):
-            raise _bad(f"tools.{i}.name", "Field required")
-        tools.append(Tool(str(t["name"]), str(t.get("description") or ""), t.get("parameters") or {}))
+    tools = _tools(r.get("tools") or [], "tools")
     tc = r.get("tool_choice")
     choice: ToolChoice | None = None
     if tc in ("auto", "none"):
@@ -175,7 +196,7 @@ def parse_responses(body: bytes, headers: Any = None) -> tuple[ChatRequest, dict
     req = ChatRequest(
         model=model, messages=msgs, max_tokens=mot or DEFAULT_MAX_TOKENS, system=system, tools=tools,
         tool_choice=choice, temperature=r.get("temperature"), top_p=r.get("top_p"), stream=bool(r.get("stream")),
-        session_id=(headers.get("X-Session-Id", "") if headers is not None else "") or str(r.get("user") or ""),
+        session_id=_session(headers) or str(r.get("user") or ""),
         api="openai", response_format=_format(r.get("text")),
     )
     if not req.messages:

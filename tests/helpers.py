@@ -29,11 +29,15 @@ def poll_until(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
-def claude_bin() -> str:
-    """The Claude Code CLI (./run tests installs it in .tools/); missing fails under CI."""
-    found = shutil.which("claude") or str(ROOT / ".tools/node_modules/.bin/claude")
+def tool_bin(name: str, what: str) -> str:
+    """A CLI that ./run tests installs in .tools/ with npm; missing fails under CI."""
+    found = shutil.which(name) or str(ROOT / ".tools/node_modules/.bin" / name)
     if not os.path.exists(found):
         if os.environ.get("CI"):
-            pytest.fail("the Claude Code CLI is missing: ./run tests installs it with npm")
-        pytest.skip("Claude Code CLI not installed (./run tests installs it)")
+            pytest.fail(f"the {what} is missing: ./run tests installs it with npm")
+        pytest.skip(f"{what} not installed (./run tests installs it)")
     return found
+
+
+def claude_bin() -> str:
+    return tool_bin("claude", "Claude Code CLI")

@@ -66,9 +66,18 @@ def test_function_call_round_trip(turnout: TurnoutProcess) -> None:
     assert again.output_text.startswith("sunny and mild")  # the fake repeats the last user text: the tool output
 
 
+def test_hosted_tools_are_left_out_and_namespaces_opened(turnout: TurnoutProcess) -> None:
+    """What Codex CLI sends: function tools, a namespace of more, and web_search."""
+    tools: list[Any] = [{"type": "web_search", "external_web_access": False},
+                        {"type": "namespace", "name": "ns", "description": "grouped", "tools": TOOLS}]
+    r = client(turnout).responses.create(model="fake", tools=tools,
+                                         input='weather? [[tool:get_weather {"city": "Oslo"}]]')
+    call = next(o for o in r.output if o.type == "function_call")
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Oslo"}
+
+
 @pytest.mark.parametrize(("kw", "param"), [
     ({"previous_response_id": "resp_123", "input": "x"}, "previous_response_id"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input.0.role"),
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
