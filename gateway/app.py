@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -28,7 +28,7 @@ from aiohttp import web
 from gateway import anthropic, embeddings, mcp_server, media, openai_chat, responses, routing
 from gateway.auth import check_token
 from gateway.bus import Bus
-from gateway.collect import collect
+from gateway.collect import Collected, collect
 from gateway.errors import ApiError, ApiShape, from_fail
 from gateway.routing import BUS, Source, open_source, resolve
 from protocol import messages as m
@@ -200,34 +200,37 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     return _json({"input_tokens": msg.input_tokens})
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers)
-    cid = openai_chat.new_completion_id()
+class _Encoder(Protocol):
+    def start(self) -> bytes: ...
+    def encode(self, msg: m.StreamMsg) -> bytes: ...
+
+
+async def _answer(request: web.Request, req: ChatRequest, whole: Callable[[Collected], dict[str, Any]],
+                  encoder: Callable[[], _Encoder]) -> web.StreamResponse:
+    """The answer whole (``whole`` of the collected stream) or streamed (``encoder``'s events)."""
 
     async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
-            c = await collect(st)
-            return _json(openai_chat.completion_body(c, req.model, cid))
+            return _json(whole(await collect(st)))
         first = await _first(st)
-        enc = openai_chat.ChunkEncoder(req.model, cid, include_usage)
+        enc = encoder()
         return await _pump(request, st, enc.start(), first, enc.encode)
 
     return await _with_stream(request, req, body)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers)
+    cid = openai_chat.new_completion_id()
+    return await _answer(request, req, lambda c: openai_chat.completion_body(c, req.model, cid),
+                         lambda: openai_chat.ChunkEncoder(req.model, cid, include_usage))
 
 
 async def responses_route(request: web.Request) -> web.StreamResponse:
     req, echo = responses.parse_responses(await read_body(request), request.headers)
     rid = responses.new_response_id()
-
-    async def body(st: Source) -> web.StreamResponse:
-        if not req.stream:
-            c = await collect(st)
-            return _json(responses.response_body(c, req.model, rid, echo))
-        first = await _first(st)
-        enc = responses.EventEncoder(req.model, rid, echo)
-        return await _pump(request, st, enc.start(), first, enc.encode)
-
-    return await _with_stream(request, req, body)
+    return await _answer(request, req, lambda c: responses.response_body(c, req.model, rid, echo),
+                         lambda: responses.EventEncoder(req.model, rid, echo))
 
 
 class Listing(msgspec.Struct):

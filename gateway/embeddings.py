@@ -24,7 +24,7 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, json_object
 from gateway.media import job_outputs, openai_errors, pick_model
 from gateway.providers import provider_for
 from gateway.providers.base import env_proxy, error_from_status
@@ -68,12 +68,7 @@ def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
 @openai_errors
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """POST /v1/embeddings"""
-    try:
-        body = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError as e:
-        raise ApiError(400, f"The request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object")
+    body = json_object(await request.read())
     texts = _texts(body)
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):

@@ -8,7 +8,7 @@ Permanent errors are never 5xx, so clients do not retry what cannot succeed.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -87,6 +87,17 @@ class ApiError(Exception):
             content_type="application/json",
             headers=headers,
         )
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"The request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object")
+    return body
 
 
 def from_fail(kind: FailKind, message: str) -> ApiError:

@@ -49,7 +49,7 @@ import structlog
 from aiohttp import BodyPartReader, web
 
 from gateway.bus import Bus, JobStream
-from gateway.errors import ApiError, from_fail
+from gateway.errors import ApiError, from_fail, json_object
 from gateway.routing import BUS
 from protocol import messages as m
 from protocol.chat import ChatRequest, ImagePart, Message, TextPart, ToolResultPart
@@ -174,12 +174,7 @@ async def read_upload(request: web.Request, file_fields: tuple[str, ...], base64
         if request.content_length is not None and request.content_length > limit * 4 // 3 + 65536:
             raise _too_large(limit)
         raw = await _read_limited(request.content, limit * 4 // 3 + 65536, limit)
-        try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError as e:
-            raise ApiError(400, f"The request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object")
+        body = json_object(raw)
         for k, v in body.items():
             if k in base64_fields and isinstance(v, str):
                 up.files[k] = _decode_base64(v, k)
@@ -461,12 +456,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
     limits = bus.config.media
     raw = await _read_limited(request.content, 1 << 20, 1 << 20)
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError as e:
-        raise ApiError(400, f"The request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object")
+    body = json_object(raw)
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "input: Field required (the text to speak)", param="input")

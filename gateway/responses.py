@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from gateway.collect import Collected
-from gateway.errors import ApiError, from_fail
+from gateway.errors import ApiError, from_fail, json_object
 from gateway.openai_chat import DEFAULT_MAX_TOKENS, data_url_part
 from protocol import messages as m
 from protocol.chat import (
@@ -157,12 +157,7 @@ def _tools(raw: Any, where: str) -> list[Tool]:
 
 def parse_responses(body: bytes, headers: Any = None) -> tuple[ChatRequest, dict[str, Any]]:
     """The canonical request, and the request fields echoed in the response object."""
-    try:
-        r = msgspec.json.decode(body)
-    except msgspec.DecodeError as e:
-        raise ApiError(400, f"The request body is not valid JSON: {e}") from None
-    if not isinstance(r, dict):
-        raise ApiError(400, "The request body must be a JSON object")
+    r = json_object(body)
     model = r.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model", "Field required")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from supervisor.launch import TurnoutProcess
+from tests.upstreams.fake import FakeUpstreams
 
 FAKE_CONFIG = """
 [server]
@@ -69,3 +70,11 @@ def turnout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnoutProcess
     yield t
     t.stop()
     assert not t.leftovers(), t.leftovers()
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[FakeUpstreams]:
+    """Local servers speaking the cloud providers' wire formats (tests/upstreams/fake.py)."""
+    f = FakeUpstreams().start()
+    yield f
+    f.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-from collections.abc import Iterator
 
 import anthropic
 import pytest
@@ -71,13 +70,6 @@ class ForwardProxy:
         threading.Thread(target=run, daemon=True).start()
         ready.wait(10)
         return self
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[FakeUpstreams]:
-    f = FakeUpstreams().start()
-    yield f
-    f.stop()
 
 
 def _ask(t: TurnoutProcess) -> str:

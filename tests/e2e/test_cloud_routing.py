@@ -98,13 +98,6 @@ TOOLS = [{"name": "Bash", "description": "run a command", "input_schema": {
 
 
 @pytest.fixture(scope="module")
-def upstreams() -> Iterator[FakeUpstreams]:
-    f = FakeUpstreams().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture(scope="module")
 def cloud(upstreams: FakeUpstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnoutProcess]:
     home = tmp_path_factory.mktemp("cloudhome")
     env = {"HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),

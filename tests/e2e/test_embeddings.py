@@ -53,13 +53,6 @@ DOCUMENTED = np.array([[1.0, 0.6660, 0.1046], [0.6660, 1.0, 0.1411], [0.1046, 0.
 
 
 @pytest.fixture(scope="module")
-def upstreams() -> Iterator[FakeUpstreams]:
-    f = FakeUpstreams().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture(scope="module")
 def t(upstreams: FakeUpstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnoutProcess]:
     tp = TurnoutProcess(CONFIG.format(url=upstreams.url), workdir=str(tmp_path_factory.mktemp("emb")),
                         env={"TURNOUT_KEY_OAI": upstreams.keys["openai"], "TURNOUT_KEY_GEM": upstreams.keys["gemini"]})
