@@ -1,6 +1,9 @@
 """Cloud proxy overhead and upstream abort time (issue 5).
 
-Run:  .venv/bin/python -m bench.cloud [--n 300] [--no-litellm]
+Run:  .venv/bin/python -m bench.cloud [--n 300] [--no-litellm] [--litellm PATH]
+LiteLLM is found in .venv/bin, then .tools/litellm/bin (its own virtualenv:
+``python3 -m venv .tools/litellm && .tools/litellm/bin/pip install 'litellm[proxy]'``,
+which keeps its pins out of turnout's), then on PATH.
 Writes bench/results/cloud.json and bench/results/cloud.md.
 
 One fast local OpenAI-shaped upstream (tests/upstreams/fake.py in its own
@@ -28,6 +31,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -124,7 +128,16 @@ async def abort_once(s: aiohttp.ClientSession, base: str, token: str, model: str
     return None
 
 
-def start_litellm(up_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def find_litellm() -> Path | None:
+    here = Path(__file__).resolve().parent.parent
+    for p in (Path(sys.executable).parent / "litellm", here / ".tools/litellm/bin/litellm"):
+        if p.exists():
+            return p
+    w = shutil.which("litellm")
+    return Path(w) if w else None
+
+
+def start_litellm(exe: Path, up_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     cfg = workdir / "litellm.yaml"
     cfg.write_text(f"""model_list:
@@ -136,7 +149,6 @@ def start_litellm(up_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], 
 """)
     env = {**os.environ, "LITELLM_MASTER_KEY": "sk-litellm-master", "LITELLM_TELEMETRY_DISABLED": "true",
            "LITELLM_USE_CHAT_COMPLETIONS_URL_FOR_ANTHROPIC_MESSAGES": "true", "LITELLM_LOG": "ERROR"}
-    exe = Path(sys.executable).parent / "litellm"
     log = open(workdir / "litellm.log", "wb")
     proc = subprocess.Popen([str(exe), "--config", str(cfg), "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -148,7 +160,7 @@ def summarize(xs: list[float]) -> dict[str, float]:
     return {"p50": round(pct(xs, 50) * 1000, 3), "p99": round(pct(xs, 99) * 1000, 3), "n": len(xs)}
 
 
-async def run(n: int, use_litellm: bool, aborts: int) -> dict[str, Any]:
+async def run(n: int, litellm: Path | None, aborts: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-cloud-"))
     up_port = free_port()
     up = subprocess.Popen([sys.executable, "-m", "tests.upstreams.fake", "--port", str(up_port)],
@@ -160,8 +172,8 @@ async def run(n: int, use_litellm: bool, aborts: int) -> dict[str, Any]:
     try:
         t.start()
         targets: dict[str, Any] = {"direct": None, "turnout": (t.base_url, t.token, "claude-sonnet-4-6")}
-        if use_litellm:
-            lite, lport = start_litellm(up_url, work)
+        if litellm is not None:
+            lite, lport = start_litellm(litellm, up_url, work)
             targets["litellm"] = (f"http://127.0.0.1:{lport}", "sk-litellm-master", "bench")
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
         async with aiohttp.ClientSession() as s:
@@ -243,12 +255,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--aborts", type=int, default=30)
     ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--litellm", type=Path, help="the litellm executable (default: found as the module docstring says)")
     args = ap.parse_args()
-    use_litellm = not args.no_litellm
-    if use_litellm and not (Path(sys.executable).parent / "litellm").exists():
-        print("LiteLLM is not installed: pip install 'litellm[proxy]' (or pass --no-litellm)", file=sys.stderr)
+    litellm = None if args.no_litellm else (args.litellm or find_litellm())
+    if not args.no_litellm and (litellm is None or not litellm.exists()):
+        print("LiteLLM is not installed: python3 -m venv .tools/litellm && .tools/litellm/bin/pip install 'litellm[proxy]'"
+              " (or pass --no-litellm)", file=sys.stderr)
         sys.exit(2)
-    res = asyncio.run(run(args.n, use_litellm, args.aborts))
+    res = asyncio.run(run(args.n, litellm, args.aborts))
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
            "command": " ".join(["python -m bench.cloud", *sys.argv[1:]]), "results": res}
     write(out, " ".join([".venv/bin/python -m bench.cloud", *sys.argv[1:]]))
