@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+CHILDREN_RESCAN_S = 10.0
+
 
 @dataclass
 class Child:
@@ -25,6 +27,9 @@ class Child:
     id: str
     popen: subprocess.Popen[bytes]
     started_at: float = field(default_factory=time.monotonic)
+    _proc: psutil.Process | None = field(default=None, repr=False)
+    _kids: list[psutil.Process] = field(default_factory=list, repr=False)
+    _kids_at: float = field(default=-1e9, repr=False)
 
     @property
     def pid(self) -> int:
@@ -34,18 +39,30 @@ class Child:
         return self.popen.poll()
 
     def tree_rss(self) -> int:
-        """RSS of the process and its children, in bytes (0 if gone)."""
+        """RSS of the process and its children, in bytes (0 if gone).
+
+        Finding the children walks the whole process table (a few ms, more on a
+        busy desktop), so it is redone every ``CHILDREN_RESCAN_S``; in between,
+        only the known processes are read (a worker rarely has children at all)."""
+        now = time.monotonic()
         try:
-            p = psutil.Process(self.pid)
-            total = p.memory_info().rss
-            for c in p.children(recursive=True):
-                try:
-                    total += c.memory_info().rss
-                except psutil.Error:
-                    pass
-            return total
+            if self._proc is None:
+                self._proc = psutil.Process(self.pid)
+            total = self._proc.memory_info().rss
         except psutil.Error:
             return 0
+        if now - self._kids_at >= CHILDREN_RESCAN_S:
+            self._kids_at = now
+            try:
+                self._kids = self._proc.children(recursive=True)
+            except psutil.Error:
+                self._kids = []
+        for c in self._kids:
+            try:
+                total += c.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
 
 
 def spawn(child_id: str, module: str, args: list[str], env: dict[str, str] | None = None) -> Child:
