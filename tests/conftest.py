@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from supervisor.launch import TurnoutProcess
+from tests import leakcheck
 from tests.upstreams.fake import FakeUpstreams
+
+leakcheck.install()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The suite-wide secret check (tests/test_zz_leaks.py) runs after everything else."""
+    last = [i for i in items if i.nodeid.startswith("tests/test_zz_leaks.py")]
+    items[:] = [i for i in items if i not in last] + last
 
 FAKE_CONFIG = """
 [server]
