@@ -370,7 +370,7 @@ def test_openai_client_to_gemini_and_anthropic(cloud: TurnoutProcess) -> None:
 
 
 def test_fallback_on_connection_error_and_retry_on_429(cloud: TurnoutProcess, upstreams: FakeUpstreams) -> None:
-    msg = client(cloud).messages.create(model="claude-opus-4-5", max_tokens=50, messages=[{"role": "user", "content": "fb"}])
+    msg = client(cloud).messages.create(model="claude-opus-4-6", max_tokens=50, messages=[{"role": "user", "content": "fb"}])
     assert msg.content[0].text == "openai heard: fb"  # "down" refused the connection
     upstreams.fail_next["openai"] = [429]
     n = len(upstreams.requests)
