@@ -13,8 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# ../shared/fixtures/claude-code beside the checkout (as on developers' machines and CI)
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "claude-code"
+# Real requests Claude Code 2.1.197 sent (from ../shared/fixtures/claude-code; see its README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "claude-code"
 
 
 def poll_until(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

@@ -18,6 +18,11 @@ def _posts() -> list[Path]:
     return sorted(p for p in FIXTURES.glob("*.json") if json.loads(p.read_text())["method"] == "POST")
 
 
+def test_the_claude_code_fixtures_are_all_there() -> None:
+    # The parametrized tests below and in tests/e2e would pass with none.
+    assert len(_posts()) == 10 and (FIXTURES / "README.md").exists()
+
+
 @pytest.mark.parametrize("path", _posts(), ids=lambda p: p.stem)
 def test_every_claude_code_body_parses_completely(path: Path) -> None:
     fx = json.loads(path.read_text())

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ has no packages: import siblings by path
 from tiny_gguf import write_tiny_gguf
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "claude-code"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude-code"  # copied from ../shared/fixtures
 
 
 class StubCtx:
