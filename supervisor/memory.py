@@ -19,8 +19,10 @@ Levels: ``none`` < ``soft`` < ``hard``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import psutil
 
@@ -176,34 +178,46 @@ def expected_footprint_mb(file_bytes: int, kv_mb: float, overhead_mb: float = 15
     return file_bytes / MB + kv_mb + overhead_mb
 
 
+_ARCH_KEYS = ("context_length", "block_count", "embedding_length", "attention.head_count", "attention.head_count_kv")
+
+
 def gguf_footprint_mb(path: str, context: int) -> float:
-    """Footprint of a GGUF model from its header (thin: reads a file). 0 when the
-    file is unreadable, so the caller falls back to admitting."""
+    """Footprint of a GGUF model from its header. 0 when the file is unreadable, so
+    the caller falls back to admitting. Remembered per file (path, size, mtime) and
+    context: the supervisor asks on every status and admission, on its main loop."""
     import os
 
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError:
         return 0.0
-    kv = 0.0
-    try:
-        from gguf import GGUFReader
+    return _gguf_footprint_mb(path, st.st_size, st.st_mtime_ns, context)
 
-        r = GGUFReader(path)
+
+@functools.lru_cache(maxsize=64)
+def _gguf_footprint_mb(path: str, size: int, mtime_ns: int, context: int) -> float:
+    from workers.models import read_gguf_kv  # late: only llama.cpp models need it
+
+    def have_all(kv: dict[str, Any]) -> bool:
+        arch = kv.get("general.architecture")
+        return isinstance(arch, str) and all(f"{arch}.{k}" in kv for k in _ARCH_KEYS)
+
+    kv_mb = 0.0
+    try:
+        kv = read_gguf_kv(Path(path), until=have_all)
 
         def field(name: str) -> int:
-            f = r.fields.get(name)
-            return int(f.parts[f.data[0]][0]) if f is not None else 0
+            v = kv.get(name)
+            return int(v) if isinstance(v, int | float) else 0
 
-        arch_f = r.fields.get("general.architecture")
-        arch = bytes(arch_f.parts[arch_f.data[0]]).decode() if arch_f is not None else "llama"
+        arch = str(kv.get("general.architecture") or "llama")
         ctx = context or field(f"{arch}.context_length")
         n_head = field(f"{arch}.attention.head_count")
-        kv = kv_cache_mb(ctx, field(f"{arch}.block_count"), field(f"{arch}.embedding_length"),
-                         n_head, field(f"{arch}.attention.head_count_kv") or n_head)
+        kv_mb = kv_cache_mb(ctx, field(f"{arch}.block_count"), field(f"{arch}.embedding_length"),
+                            n_head, field(f"{arch}.attention.head_count_kv") or n_head)
     except Exception:  # a header we cannot read: the file size alone still helps
-        kv = 0.0
-    return expected_footprint_mb(size, kv)
+        kv_mb = 0.0
+    return expected_footprint_mb(size, kv_mb)
 
 
 # ------------------------------------------------------------------------ sampler

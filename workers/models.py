@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,12 +154,14 @@ _STRING, _ARRAY = 8, 9
 _CONTROL = 3  # llama.cpp token type of control tokens (<end_of_turn>, <|im_end|>)
 
 
-def _read_gguf_kv(path: Path) -> dict[str, Any]:
-    """The key/value section of a GGUF file.
+def read_gguf_kv(path: Path, until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    """The key/value section of a GGUF file (up to where ``until(kv)`` is true).
 
     A small reader of our own: ``gguf.GGUFReader`` builds numpy views of every field
-    and tensor, which takes ~10 s on Gemma's 262k-token vocabulary; this walks the
-    header once (~0.3 s) and keeps arrays of strings as lists, numbers as tuples."""
+    and tensor, which takes 10-20 s on Gemma's 262k-token vocabulary; this walks the
+    header once (~0.3 s) and keeps arrays of strings as lists, numbers as tuples.
+    With ``until``, it stops as soon as the caller has what it needs (the
+    architecture's numbers come before the vocabulary)."""
     import mmap
     import struct
 
@@ -206,6 +209,8 @@ def _read_gguf_kv(path: Path) -> dict[str, Any]:
                 (vtype,) = struct.unpack_from("<I", mm, pos)
                 pos += 4
                 kv[key] = value(vtype)
+                if until is not None and until(kv):
+                    break
         except struct.error as e:
             raise ModelError(f"{path}: truncated GGUF header ({e})") from None
         return kv
@@ -217,7 +222,7 @@ def gguf_info(path: str | os.PathLike[str]) -> GGUFInfo:
     if not p.is_file():
         raise ModelError(f"no such model file: {p}")
     try:
-        kv = _read_gguf_kv(p)
+        kv = read_gguf_kv(p)
     except (OSError, ValueError) as e:
         raise ModelError(f"{p} is not a readable GGUF file: {e}") from None
 

@@ -146,3 +146,31 @@ def test_gguf_footprint_reads_the_header(tmp_path) -> None:  # type: ignore[no-u
     assert memory.gguf_footprint_mb(str(p), 8192) == pytest.approx(size_mb + kv + 150.0, rel=1e-6)
     # no context given: the model's own context length
     assert memory.gguf_footprint_mb(str(p), 0) == pytest.approx(size_mb + kv / 4 + 150.0, rel=1e-6)
+
+
+def test_gguf_footprint_reads_no_further_than_it_needs_and_only_once(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The supervisor asks on every status request and admission, on its main loop:
+    # a whole-vocabulary parse there (19 s for the default model with gguf.GGUFReader)
+    # held up SIGTERM and /healthz.
+    import workers.models
+    from tests.workers.tiny_gguf import write_tiny_gguf
+
+    p = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=2048)
+    seen: list[dict[str, object]] = []
+    real = workers.models.read_gguf_kv
+
+    def spy(path, until=None):  # type: ignore[no-untyped-def]
+        kv = real(path, until)
+        seen.append(kv)
+        return kv
+
+    monkeypatch.setattr(workers.models, "read_gguf_kv", spy)
+    first = memory.gguf_footprint_mb(str(p), 4096)
+    assert memory.gguf_footprint_mb(str(p), 4096) == first > 0
+    assert len(seen) == 1  # remembered
+    assert "llama.attention.head_count_kv" in seen[0]
+    assert not any(k.startswith("tokenizer.") for k in seen[0])  # the vocabulary was not read
+    # a rewritten file is read again
+    write_tiny_gguf(p, context_length=4096, seed=1)
+    memory.gguf_footprint_mb(str(p), 4096)
+    assert len(seen) == 2
