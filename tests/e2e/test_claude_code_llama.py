@@ -291,3 +291,25 @@ def test_tool_round_trip_with_the_default_model(
     start2 = a2["start_usage"]
     assert start2["cache_read_input_tokens"] >= a1["start_usage"]["input_tokens"] - 1, (a1, a2)
     assert res["is_error"] is False and res["num_turns"] == 2, res
+
+
+def test_supervisor_with_the_default_model_answers_and_stops_on_sigterm(model_cache: str, tmp_path: Path) -> None:
+    """The supervisor sizes the default model (a 262k-token vocabulary) for admission
+    and status on its main loop: that must not hold up `turnout ps` or SIGTERM
+    (it once parsed the whole GGUF each time, 19 s)."""
+    import sys
+
+    t = TurnoutProcess(CONFIG, workdir=str(tmp_path), env={"TURNOUT_CACHE_DIR": model_cache}).start(timeout=180)
+    code = -1
+    try:
+        for _ in range(3):
+            r = subprocess.run([sys.executable, "-m", "supervisor.cli", "ps", "--json", "--runtime-dir", str(t.runtime_dir)],
+                               env=t.env, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            models = json.loads(r.stdout)["models"]
+            assert [x["name"] for x in models] == ["gemma3-270m"] and models[0]["expected_mb"] > 250
+        status, body = t.healthz()
+        assert status == 200 and body["workers_ready"] == 1
+    finally:
+        code = t.stop(timeout=10)  # killed (not 0) if SIGTERM is not acted on in time
+    assert code == 0 and t.leftovers() == []
