@@ -30,6 +30,14 @@ class NotRunning(Exception):
     pass
 
 
+class NoAnswer(NotRunning):
+    """The control socket is there, but nothing answered in time (busy or hung)."""
+
+    def __init__(self, message: str, timeout_s: float) -> None:
+        super().__init__(message)
+        self.timeout_s = timeout_s
+
+
 def state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path(os.path.expanduser("~")) / ".local" / "state"
@@ -96,6 +104,7 @@ class ControlClient:
     def request(self, cmd: m.Command, timeout_s: float | None = None) -> m.FromSupervisor:
         sock = self._socket()
         sock.send(self._enc.encode(cmd))
-        if not sock.poll(int(1000 * (timeout_s or self.timeout_s)), zmq.POLLIN):
-            raise NotRunning(f"no answer on {self.endpoints.control}")
+        wait = timeout_s or self.timeout_s
+        if not sock.poll(int(1000 * wait), zmq.POLLIN):
+            raise NoAnswer(f"no answer on {self.endpoints.control}", wait)
         return self._dec.decode(sock.recv())

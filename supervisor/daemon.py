@@ -29,6 +29,7 @@ from protocol import messages as m
 from protocol.config import DEFAULT_PORT, ConfigError, load_config
 from supervisor.control import (
     ControlClient,
+    NoAnswer,
     NotRunning,
     logfile_path,
     pidfile_path,
@@ -96,22 +97,24 @@ def _instance(args: argparse.Namespace, config_path: Callable[[str | None], str 
     return port, runtime_dir_for(port, args.runtime_dir)
 
 
-def _not_running(port: int) -> int:
+def _not_running(port: int, e: NotRunning | None = None) -> int:
+    if isinstance(e, NoAnswer):
+        return _fail(f"turnout on port {port} did not answer within {e.timeout_s:g} s (busy or hung: see `turnout logs`)")
     return _fail(f"not running on port {port} (start it with `turnout up --daemon`)")
 
 
-def _request(args: argparse.Namespace, cmd: m.Command) -> tuple[int, m.FromSupervisor | None]:
+def _request(args: argparse.Namespace, cmd: m.Command) -> tuple[int, m.FromSupervisor | NotRunning]:
     port, runtime = _instance(args, args.config_path)
     try:
         with ControlClient(runtime, timeout_s=args.timeout_s) as c:
             return port, c.request(cmd)
-    except NotRunning:
-        return port, None
+    except NotRunning as e:
+        return port, e
 
 
-def _answer(port: int, reply: m.FromSupervisor | None) -> int:
-    if reply is None:
-        return _not_running(port)
+def _answer(port: int, reply: m.FromSupervisor | NotRunning) -> int:
+    if isinstance(reply, NotRunning):
+        return _not_running(port, reply)
     if isinstance(reply, m.Ack):
         print(reply.message or "ok")
         return 0
@@ -196,8 +199,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         while time.monotonic() < deadline:
             try:
                 st = c.request(m.Status())
-            except NotRunning:
-                return _not_running(port)
+            except NotRunning as e:
+                return _not_running(port, e)
             assert isinstance(st, m.StatusReply)
             mine = [w for w in st.workers if args.model in (w.model, w.id)]
             if not mine:
@@ -222,8 +225,8 @@ def cmd_down(args: argparse.Namespace) -> int:
             assert isinstance(st, m.StatusReply)
             pid = st.supervisor_pid
             c.request(m.Shutdown())
-    except NotRunning:
-        return _not_running(port)
+    except NotRunning as e:
+        return _not_running(port, e)
     try:
         proc = psutil.Process(pid)
         kids = proc.children(recursive=True)

@@ -41,6 +41,31 @@ def test_status_without_a_daemon_is_one_clear_line(tmp_path: Path) -> None:
                                      "(start it with `turnout up --daemon`)"), r.stderr
 
 
+def test_a_supervisor_that_does_not_answer_is_not_called_stopped() -> None:
+    # A control socket that is there but silent (a busy or hung supervisor).
+    import zmq
+
+    from protocol.sockets import Endpoints
+
+    runtime = Path(tempfile.mkdtemp(prefix="to-", dir="/tmp"))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    try:
+        sock.bind(Endpoints(str(runtime)).control)
+        port = free_port()
+        r = turnout("status", "--port", str(port), "--runtime-dir", str(runtime), "--timeout", "0.3")
+        assert r.returncode == 1 and r.stdout == ""
+        assert r.stderr.strip() == (f"turnout: turnout on port {port} did not answer within 0.3 s "
+                                     "(busy or hung: see `turnout logs`)"), r.stderr
+        assert sock.poll(1000)  # it did ask
+    finally:
+        sock.close(0)
+        ctx.term()
+        for f in runtime.iterdir():
+            f.unlink()
+        runtime.rmdir()
+
+
 def test_daemon_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text(CONFIG)
