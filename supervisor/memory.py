@@ -202,7 +202,6 @@ def _gguf_footprint_mb(path: str, size: int, mtime_ns: int, context: int) -> flo
         arch = kv.get("general.architecture")
         return isinstance(arch, str) and all(f"{arch}.{k}" in kv for k in _ARCH_KEYS)
 
-    kv_mb = 0.0
     try:
         kv = read_gguf_kv(Path(path), until=have_all)
 

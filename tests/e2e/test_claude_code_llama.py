@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -297,8 +298,6 @@ def test_supervisor_with_the_default_model_answers_and_stops_on_sigterm(model_ca
     """The supervisor sizes the default model (a 262k-token vocabulary) for admission
     and status on its main loop: that must not hold up `turnout ps` or SIGTERM
     (it once parsed the whole GGUF each time, 19 s)."""
-    import sys
-
     t = TurnoutProcess(CONFIG, workdir=str(tmp_path), env={"TURNOUT_CACHE_DIR": model_cache}).start(timeout=180)
     code = -1
     try:
