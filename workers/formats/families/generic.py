@@ -1,0 +1,47 @@
+"""The fallback: a model with no tool format of its own (a base model, a template
+that knows no tools) is told to answer with a JSON object ``{"name", "arguments"}``
+(see :func:`workers.formats.render.tool_instructions`); one at the start of the
+answer (fenced or not) is a call. ``<think>`` blocks are read too."""
+
+from __future__ import annotations
+
+from workers.formats.families import Family
+from workers.formats.jsoncalls import calls_from_json, json_complete
+from workers.formats.reader import CallSyntax, Syntax
+from workers.formats.schema import ToolSet
+
+
+def _bare(body: str, tools: ToolSet) -> list:  # type: ignore[type-arg]
+    calls = calls_from_json(body, tools)
+    # a JSON answer is a call only if it names an offered tool
+    from workers.formats.events import NotACall
+
+    if tools and any(c.name not in tools.schemas for c in calls):
+        raise NotACall("names no offered tool")
+    return calls
+
+
+def _fence_end(s: str) -> int | None:
+    i = s.find("```", 3)
+    return None if i < 0 else i + 3
+
+
+GENERIC = Syntax(
+    think=(("<think>", "</think>"),),
+    calls=(
+        CallSyntax("{", _bare, keep_open=True, complete=json_complete, at_start_only=True),
+        CallSyntax("[", _bare, keep_open=True, complete=json_complete, at_start_only=True),
+        CallSyntax("```json", _bare, keep_open=True, complete=_fence_end, at_start_only=True),
+        CallSyntax("<tool_call>", _bare, close=("</tool_call>",)),
+    ),
+)
+
+
+def json_call(name: str, args: str) -> str:
+    return f'{{"name": "{name}", "arguments": {args}}}'
+
+
+FAMILIES = [
+    Family("generic", "any other model: a JSON object {\"name\", \"arguments\"} opening the answer",
+           lambda t: True, GENERIC, order=1000, forced_call=json_call),
+]

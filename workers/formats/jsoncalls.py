@@ -1,0 +1,131 @@
+"""Reading JSON that models write: balanced values, calls as JSON objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from workers.formats.events import Call, NotACall
+from workers.formats.schema import ToolSet, dumps
+
+
+def json_end(s: str, start: int = 0) -> int | None:
+    """Index just past the JSON object/array (or string, number, literal) that
+    begins at the first non-space character at or after ``start``; None while it
+    is not closed. Tracks strings and escapes, not full validity."""
+    i = start
+    n = len(s)
+    while i < n and s[i] in " \t\r\n":
+        i += 1
+    if i >= n:
+        return None
+    c = s[i]
+    if c not in "{[":
+        if c == '"':
+            esc = False
+            for j in range(i + 1, n):
+                ch = s[j]
+                if esc:
+                    esc = False
+                elif ch == "\\":
+                    esc = True
+                elif ch == '"':
+                    return j + 1
+            return None
+        return None
+    depth = 0
+    in_str = esc = False
+    for j in range(i, n):
+        ch = s[j]
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return None
+
+
+def loads(text: str) -> Any:
+    """JSON as models write it: control characters allowed inside strings."""
+    try:
+        return json.loads(text, strict=False)
+    except ValueError:
+        raise NotACall(f"not JSON: {text[:80]!r}") from None
+
+
+def args_object(value: Any) -> dict[str, Any]:
+    """Arguments given as an object or as a JSON string of one."""
+    if isinstance(value, str):
+        value = loads(value) if value.strip() else {}
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise NotACall("arguments are not an object")
+    return value
+
+
+def call_from_obj(obj: Any, *, name_keys: Iterable[str] = ("name",),
+                  args_keys: Iterable[str] = ("arguments", "parameters"),
+                  id_keys: Iterable[str] = ("id",)) -> Call:
+    """``{"name": …, "arguments": {…}}`` (or the OpenAI ``{"function": {…}}``
+    shape, or the given key names) as a call."""
+    if not isinstance(obj, dict):
+        raise NotACall("a call is a JSON object")
+    if isinstance(obj.get("function"), dict) and "name" in obj["function"]:
+        outer_id = obj.get("id")
+        obj = dict(obj["function"], **({"id": outer_id} if outer_id is not None else {}))
+    name = next((obj[k] for k in name_keys if isinstance(obj.get(k), str)), None)
+    if not name:
+        raise NotACall("a call names its function")
+    args: Any = {}
+    for k in args_keys:
+        if k in obj:
+            args = obj[k]
+            break
+    call_id = next((str(obj[k]) for k in id_keys if obj.get(k) is not None), "")
+    return Call(name, dumps(args_object(args)), call_id)
+
+
+def calls_from_json(body: str, tools: ToolSet | None = None, **keys: Any) -> list[Call]:
+    """Every call in ``body``: one JSON object, an array of them, or several
+    separated by whitespace, commas or semicolons; a ```json fence around them is
+    allowed. Raises :class:`NotACall` unless ``body`` is entirely calls."""
+    s = body.strip()
+    if s.startswith("```"):
+        s = s.split("\n", 1)[1] if "\n" in s else ""
+        s = s.rsplit("```", 1)[0].strip()
+    calls: list[Call] = []
+    pos = 0
+    while pos < len(s):
+        while pos < len(s) and s[pos] in " \t\r\n;,":
+            pos += 1
+        if pos >= len(s):
+            break
+        if s[pos] not in "{[":
+            raise NotACall("text after the calls")
+        end = json_end(s, pos)
+        if end is None:
+            raise NotACall("unclosed JSON")
+        value = loads(s[pos:end])
+        for item in value if isinstance(value, list) else [value]:
+            calls.append(call_from_obj(item, **keys))
+        pos = end
+    if not calls:
+        raise NotACall("no call")
+    return calls
+
+
+def json_complete(s: str) -> int | None:
+    """``CallSyntax.complete`` for a body that is one JSON value."""
+    return json_end(s, 0)

@@ -1,0 +1,328 @@
+"""The streaming reader: a model's output in, text / thinking / tool calls out.
+
+A family's output is described by a :class:`Syntax`: the markers of its reasoning
+blocks, the markers that open (and close) its tool calls with a function that
+reads a complete call body, and markers that are dropped. :class:`Reader` applies
+one to text as it streams:
+
+* Text streams as it comes; only a suffix that could be the beginning of a marker
+  is held back (so a marker split anywhere, even one byte at a time, is found).
+* Reasoning streams as :class:`Thinking` (or, with ``raw_reasoning``, stays in the
+  text with its markers, as llama.cpp's ``reasoning_format = none`` does).
+* A tool call is buffered from its opener until it is complete, then read by the
+  family's parser into :class:`Call` events; a body that does not parse is given
+  back as text (markers included), never as a broken call.
+
+Work is linear in the output: every scan resumes where the last one stopped, and a
+call body is parsed once, when it is complete.
+
+Families whose output is not "markers in text" (harmony's channels, functionary's
+``>>>recipient``) have readers of their own with the same ``feed``/``finish``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workers.formats.events import Call, Event, NotACall, Text, Thinking
+from workers.formats.schema import ToolSet
+
+Parse = Callable[[str, ToolSet], list[Call]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallSyntax:
+    """How one kind of tool call (or section of calls) is written.
+
+    ``open``: the marker that starts it. ``keep_open``: the marker is part of the
+    body (``<function=`` in Qwen3-Coder's output, where ``<tool_call>`` may be
+    left out). ``close``: markers that end it (consumed). ``ends``: markers that
+    end it without being consumed (the next call's opener). With neither, the body
+    ends where ``complete`` says (a balanced JSON value, say) or at the end of the
+    output. ``parse`` reads a complete body; it raises :class:`NotACall` when the
+    body is not a call after all.
+    """
+
+    open: str
+    parse: Parse
+    close: tuple[str, ...] = ()
+    ends: tuple[str, ...] = ()
+    keep_open: bool = False
+    complete: Callable[[str], int | None] | None = None
+    at_start_only: bool = False  # only recognised before any text (a bare JSON call)
+
+
+@dataclass(frozen=True, slots=True)
+class Syntax:
+    """A family's output. ``think``: (open, close) marker pairs of reasoning blocks.
+    ``think_anywhere``: an opener after text starts another block (interleaved
+    thinking); otherwise only at the start. ``calls_in_reasoning``: a call opener
+    inside an unclosed reasoning block ends it (Kimi, Ling). ``drop``: markers
+    removed from the text (content wrappers, end-of-turn markers)."""
+
+    think: tuple[tuple[str, str], ...] = ()
+    calls: tuple[CallSyntax, ...] = ()
+    drop: tuple[str, ...] = ()
+    think_anywhere: bool = False
+    calls_in_reasoning: bool = True
+    strip_after_think: str = "\n"  # characters dropped between a reasoning block and the answer
+
+
+def holdback(buf: str, markers: tuple[str, ...], start: int = 0) -> int:
+    """Length of the longest suffix of ``buf[start:]`` that is a proper prefix of a marker."""
+    best = 0
+    n_buf = len(buf) - start
+    for mk in markers:
+        for n in range(min(len(mk) - 1, n_buf), best, -1):
+            if buf.endswith(mk[:n]):
+                best = n
+                break
+    return best
+
+
+def find_first(buf: str, markers: tuple[str, ...], start: int = 0) -> tuple[int, str]:
+    """(index, marker) of the earliest marker in ``buf[start:]``; (-1, "") if none.
+    The longest marker wins at the same index."""
+    best_i, best_m = -1, ""
+    for mk in markers:
+        i = buf.find(mk, start)
+        if i >= 0 and (best_i < 0 or i < best_i or (i == best_i and len(mk) > len(best_m))):
+            best_i, best_m = i, mk
+    return best_i, best_m
+
+
+@dataclass(slots=True)
+class _State:
+    mode: str = "start"  # start | text | think | strip | call
+    think_close: str = ""
+    think_open: str = ""
+    call: CallSyntax | None = None
+    opener: str = ""  # the marker text that opened the current call
+    scanned: int = 0  # how far the current mode's buffer has been searched
+    emitted_text: bool = False
+    pending_text: list[str] = field(default_factory=list)
+
+
+class Reader:
+    """Feed a model's output; get events. See the module docstring.
+
+    Options: ``tools`` (the offered tools; argument types come from them),
+    ``reasoning_open``: the prompt ends inside a reasoning block (the opener's
+    text, e.g. ``"<think>\\n"``), ``raw_reasoning``: keep reasoning as text.
+    ``tools_enabled``: False when no tools were offered: calls are not looked for.
+    """
+
+    def __init__(self, syntax: Syntax, tools: ToolSet | None = None, *, reasoning_open: str = "",
+                 raw_reasoning: bool = False, tools_enabled: bool = True) -> None:
+        self.syntax = syntax
+        self.tools = tools or ToolSet()
+        self.raw = raw_reasoning
+        self._calls = syntax.calls if tools_enabled else ()
+        self._openers = tuple(c.open for c in self._calls)
+        self._mid_openers = tuple(c.open for c in self._calls if not c.at_start_only)
+        self._drop = syntax.drop
+        self._think_opens = tuple(o for o, _ in syntax.think)
+        self._st = _State()
+        self._buf = ""
+        if reasoning_open:
+            pair = next(((o, c) for o, c in syntax.think if reasoning_open.strip().startswith(o.strip())), None)
+            if pair is None and syntax.think:
+                pair = syntax.think[0]
+            if pair is not None:
+                self._st.mode = "think"
+                self._st.think_open, self._st.think_close = reasoning_open, pair[1]
+                if self.raw:
+                    self._st.pending_text.append(reasoning_open)
+
+    # ------------------------------------------------------------------ api
+
+    def feed(self, text: str) -> list[Event]:
+        self._buf += text
+        out: list[Event] = []
+        self._run(out, final=False)
+        return out
+
+    def finish(self) -> list[Event]:
+        out: list[Event] = []
+        self._run(out, final=True)
+        if self._buf:
+            self._emit_text(out, self._buf)
+            self._buf = ""
+        return out
+
+    # ------------------------------------------------------------------ engine
+
+    def _run(self, out: list[Event], final: bool) -> None:
+        while True:
+            before = (self._st.mode, len(self._buf), self._st.scanned)
+            self._step(out, final)
+            if (self._st.mode, len(self._buf), self._st.scanned) == before:
+                return
+
+    def _emit_text(self, out: list[Event], text: str) -> None:
+        if not text:
+            return
+        st = self._st
+        if st.pending_text:
+            text = "".join(st.pending_text) + text
+            st.pending_text.clear()
+        st.emitted_text = True
+        if out and isinstance(out[-1], Text):
+            out[-1].text += text
+        else:
+            out.append(Text(text))
+
+    def _emit_thinking(self, out: list[Event], text: str) -> None:
+        if not text:
+            return
+        if self.raw:
+            self._emit_text(out, text)
+            return
+        if out and isinstance(out[-1], Thinking):
+            out[-1].text += text
+        else:
+            out.append(Thinking(text))
+
+    def _step(self, out: list[Event], final: bool) -> None:
+        mode = self._st.mode
+        if mode == "start":
+            self._step_start(final)
+        elif mode == "text":
+            self._step_text(out, final)
+        elif mode == "think":
+            self._step_think(out, final)
+        elif mode == "strip":
+            # the newlines between a reasoning block and the answer are not answer
+            if not self.raw:
+                self._buf = self._buf.lstrip(self.syntax.strip_after_think)
+            if self._buf or final:
+                self._st.mode = "text"
+        else:
+            self._step_call(out, final)
+
+    def _step_start(self, final: bool) -> None:
+        """Before any text: a reasoning block, a stray reasoning close (an empty
+        block whose opener the model skipped) or a start-only call may begin here."""
+        s = self._buf.lstrip()
+        if not s:
+            if final:
+                self._st.mode = "text"
+            return
+        candidates = (*self._think_opens, *(c for _, c in self.syntax.think), *self._openers)
+        if not final and any(len(s) < len(m) and m.startswith(s) for m in candidates):
+            return  # could still become one of them
+        for o, c in self.syntax.think:
+            if s.startswith(o):
+                self._buf = s[len(o):]
+                self._st.mode, self._st.think_open, self._st.think_close = "think", o, c
+                if self.raw:
+                    self._st.pending_text.append(o)
+                return
+        for _, c in self.syntax.think:
+            if s.startswith(c):
+                self._buf = s[len(c):]
+                self._st.mode = "strip"
+                return
+        for call in self._calls:
+            if call.at_start_only and s.startswith(call.open):
+                self._open_call(call, s, 0)
+                return
+        self._st.mode = "text"
+
+    def _open_call(self, call: CallSyntax, buf: str, i: int) -> None:
+        st = self._st
+        st.mode, st.call, st.opener, st.scanned = "call", call, call.open, 0
+        self._buf = buf[i:] if call.keep_open else buf[i + len(call.open):]
+
+    def _text_markers(self) -> tuple[str, ...]:
+        ms = (*self._mid_openers, *self._drop)
+        if self.syntax.think_anywhere:
+            ms = (*ms, *self._think_opens)
+        return ms
+
+    def _step_text(self, out: list[Event], final: bool) -> None:
+        buf = self._buf
+        markers = self._text_markers()
+        i, mk = find_first(buf, markers)
+        if i < 0:
+            keep = 0 if final else holdback(buf, markers)
+            if len(buf) > keep:
+                self._emit_text(out, buf[: len(buf) - keep])
+                self._buf = buf[len(buf) - keep:]
+            return
+        self._emit_text(out, buf[:i])
+        if mk in self._drop:
+            self._buf = buf[i + len(mk):]
+            return
+        call = next((c for c in self._calls if c.open == mk), None)
+        if call is not None:
+            self._open_call(call, buf, i)
+            return
+        pair = next(p for p in self.syntax.think if p[0] == mk)
+        self._st.mode, self._st.think_open, self._st.think_close = "think", pair[0], pair[1]
+        if self.raw:
+            self._st.pending_text.append(mk)
+        self._buf = buf[i + len(mk):]
+
+    def _step_think(self, out: list[Event], final: bool) -> None:
+        st = self._st
+        buf = self._buf
+        markers: tuple[str, ...] = (st.think_close,)
+        if self.syntax.calls_in_reasoning:
+            markers = (*markers, *self._mid_openers)
+        i, mk = find_first(buf, markers)
+        if i < 0:
+            keep = 0 if final else holdback(buf, markers)
+            if len(buf) > keep:
+                self._emit_thinking(out, buf[: len(buf) - keep])
+                self._buf = buf[len(buf) - keep:]
+            if final:
+                st.mode = "text"
+            return
+        self._emit_thinking(out, buf[:i])
+        if mk == st.think_close:
+            if self.raw:
+                self._emit_text(out, mk)
+            self._buf = buf[i + len(mk):]
+            st.mode = "strip"
+            return
+        call = next(c for c in self._calls if c.open == mk)
+        self._open_call(call, buf, i)
+
+    def _step_call(self, out: list[Event], final: bool) -> None:
+        st = self._st
+        call = st.call
+        assert call is not None
+        buf = self._buf
+        end = rest = -1
+        if call.close or call.ends:
+            markers = (*call.close, *call.ends)
+            # keep_open: the body starts with the opener, which an `ends` marker may equal
+            start = max(st.scanned, len(call.open) if call.keep_open else 0)
+            i, mk = find_first(buf, markers, start)
+            if i >= 0:
+                end = i
+                rest = i + len(mk) if mk in call.close else i
+            else:
+                st.scanned = max(start, len(buf) - max(len(m) for m in markers) + 1)
+        if end < 0 and call.complete is not None:
+            j = call.complete(buf)
+            if j is not None:
+                end = rest = j
+        if end < 0:
+            if not final:
+                return
+            end = rest = len(buf)
+        body = buf[:end]
+        try:
+            calls = call.parse(body, self.tools)
+        except NotACall:
+            raw = (body if call.keep_open else st.opener + body) + buf[end:rest]
+            self._buf = buf[rest:]
+            st.mode, st.call, st.scanned = "text", None, 0
+            self._emit_text(out, raw)
+            return
+        out.extend(calls)
+        self._buf = buf[rest:]
+        st.mode, st.call, st.scanned = "text", None, 0

@@ -1,0 +1,135 @@
+"""Tool calls whose arguments are written as tags, one per argument.
+
+Qwen3-Coder / Seed-OSS / Nemotron write ``<function=NAME><parameter=KEY>VALUE
+</parameter></function>``; DeepSeek's DSML, MiniMax M2, muse-glimmer and MiniCPM
+write ``<invoke name="NAME"><parameter name="KEY">VALUE</parameter></invoke>``
+(with their own prefixes); GLM writes ``NAME<arg_key>KEY</arg_key><arg_value>VALUE
+</arg_value>``. Values are text, typed by the tool's schema
+(:meth:`~workers.formats.schema.ToolSet.coerce`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from workers.formats.events import Call, NotACall
+from workers.formats.schema import ToolSet, coerce, dumps
+
+
+def trim_value(v: str) -> str:
+    """A value written on lines of its own (``<parameter=x>\\nVALUE\\n</parameter>``):
+    the newline after the opening tag and the one before the closing tag are
+    layout. A value that starts on the tag's line keeps its last newline."""
+    for nl in ("\r\n", "\n"):
+        if v.startswith(nl):
+            v = v[len(nl):]
+            if v.endswith(nl):
+                v = v[: -len(nl)]
+            break
+    return v
+
+
+def _call(tools: ToolSet, name: str, pairs: list[tuple[str, str, Any]]) -> Call:
+    """``pairs``: (key, raw text, schema override or ...)."""
+    name = name.strip()
+    if not name:
+        raise NotACall("a call names its function")
+    args: dict[str, Any] = {}
+    for key, raw, forced in pairs:
+        if forced is ...:
+            args[key] = tools.coerce(name, key, raw)
+        else:
+            args[key] = coerce(forced, raw)
+    return Call(name, dumps(args))
+
+
+_FUNCTION = re.compile(r"<function=([^>\n]+)>")
+_PARAM = re.compile(r"<parameter=([^>\n]+)>")
+
+
+def parse_function_tags(body: str, tools: ToolSet) -> list[Call]:
+    """``<function=NAME>`` + ``<parameter=KEY>VALUE</parameter>`` (Qwen3-Coder),
+    one or more functions; a missing ``</parameter>`` ends at the next tag."""
+    calls: list[Call] = []
+    starts = [m for m in _FUNCTION.finditer(body)]
+    if not starts:
+        raise NotACall("no <function=…>")
+    if body[: starts[0].start()].strip(" \t\r\n") not in ("", "<tool_call>"):
+        raise NotACall("text before the function")
+    for k, fm in enumerate(starts):
+        end = starts[k + 1].start() if k + 1 < len(starts) else len(body)
+        chunk = body[fm.end():end]
+        close = chunk.find("</function>")
+        if close >= 0:
+            chunk = chunk[:close]
+        pairs: list[tuple[str, str, Any]] = []
+        params = list(_PARAM.finditer(chunk))
+        if not params and chunk.strip(" \t\r\n"):
+            raise NotACall("text inside <function=…> that is not a parameter")
+        for j, pm in enumerate(params):
+            stop = params[j + 1].start() if j + 1 < len(params) else len(chunk)
+            value = chunk[pm.end():stop]
+            c = value.rfind("</parameter>")
+            if c >= 0:
+                value = value[:c]
+            pairs.append((pm.group(1).strip(), trim_value(value), ...))
+        calls.append(_call(tools, fm.group(1), pairs))
+    return calls
+
+
+def invoke_parser(prefix: str = "", typed_attr: str = "string") -> Any:
+    """A parser of ``<{prefix}invoke name="N"><{prefix}parameter name="K" [string="true"]>V
+    </{prefix}parameter></{prefix}invoke>`` (DSML, MiniMax M2, muse-glimmer)."""
+    p = re.escape(prefix)
+    invoke = re.compile(rf'<{p}invoke\s+name="([^"]*)"\s*>')
+    param = re.compile(rf'<{p}parameter\s+name="([^"]*)"((?:\s+\w+="[^"]*")*)\s*>')
+    close_param = f"</{prefix}parameter>"
+    close_invoke = f"</{prefix}invoke>"
+
+    def parse(body: str, tools: ToolSet) -> list[Call]:
+        calls: list[Call] = []
+        starts = list(invoke.finditer(body))
+        if not starts:
+            raise NotACall("no invoke")
+        for k, im in enumerate(starts):
+            end = starts[k + 1].start() if k + 1 < len(starts) else len(body)
+            chunk = body[im.end():end]
+            c = chunk.find(close_invoke)
+            if c >= 0:
+                chunk = chunk[:c]
+            pairs: list[tuple[str, str, Any]] = []
+            params = list(param.finditer(chunk))
+            for j, pm in enumerate(params):
+                stop = params[j + 1].start() if j + 1 < len(params) else len(chunk)
+                value = chunk[pm.end():stop]
+                cp = value.rfind(close_param)
+                if cp >= 0:
+                    value = value[:cp]
+                attrs = dict(re.findall(r'(\w+)="([^"]*)"', pm.group(2) or ""))
+                forced: Any = ...
+                if typed_attr in attrs:
+                    forced = {"type": "string"} if attrs[typed_attr] == "true" else {}
+                pairs.append((pm.group(1), trim_value(value) if forced is ... else value, forced))
+            calls.append(_call(tools, im.group(1), pairs))
+        return calls
+
+    return parse
+
+
+_ARG = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
+
+
+def parse_arg_key_value(body: str, tools: ToolSet) -> list[Call]:
+    """``NAME<arg_key>K</arg_key><arg_value>V</arg_value>…`` (GLM, Spark, Ling):
+    the body of one ``<tool_call>``."""
+    i = body.find("<arg_key>")
+    name = body if i < 0 else body[:i]
+    if not name.strip() or "<" in name.strip() or "\n" in name.strip():
+        raise NotACall("no function name")
+    rest = "" if i < 0 else body[i:]
+    pairs: list[tuple[str, str, Any]] = [(m.group(1).strip(), m.group(2), ...) for m in _ARG.finditer(rest)]
+    leftover = _ARG.sub("", rest).strip()
+    if leftover:
+        raise NotACall("text between arguments")
+    return [_call(tools, name, pairs)]
