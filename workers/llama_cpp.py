@@ -47,6 +47,7 @@ from protocol.chat import ChatRequest, Usage
 from workers import chat_templates as ct
 from workers import tool_calls as tc
 from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from workers.formats.grammar import call_grammar
 from workers.models import ModelError, gguf_info, resolve
 from workers.signing import install_signer
 
@@ -225,8 +226,8 @@ class LlamaBackend:
             "model_loaded",
             path=str(path),
             n_ctx=self.context_window,
-            family=self.template.family,
-            tool_format=self.template.tool_format,
+            chat_format=self.template.chat_format,
+            tool_format=self.template.family.name,
             load_s=round(time.monotonic() - t0, 2),
         )
 
@@ -396,14 +397,20 @@ class LlamaBackend:
         return True
 
     def _grammar(self, req: ChatRequest, rendered: ct.Rendered) -> tuple[Any, bool]:
+        """A forced call's grammar, in the model's own format (see
+        :mod:`workers.formats.grammar`)."""
         choice = tc.effective_choice(req, self.opts.force_tool)
         if not rendered.tools_enabled or choice is None or choice.type not in ("any", "tool"):
             return None, False
         name = choice.name if choice.type == "tool" else ""
+        from llama_cpp import LlamaGrammar
+
         try:
-            return tc.tool_grammar(req.tools, name), True
+            text = call_grammar(rendered.family, req.tools, name)
         except ValueError as e:
             raise BackendError("invalid_request", f"tool_choice: {e}") from None
+        try:
+            return LlamaGrammar.from_string(text, verbose=False), True
         except Exception as e:  # a schema llama.cpp's converter cannot express
             log.warning("tool_grammar_failed", error=repr(e))
             return None, False
@@ -464,9 +471,8 @@ class LlamaBackend:
         # A grammar-forced call is one JSON object, whitespace and newlines included:
         # end-of-turn strings must not cut it (the grammar ends it).
         # So is a structured-output answer.
-        turn_stops = [] if forced or json_only else [*rendered.stop, *self.opts.stop]
-        out = tc.AnswerWriter(request_id, req, stops=turn_stops, tools_enabled=rendered.tools_enabled,
-                              thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
+        out = tc.AnswerWriter(request_id, req, rendered, stops=self.opts.stop, forced=forced,
+                              turn_stops=not (forced or json_only), sign=self._signer.sign)
         stop_reason: Any = "max_tokens"
         n_out = 0
         while n_out < budget:

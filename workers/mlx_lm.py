@@ -46,7 +46,6 @@ if sys.platform == "linux":
     os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 
 import copy
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from protocol.chat import ChatRequest, Usage
 from workers import chat_templates as ct
 from workers import tool_calls as tc
 from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from workers.formats.grammar import forced_prefix
 from workers.signing import install_signer
 
 log = structlog.get_logger()
@@ -272,8 +272,8 @@ class MlxBackend:
         # are paid here, not by the first request.
         warm = make_prompt_cache(model)
         mx.eval(model(mx.array([[0]]), cache=warm))
-        log.info("model_loaded", path=str(path), n_ctx=n_ctx, family=self.template.family,
-                 tool_format=self.template.tool_format, load_s=round(time.monotonic() - t0, 2))
+        log.info("model_loaded", path=str(path), n_ctx=n_ctx, chat_format=self.template.chat_format,
+                 tool_format=self.template.family.name, load_s=round(time.monotonic() - t0, 2))
 
     # -- tokens
 
@@ -303,12 +303,8 @@ class MlxBackend:
             if not any(t.name == choice.name for t in req.tools):
                 raise BackendError("invalid_request",
                                    f"tool_choice: tool_choice names {choice.name!r}, which is not among the tools")
-            start = '{"name": ' + json.dumps(choice.name) + ', "arguments": '
-        else:
-            start = '{"name": "'
-        if rendered.tool_format == "hermes":
-            start = "<tool_call>\n" + start
-        return start, True
+            return forced_prefix(rendered.family, req.tools, choice.name), True
+        return "", True
 
     def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]:
         mx, kv = self._mx, self.kv
@@ -371,8 +367,8 @@ class MlxBackend:
         mx.async_eval(y)
         detok = self.tokenizer.detokenizer
         detok.reset()
-        out = tc.AnswerWriter(request_id, req, stops=[*rendered.stop, *self.opts.stop], tools_enabled=rendered.tools_enabled,
-                              thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
+        out = tc.AnswerWriter(request_id, req, rendered, stops=self.opts.stop, forced=forced,
+                              sign=self._signer.sign)
         if prefix:
             yield from out.feed(prefix)  # the parser reads the call from its start
         budget = min(req.max_tokens, self.context_window - n_prompt)

@@ -110,12 +110,12 @@ def test_chat_template_comes_from_the_tokenizer(tmp_path: Path) -> None:
     b = backend(write_tiny_mlx(tmp_path / "marked", chat_template=marked))
     prompt = b._render(request("hi")).prompt
     assert prompt == "[[system]]You are terse.[[user]]hi[[assistant]]"
-    assert b.template is not None and b.template.family == "gguf"  # "the model's own template"
+    assert b.template is not None and b.template.chat_format == "gguf"  # the model's own template
 
 
 def test_no_tokenizer_template_falls_back_to_the_family_template(tmp_path: Path) -> None:
     b = backend(write_tiny_mlx(tmp_path / "plain", chat_template=None))
-    assert b.template is not None and b.template.family == "chatml"
+    assert b.template is not None and b.template.chat_format == "chatml"
     assert b._render(request("hi")).prompt.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 

@@ -12,8 +12,14 @@ import pytest
 
 from protocol import messages as m
 from protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig
+from workers import chat_templates as ct
 from workers import signing
 from workers.tool_calls import AnswerWriter
+
+
+def writer(req: ChatRequest, s: signing.Signer) -> AnswerWriter:
+    rendered = ct.render(req, ct.detect("", "qwen2", chat_format="chatml"))
+    return AnswerWriter("r", req, rendered, sign=s.sign)
 
 
 def test_key_is_created_once_private_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,7 +54,7 @@ def test_answer_writer_signs_a_thinking_block_before_the_answer() -> None:
     s = signing.Signer(b"k" * 32)
     req = ChatRequest(model="m", max_tokens=10, messages=[Message("user", [TextPart("q")])],
                       thinking=ThinkingConfig(type="enabled", budget_tokens=100))
-    w = AnswerWriter("r", req, stops=[], tools_enabled=False, sign=s.sign)
+    w = writer(req, s)
     out: list[m.StreamMsg] = []
     for piece in ["<thi", "nk>Step one. ", "Step two.</th", "ink>\n\nDone."]:
         out += w.feed(piece)
@@ -66,7 +72,7 @@ def test_a_thinking_block_cut_off_by_max_tokens_is_still_signed() -> None:
     s = signing.Signer(b"k" * 32)
     req = ChatRequest(model="m", max_tokens=10, messages=[Message("user", [TextPart("q")])],
                       thinking=ThinkingConfig(type="enabled", budget_tokens=100))
-    w = AnswerWriter("r", req, stops=[], tools_enabled=False, sign=s.sign)
+    w = writer(req, s)
     out = w.feed("<think>half a thou") + w.finish()
     sigs = [x.signature for x in out if isinstance(x, m.ThinkingDelta) and x.signature]
     assert len(sigs) == 1 and s.verify("half a thou", sigs[0])

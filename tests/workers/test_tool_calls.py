@@ -1,215 +1,114 @@
-"""Streaming tool-call parsing, thinking split, and the forcing grammar."""
+"""The answer writer (decoded text -> wire messages) and the force_tool knob.
+
+How each family's output is read is tested in tests/workers/formats/; here: stop
+strings, calls as ToolCallStart + ToolArgsDelta with turnout's ids, one call when
+one was asked for, thinking kept or dropped as the client asked."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
-from protocol.chat import Tool
+from protocol import messages as m
+from protocol.chat import (
+    ChatRequest,
+    Message,
+    TextPart,
+    ThinkingConfig,
+    Tool,
+    ToolChoice,
+    ToolResultPart,
+    ToolUsePart,
+)
+from workers import chat_templates as ct
 from workers import tool_calls as tc
+from workers.tool_calls import effective_choice
 
-BASH = Tool(
-    name="Bash",
-    description="Run a shell command",
-    input_schema={
-        "$schema": "http://json-schema.org/draft-07/schema#",
-        "type": "object",
-        "properties": {
-            "command": {"type": "string", "description": "The command"},
-            "timeout": {"type": "number"},
-        },
-        "required": ["command"],
-        "additionalProperties": False,
-    },
-)
-READ = Tool(
-    name="Read",
-    input_schema={"type": "object", "properties": {"file_path": {"type": "string"}}, "required": ["file_path"]},
-)
+BASH = Tool("Bash", "run", {"type": "object", "properties": {"command": {"type": "string"}}})
 
 
-def run(parser: tc.ToolCallParser, text: str, step: int) -> list[tc.Text | tc.Call]:
-    """Feed ``text`` in chunks of ``step`` characters; merge adjacent text events."""
-    events: list[tc.Text | tc.Call] = []
-    for i in range(0, len(text), step):
-        events += parser.feed(text[i : i + step])
-    events += parser.finish()
-    merged: list[tc.Text | tc.Call] = []
-    for ev in events:
-        if isinstance(ev, tc.Text) and merged and isinstance(merged[-1], tc.Text):
-            merged[-1] = tc.Text(merged[-1].text + ev.text)
-        else:
-            merged.append(ev)
-    return merged
+def request(**kw: object) -> ChatRequest:
+    return ChatRequest(model="m", max_tokens=50, messages=[Message("user", [TextPart("go")])], tools=[BASH],
+                       **kw)  # type: ignore[arg-type]
 
 
-def shape(events: list[tc.Text | tc.Call]) -> list[tuple[str, str]]:
-    return [("text", e.text) if isinstance(e, tc.Text) else ("call", f"{e.name} {e.arguments}") for e in events]
+def write(req: ChatRequest, pieces: list[str], *, template: str = "", forced: bool = False,
+          stops: list[str] | None = None) -> tuple[list[m.StreamMsg], tc.AnswerWriter]:
+    info = ct.detect(template, "qwen2", chat_format="gguf" if template else "chatml")
+    w = tc.AnswerWriter("r", req, ct.render(req, info), stops=stops, forced=forced)
+    out: list[m.StreamMsg] = []
+    for p in pieces:
+        out += w.feed(p)
+        if w.stop_reason is not None:
+            break
+    out += w.finish()
+    return out, w
 
 
-OUTPUTS = {
-    "hermes": (
-        'Let me run it.\n<tool_call>\n{"name": "Bash", "arguments": {"command": "echo hi"}}\n</tool_call>',
-        [("text", "Let me run it.\n"), ("call", 'Bash {"command":"echo hi"}')],
-    ),
-    "hermes_two": (
-        '<tool_call>{"name": "Bash", "arguments": {"command": "ls"}}</tool_call>\n'
-        '<tool_call>{"name": "Read", "arguments": {"file_path": "/a b"}}</tool_call>',
-        [("call", 'Bash {"command":"ls"}'), ("text", "\n"), ("call", 'Read {"file_path":"/a b"}')],
-    ),
-    "llama3": (
-        '{"name": "Bash", "parameters": {"command": "echo \\"}{\\""}}',
-        [("call", 'Bash {"command":"echo \\"}{\\""}')],
-    ),
-    "llama3_python_tag": (
-        '<|python_tag|>{"name": "Read", "parameters": {"file_path": "x"}}',
-        [("call", 'Read {"file_path":"x"}')],
-    ),
-    "mistral": (
-        '[TOOL_CALLS][{"name": "Bash", "arguments": {"command": "pwd"}}, {"name": "Read", "arguments": {"file_path": "f"}}]',
-        [("call", 'Bash {"command":"pwd"}'), ("call", 'Read {"file_path":"f"}')],
-    ),
-    "mistral_v11": (
-        '[TOOL_CALLS]Bash[ARGS]{"command": "pwd"}',
-        [("call", 'Bash {"command":"pwd"}')],
-    ),
-    "plain_json_fenced": (
-        '```json\n{"name": "Bash", "arguments": {"command": "date"}}\n```',
-        [("call", 'Bash {"command":"date"}')],
-    ),
-    "openai_shape_string_args": (
-        '<tool_call>{"function": {"name": "Bash", "arguments": "{\\"command\\": \\"id\\"}"}}</tool_call>',
-        [("call", 'Bash {"command":"id"}')],
-    ),
-}
+def calls(out: list[m.StreamMsg]) -> list[tuple[str, str, dict]]:
+    starts = {x.index: x for x in out if isinstance(x, m.ToolCallStart)}
+    args: dict[int, str] = {}
+    for x in out:
+        if isinstance(x, m.ToolArgsDelta):
+            args[x.index] = args.get(x.index, "") + x.partial_json
+    return [(s.id, s.name, json.loads(args[i])) for i, s in sorted(starts.items())]
 
 
-@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
-@pytest.mark.parametrize("case", sorted(OUTPUTS))
-def test_parses_every_format_at_any_chunk_boundary(case: str, step: int) -> None:
-    text, expected = OUTPUTS[case]
-    assert shape(run(tc.ToolCallParser(["Bash", "Read"]), text, step)) == expected
+def text(out: list[m.StreamMsg]) -> str:
+    return "".join(x.text for x in out if isinstance(x, m.TextDelta))
 
 
-def test_text_streams_before_a_marker_completes() -> None:
-    p = tc.ToolCallParser(["Bash"])
-    assert p.feed("Hello there <tool") == [tc.Text("Hello there ")]  # only '<tool' held back
-    assert p.feed("_ca") == []
-    out = p.feed('ll>{"name":"Bash","arguments":{}}</tool_call>')
-    assert [type(e) for e in out] == [tc.Call]
+def test_calls_get_unique_anthropic_style_ids_and_end_the_turn_as_tool_use() -> None:
+    body = '<tool_call>{"name":"Bash","arguments":{"command":"ls"}}</tool_call>'
+    out, w = write(request(), [body, body])
+    got = calls(out)
+    assert [(n, a) for _, n, a in got] == [("Bash", {"command": "ls"})] * 2
+    assert len({i for i, _, _ in got}) == 2 and all(i.startswith("toolu_") for i, _, _ in got)
+    assert w.done("end_turn", m.Usage()).stop_reason == "tool_use"
 
 
-def test_plain_text_is_not_held_back() -> None:
-    p = tc.ToolCallParser(["Bash"])
-    assert p.feed("The answer") == [tc.Text("The answer")]
-    assert p.feed(" is 42.") == [tc.Text(" is 42.")]
+def test_long_arguments_stream_in_chunks() -> None:
+    body = '<tool_call>{"name":"Bash","arguments":{"command":"' + "x" * 500 + '"}}</tool_call>'
+    out, _ = write(request(), [body])
+    deltas = [x for x in out if isinstance(x, m.ToolArgsDelta)]
+    assert len(deltas) > 1 and all(len(d.partial_json) <= tc.ARGS_CHUNK for d in deltas)
 
 
-def test_bare_json_naming_an_unknown_tool_is_text() -> None:
-    text = '{"name": "rm_rf", "arguments": {}} is JSON'
-    assert shape(run(tc.ToolCallParser(["Bash"]), text, 4)) == [("text", text)]
+def test_one_call_when_parallel_calls_are_off() -> None:
+    body = '<tool_call>{"name":"Bash","arguments":{"command":"ls"}}</tool_call>'
+    out, w = write(request(tool_choice=ToolChoice("auto", disable_parallel=True)), [body, "after", body])
+    assert len(calls(out)) == 1 and text(out) == "" and w.stop_reason == "end_turn"
 
 
-def test_malformed_call_is_returned_as_text() -> None:
-    text = '<tool_call>{"name": "Bash", "arguments": {"command": </tool_call> ok'
-    assert shape(run(tc.ToolCallParser(["Bash"]), text, 5)) == [("text", text)]
+def test_end_of_turn_string_and_client_stop_sequence() -> None:
+    out, w = write(request(), ["Short answer.<|im_end|>more"])
+    assert text(out) == "Short answer." and w.stop_reason == "end_turn"
+    out, w = write(request(stop=["STOP"]), ["abc ST", "OP def"])
+    assert text(out) == "abc " and w.stop_reason == "stop_sequence" and w.stop_sequence == "STOP"
+    assert w.done("stop_sequence", m.Usage()).stop_sequence == "STOP"
 
 
-def test_unterminated_call_at_end_of_output_still_parses() -> None:
-    text = '<tool_call>\n{"name": "Bash", "arguments": {"command": "ls"}}\n'
-    assert shape(run(tc.ToolCallParser(["Bash"]), text, 3)) == [("call", 'Bash {"command":"ls"}')]
+def test_the_models_stop_option_ends_the_turn() -> None:
+    out, w = write(request(), ["one\n\ntwo"], stops=["\n\n"])
+    assert text(out) == "one" and w.stop_reason == "end_turn"
 
 
-def test_disabled_parser_passes_markers_through() -> None:
-    text = '<tool_call>{"name": "Bash", "arguments": {}}</tool_call>'
-    assert shape(run(tc.ToolCallParser(["Bash"], enabled=False), text, 4)) == [("text", text)]
+def test_forced_call_is_not_cut_by_end_of_turn_strings() -> None:
+    info = ct.detect("", "qwen2", chat_format="chatml")
+    req = request(tool_choice=ToolChoice("tool", "Bash"))
+    w = tc.AnswerWriter("r", req, ct.render(req, info), stops=["\n"], forced=True, turn_stops=False)
+    out = w.feed('<tool_call>\n{"name": "Bash",\n"arguments": {"command": "a\\nb"}}\n</tool_call>') + w.finish()
+    assert [(n, a) for _, n, a in calls(out)] == [("Bash", {"command": "a\nb"})]
 
 
-def test_call_ids_are_unique_anthropic_style() -> None:
-    text = '<tool_call>{"name":"Bash","arguments":{}}</tool_call><tool_call>{"name":"Bash","arguments":{}}</tool_call>'
-    calls = [e for e in run(tc.ToolCallParser(["Bash"]), text, 9) if isinstance(e, tc.Call)]
-    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("toolu_") for c in calls)
-
-
-# ---------------------------------------------------------------- thinking
-
-
-def split(s: tc.ThinkSplitter, text: str, step: int) -> tuple[str, str]:
-    think = answer = ""
-    for ev in [e for i in range(0, len(text), step) for e in s.feed(text[i : i + step])] + s.finish():
-        if isinstance(ev, tc.Thinking):
-            think += ev.text
-        else:
-            answer += ev.text
-    return think, answer
-
-
-@pytest.mark.parametrize("step", [1, 4, 100])
-def test_thinking_is_split_when_enabled(step: int) -> None:
-    assert split(tc.ThinkSplitter(True), "<think>hmm, 2+2</think>\nIt is 4.", step) == ("hmm, 2+2", "It is 4.")
-
-
-def test_thinking_is_dropped_when_not_requested() -> None:
-    assert split(tc.ThinkSplitter(False), "<think>secret</think>Answer", 3) == ("", "Answer")
-
-
-def test_thinking_opened_by_the_prompt() -> None:
-    assert split(tc.ThinkSplitter(True, open_at_start=True), "plan</think>done", 2) == ("plan", "done")
-
-
-def test_no_think_tag_is_all_answer() -> None:
-    assert split(tc.ThinkSplitter(True), "<b>bold</b>", 1) == ("", "<b>bold</b>")
-
-
-# ---------------------------------------------------------------- grammar
-
-
-def test_call_schema_for_one_tool_pins_the_name_and_drops_meta_keywords() -> None:
-    schema = tc.call_schema([BASH, READ], "Bash")
-    assert schema["properties"]["name"] == {"const": "Bash"}
-    assert "$schema" not in schema["properties"]["arguments"]
-    assert schema["properties"]["arguments"]["required"] == ["command"]
-
-
-def test_call_schema_for_any_is_a_union() -> None:
-    schema = tc.call_schema([BASH, READ])
-    assert [v["properties"]["name"]["const"] for v in schema["anyOf"]] == ["Bash", "Read"]
-
-
-def test_unknown_forced_tool_is_an_error() -> None:
-    with pytest.raises(ValueError, match="not among the tools"):
-        tc.call_schema([BASH], "Write")
-
-
-def test_grammar_builds_for_every_claude_code_tool() -> None:
-    from conftest import fixture_body
-
-    from protocol.chat import Tool as T
-
-    body = fixture_body("01-print-hello-request-2.json")
-    tools = [T(t["name"], t.get("description", ""), t["input_schema"]) for t in body["tools"]]
-    assert len(tools) == 24
-    for t in tools:
-        assert tc.tool_grammar(tools, t.name) is not None
-    assert tc.tool_grammar(tools) is not None
-    json.dumps(tc.call_schema(tools))
-
-
-def test_schema_cleaning_keeps_a_property_named_description() -> None:
-    schema = {"type": "object", "description": "x", "properties": {"description": {"type": "string", "title": "t"}}}
-    assert tc._clean_schema(schema) == {"type": "object", "properties": {"description": {"type": "string"}}}
-
-
-def test_raw_control_characters_in_strings_are_accepted_and_escaped() -> None:
-    (call,) = run(tc.ToolCallParser(["Bash"]), '{"name": "Bash", "arguments": {"command": "a\tb"}}', 5)
-    assert isinstance(call, tc.Call) and call.arguments == '{"command":"a\\tb"}'
+def test_thinking_is_kept_when_asked_for_and_dropped_otherwise() -> None:
+    pieces = ["<think>plan</think>", "answer"]
+    out, _ = write(request(thinking=ThinkingConfig("enabled", 1000)), pieces)
+    assert "".join(x.text for x in out if isinstance(x, m.ThinkingDelta)) == "plan" and text(out) == "answer"
+    out, _ = write(request(), pieces)
+    assert not [x for x in out if isinstance(x, m.ThinkingDelta)] and text(out) == "answer"
 
 
 def test_force_tool_drives_exactly_one_round_trip() -> None:
-    from protocol.chat import ChatRequest, Message, TextPart, Tool, ToolResultPart, ToolUsePart
-    from workers.tool_calls import effective_choice
-
     tools = [Tool("Bash", "run", {"type": "object"})]
     opening = ChatRequest(model="m", max_tokens=5, tools=tools, messages=[Message("user", [TextPart("do it")])])
     forced = effective_choice(opening, "Bash")

@@ -94,6 +94,9 @@ def environment() -> SandboxedEnvironment:
         extensions=[jinja2.ext.loopcontrols, jinja2.ext.do, GenerationExtension],
     )
     env.filters["tojson"] = tojson
+    # No autoescape here: `safe` must not turn strings into Markup, whose `+`
+    # would HTML-escape the other operand (functionary's template does that).
+    env.filters["safe"] = str
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env
@@ -122,7 +125,7 @@ def render(template: jinja2.Template, **context: Any) -> str:
 class Caps:
     """How a template wants its input (found by :func:`probe_caps`)."""
 
-    system_role: bool = True
+    system_role: bool = True  # renders a system message, before the conversation
     tools: bool = True  # describes the tools it is given
     tool_calls: bool = True  # writes assistant tool_calls from history
     object_arguments: bool = False  # tool_calls[].function.arguments as an object (else a JSON string)
@@ -163,8 +166,13 @@ def probe_caps(template: jinja2.Template, base: Mapping[str, Any]) -> Caps:
     if plain is None or "STRING_MARKER" not in plain:
         parts = attempt([{"role": "user", "content": [{"type": "text", "text": "STRING_MARKER"}]}])
         typed = parts is not None and "STRING_MARKER" in parts
-    sysout = attempt([{"role": "system", "content": "SYSTEM_MARKER"}, {"role": "user", "content": "User message"}])
-    system_role = sysout is not None and "SYSTEM_MARKER" in sysout
+    # A system message must come out first: templates that move it into the last
+    # user turn (Mistral's) lose it when the conversation ends with tool results,
+    # and change the prompt's prefix every turn (no KV-cache reuse).
+    sysout = attempt([{"role": "system", "content": "SYSTEM_MARKER"}, {"role": "user", "content": "FIRST_USER"},
+                      {"role": "assistant", "content": "ANSWER"}, {"role": "user", "content": "SECOND_USER"}])
+    system_role = sysout is not None and "SYSTEM_MARKER" in sysout and (
+        sysout.index("SYSTEM_MARKER") < sysout.index("FIRST_USER") if "FIRST_USER" in sysout else True)
     obj = attempt(_probe_history({"probe_arg": "PROBE_VALUE"}), tools=[_PROBE_TOOL])
     object_arguments = obj is not None and "PROBE_VALUE" in obj and "probe_arg" in obj
     out = obj if object_arguments else attempt(_probe_history('{"probe_arg": "PROBE_VALUE"}'), tools=[_PROBE_TOOL])

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.formats.events import Call, Event, NotACall, Text, Thinking
+from workers.formats.jsoncalls import json_complete, json_end
 from workers.formats.schema import ToolSet
 
 Parse = Callable[[str, ToolSet], list[Call]]
@@ -99,7 +100,6 @@ class _State:
     think_open: str = ""
     call: CallSyntax | None = None
     opener: str = ""  # the marker text that opened the current call
-    scanned: int = 0  # how far the current mode's buffer has been searched
     emitted_text: bool = False
     pending_text: list[str] = field(default_factory=list)
 
@@ -121,7 +121,9 @@ class Reader:
         self._calls = syntax.calls if tools_enabled else ()
         self._openers = tuple(c.open for c in self._calls)
         self._mid_openers = tuple(c.open for c in self._calls if not c.at_start_only)
-        self._drop = syntax.drop
+        # a stray call marker is dropped only where calls are read
+        call_marks = {m for c in syntax.calls for m in (c.open, *c.close, *c.ends)}
+        self._drop = syntax.drop if tools_enabled else tuple(m for m in syntax.drop if m not in call_marks)
         self._think_opens = tuple(o for o, _ in syntax.think)
         self._st = _State()
         self._buf = ""
@@ -138,14 +140,20 @@ class Reader:
     # ------------------------------------------------------------------ api
 
     def feed(self, text: str) -> list[Event]:
-        self._buf += text
         out: list[Event] = []
+        if self._st.mode == "call":
+            self._call_feed(text, out, final=False)
+        else:
+            self._buf += text
         self._run(out, final=False)
         return out
 
     def finish(self) -> list[Event]:
         out: list[Event] = []
         self._run(out, final=True)
+        if self._st.mode == "call":
+            self._call_feed("", out, final=True)
+            self._run(out, final=True)
         if self._buf:
             self._emit_text(out, self._buf)
             self._buf = ""
@@ -154,10 +162,10 @@ class Reader:
     # ------------------------------------------------------------------ engine
 
     def _run(self, out: list[Event], final: bool) -> None:
-        while True:
-            before = (self._st.mode, len(self._buf), self._st.scanned)
+        while self._st.mode != "call":
+            before = (self._st.mode, len(self._buf))
             self._step(out, final)
-            if (self._st.mode, len(self._buf), self._st.scanned) == before:
+            if (self._st.mode, len(self._buf)) == before:
                 return
 
     def _emit_text(self, out: list[Event], text: str) -> None:
@@ -187,7 +195,7 @@ class Reader:
     def _step(self, out: list[Event], final: bool) -> None:
         mode = self._st.mode
         if mode == "start":
-            self._step_start(final)
+            self._step_start(out, final)
         elif mode == "text":
             self._step_text(out, final)
         elif mode == "think":
@@ -198,10 +206,8 @@ class Reader:
                 self._buf = self._buf.lstrip(self.syntax.strip_after_think)
             if self._buf or final:
                 self._st.mode = "text"
-        else:
-            self._step_call(out, final)
 
-    def _step_start(self, final: bool) -> None:
+    def _step_start(self, out: list[Event], final: bool) -> None:
         """Before any text: a reasoning block, a stray reasoning close (an empty
         block whose opener the model skipped) or a start-only call may begin here."""
         s = self._buf.lstrip()
@@ -226,14 +232,30 @@ class Reader:
                 return
         for call in self._calls:
             if call.at_start_only and s.startswith(call.open):
-                self._open_call(call, s, 0)
+                self._open_call(call, s, 0, out, final)
                 return
         self._st.mode = "text"
 
-    def _open_call(self, call: CallSyntax, buf: str, i: int) -> None:
+    def _open_call(self, call: CallSyntax, buf: str, i: int, out: list[Event], final: bool) -> None:
+        """Start buffering a call; the text after the opener is its body so far."""
         st = self._st
-        st.mode, st.call, st.opener, st.scanned = "call", call, call.open, 0
-        self._buf = buf[i:] if call.keep_open else buf[i + len(call.open):]
+        st.mode, st.call, st.opener = "call", call, call.open
+        self._body = []
+        self._body_len = 0
+        self._tail = ""
+        self._markers = (*call.close, *call.ends)
+        self._hold = max((len(m) for m in self._markers), default=1) - 1
+        self._json = JsonEnd() if call.complete is json_complete else None
+        rest = buf[i:] if call.keep_open else buf[i + len(call.open):]
+        self._buf = ""
+        if call.keep_open:
+            # the body starts with the opener, which an `ends` marker may equal
+            self._body, self._body_len = [rest[: len(call.open)]], len(call.open)
+            if self._json is not None:
+                self._json.feed(call.open)
+            self._tail = call.open[-self._hold:] if self._hold else ""
+            rest = rest[len(call.open):]
+        self._call_feed(rest, out, final)
 
     def _text_markers(self) -> tuple[str, ...]:
         ms = (*self._mid_openers, *self._drop)
@@ -257,7 +279,7 @@ class Reader:
             return
         call = next((c for c in self._calls if c.open == mk), None)
         if call is not None:
-            self._open_call(call, buf, i)
+            self._open_call(call, buf, i, out, final)
             return
         pair = next(p for p in self.syntax.think if p[0] == mk)
         self._st.mode, self._st.think_open, self._st.think_close = "think", pair[0], pair[1]
@@ -288,41 +310,101 @@ class Reader:
             st.mode = "strip"
             return
         call = next(c for c in self._calls if c.open == mk)
-        self._open_call(call, buf, i)
+        self._open_call(call, buf, i, out, final)
 
-    def _step_call(self, out: list[Event], final: bool) -> None:
-        st = self._st
-        call = st.call
+    def _call_feed(self, text: str, out: list[Event], final: bool) -> None:
+        """More of the current call's body. It ends at a ``close``/``ends``
+        marker, where ``complete`` says, or (``final``) at the end of the output.
+        Only the new text (and a marker's length before it) is searched."""
+        call = self._st.call
         assert call is not None
-        buf = self._buf
-        end = rest = -1
-        if call.close or call.ends:
-            markers = (*call.close, *call.ends)
-            # keep_open: the body starts with the opener, which an `ends` marker may equal
-            start = max(st.scanned, len(call.open) if call.keep_open else 0)
-            i, mk = find_first(buf, markers, start)
+        end = rest = -1  # offsets in the body, once it is over
+        if self._markers and text:
+            window = self._tail + text
+            base = self._body_len - len(self._tail)
+            i, mk = find_first(window, self._markers)
+            while i >= 0 and self._inside_json(base + i, window[:i]):
+                i, mk = find_first(window, self._markers, i + 1)  # a marker inside a JSON string
             if i >= 0:
-                end = i
-                rest = i + len(mk) if mk in call.close else i
+                end = base + i
+                rest = end + len(mk) if mk in call.close else end
+        if end < 0 and text and (self._json is not None or call.complete is not None):
+            if self._json is not None:
+                j = self._json.feed(text)
+                if j is not None:
+                    end = rest = self._body_len + j
             else:
-                st.scanned = max(start, len(buf) - max(len(m) for m in markers) + 1)
-        if end < 0 and call.complete is not None:
-            j = call.complete(buf)
-            if j is not None:
-                end = rest = j
+                assert call.complete is not None
+                j = call.complete("".join(self._body) + text)
+                if j is not None:
+                    end = rest = j
+        if text:
+            self._body.append(text)
+            self._body_len += len(text)
+            if self._hold:
+                self._tail = (self._tail + text)[-self._hold:]
         if end < 0:
             if not final:
                 return
-            end = rest = len(buf)
-        body = buf[:end]
+            end = rest = self._body_len
+        whole = "".join(self._body)
+        self._body, self._body_len, self._tail = [], 0, ""
+        body, after = whole[:end], whole[rest:]
+        st = self._st
+        st.mode, st.call = "text", None
         try:
             calls = call.parse(body, self.tools)
         except NotACall:
-            raw = (body if call.keep_open else st.opener + body) + buf[end:rest]
-            self._buf = buf[rest:]
-            st.mode, st.call, st.scanned = "text", None, 0
+            raw = (body if call.keep_open else st.opener + body) + whole[end:rest]
             self._emit_text(out, raw)
-            return
-        out.extend(calls)
-        self._buf = buf[rest:]
-        st.mode, st.call, st.scanned = "text", None, 0
+        else:
+            out.extend(calls)
+        self._buf = after + self._buf
+
+
+    def _inside_json(self, end: int, window_head: str) -> bool:
+        """Is offset ``end`` of the body inside an unclosed JSON value that the
+        body opens with? (A closing marker there is part of a string argument.)"""
+        head = "".join(self._body)[:end] if end <= self._body_len else "".join(self._body) + window_head[
+            len(self._tail):]
+        s = head.lstrip()
+        if not s.startswith(("{", "[")):
+            return False
+        return json_end(s, 0) is None
+
+
+class JsonEnd:
+    """Finds where a JSON value ends, fed a piece at a time (linear overall)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_str = self.esc = False
+        self.started = False
+        self.seen = 0
+
+    def feed(self, text: str) -> int | None:
+        """Offset (from the first text fed) just past the value, once it is closed."""
+        for k, ch in enumerate(text):
+            if self.in_str:
+                if self.esc:
+                    self.esc = False
+                elif ch == "\\":
+                    self.esc = True
+                elif ch == '"':
+                    self.in_str = False
+                    if self.depth == 0 and self.started:
+                        return self.seen + k + 1
+            elif ch == '"':
+                self.in_str = True
+                self.started = True
+            elif ch in "{[":
+                self.depth += 1
+                self.started = True
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth <= 0 and self.started:
+                    return self.seen + k + 1
+            elif not self.started and ch not in " \t\r\n":
+                return self.seen + k  # not JSON: it ends here, and will not parse
+        self.seen += len(text)
+        return None

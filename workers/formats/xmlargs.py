@@ -50,31 +50,50 @@ _PARAM = re.compile(r"<parameter=([^>\n]+)>")
 
 def parse_function_tags(body: str, tools: ToolSet) -> list[Call]:
     """``<function=NAME>`` + ``<parameter=KEY>VALUE</parameter>`` (Qwen3-Coder),
-    one or more functions; a missing ``</parameter>`` ends at the next tag."""
+    one or more functions. A value runs to its ``</parameter>`` (so it may hold
+    tags of its own); one left unclosed runs to the next parameter or the end."""
     calls: list[Call] = []
-    starts = [m for m in _FUNCTION.finditer(body)]
-    if not starts:
+    pos = 0
+    first = _FUNCTION.search(body)
+    if first is None:
         raise NotACall("no <function=…>")
-    if body[: starts[0].start()].strip(" \t\r\n") not in ("", "<tool_call>"):
+    if body[: first.start()].strip(" \t\r\n") not in ("", "<tool_call>"):
         raise NotACall("text before the function")
-    for k, fm in enumerate(starts):
-        end = starts[k + 1].start() if k + 1 < len(starts) else len(body)
-        chunk = body[fm.end():end]
-        close = chunk.find("</function>")
-        if close >= 0:
-            chunk = chunk[:close]
+    fm: re.Match[str] | None = first
+    while fm is not None:
+        pos = fm.end()
         pairs: list[tuple[str, str, Any]] = []
-        params = list(_PARAM.finditer(chunk))
-        if not params and chunk.strip(" \t\r\n"):
-            raise NotACall("text inside <function=…> that is not a parameter")
-        for j, pm in enumerate(params):
-            stop = params[j + 1].start() if j + 1 < len(params) else len(chunk)
-            value = chunk[pm.end():stop]
-            c = value.rfind("</parameter>")
-            if c >= 0:
-                value = value[:c]
+        while True:
+            rest = body[pos:]
+            stripped = rest.lstrip(" \t\r\n")
+            if not stripped:
+                pos = len(body)
+                break
+            if stripped.startswith("</function>"):
+                pos = len(body) - len(stripped) + len("</function>")
+                break
+            pm = _PARAM.match(stripped)
+            if pm is None:
+                if stripped.startswith("<function="):
+                    pos = len(body) - len(stripped)
+                    break
+                raise NotACall("text inside <function=…> that is not a parameter")
+            vstart = len(body) - len(stripped) + pm.end()
+            close = body.find("</parameter>", vstart)
+            nxt = _PARAM.search(body, vstart)
+            fend = body.find("</function>", vstart)
+            if close >= 0 and (fend < 0 or close < fend):
+                value, pos = body[vstart:close], close + len("</parameter>")
+            else:  # unclosed: up to the next parameter or the function's end
+                stops = [i for i in (nxt.start() if nxt else -1, fend) if i >= 0]
+                vend = min(stops) if stops else len(body)
+                value, pos = body[vstart:vend], vend
             pairs.append((pm.group(1).strip(), trim_value(value), ...))
         calls.append(_call(tools, fm.group(1), pairs))
+        fm = _FUNCTION.search(body, pos)
+        if fm is not None and body[pos : fm.start()].strip(" \t\r\n") not in ("", "</tool_call>", "<tool_call>",
+                                                                               "</tool_call>\n<tool_call>"):
+            raise NotACall("text between functions")
     return calls
 
 
