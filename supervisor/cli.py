@@ -89,7 +89,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-CLI_PLUGINS = ("workers.models", "gateway.keys", "gateway.endpoints", "bench.cli", "gateway.mcp_server")
+CLI_PLUGINS = ("workers.models", "workers.formats.cli", "gateway.keys", "gateway.endpoints", "bench.cli",
+               "gateway.mcp_server")
 
 
 def build_parser() -> argparse.ArgumentParser:
