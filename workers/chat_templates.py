@@ -78,12 +78,16 @@ class ChatOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     normal use: a request that offers a tool of this name and ends with the user's
     own text is answered as if ``tool_choice`` named that tool, so a base model
     drives a whole tool round trip (see :func:`workers.tool_calls.effective_choice`).
+    ``forced_string_max_chars``: another test knob: string arguments of a forced
+    call are at most this long where the tool's schema sets no bound (a random-
+    weight model would otherwise rarely close a tagged argument).
     The rest are sampling defaults used when the request does not set them."""
 
     chat_format: str = ""
     tool_format: str = ""
     seed: int = -1
     force_tool: str = ""
+    forced_string_max_chars: int = 0
     stop: list[str] = msgspec.field(default_factory=list)
     temperature: float = 0.8
     top_p: float = 0.95

@@ -406,7 +406,7 @@ class LlamaBackend:
         from llama_cpp import LlamaGrammar
 
         try:
-            text = call_grammar(rendered.family, req.tools, name)
+            text = call_grammar(rendered.family, req.tools, name, max_string=self.opts.forced_string_max_chars)
         except ValueError as e:
             raise BackendError("invalid_request", f"tool_choice: {e}") from None
         try:

@@ -30,8 +30,9 @@ _WORDS = [
 ]
 
 
-def vocabulary() -> tuple[list[str], list[float], list[int]]:
-    """(tokens, scores, types) of an SPM vocabulary with byte fallback."""
+def vocabulary(specials: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
+    """(tokens, scores, types) of an SPM vocabulary with byte fallback; ``specials``
+    are more control tokens (a chat format's markers)."""
     from gguf import TokenType
 
     tokens: list[str] = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
@@ -39,6 +40,10 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     for special in ("<tool_call>", "</tool_call>", "<think>", "</think>"):
         tokens.append(special)
         types.append(TokenType.USER_DEFINED)
+    for special in specials:
+        if special not in tokens:
+            tokens.append(special)
+            types.append(TokenType.CONTROL)
     for b in range(256):
         tokens.append(f"<0x{b:02X}>")
         types.append(TokenType.BYTE)
@@ -53,12 +58,16 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0) -> Path:
+def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0, *,
+                    chat_template: str = CHATML_TEMPLATE, specials: tuple[str, ...] = ()) -> Path:
+    """``chat_template``: the template the GGUF carries; ``specials``: its markers,
+    as control tokens (llama.cpp marks ``<|im_end|>``, ``<|return|>``, ``<|call|>``…
+    end-of-generation by their text, as for real models)."""
     import gguf
 
     path = Path(path)
     rng = np.random.default_rng(seed)
-    tokens, scores, types = vocabulary()
+    tokens, scores, types = vocabulary(specials)
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("turnout-tiny-test")
@@ -81,7 +90,7 @@ def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
+    w.add_chat_template(chat_template)
 
     def t(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)

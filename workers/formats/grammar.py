@@ -112,10 +112,25 @@ def _cls(c: str) -> str:
     return "\\" + c if c in "]\\^-" else c
 
 
-def call_grammar(family: Family, tools: list[Tool], name: str = "") -> str:
+def bound_strings(schema: Any, limit: int) -> Any:
+    """``schema`` with ``maxLength: limit`` on every string that has no bound."""
+    if isinstance(schema, list):
+        return [bound_strings(v, limit) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bound_strings(v, limit) if k not in _SCHEMA_MAPS else
+           {n: bound_strings(sub, limit) for n, sub in v.items()} if isinstance(v, dict) else v
+           for k, v in schema.items()}
+    if out.get("type") == "string" and "maxLength" not in out and "enum" not in out and "const" not in out:
+        out["maxLength"] = limit
+    return out
+
+
+def call_grammar(family: Family, tools: list[Tool], name: str = "", *, max_string: int = 0) -> str:
     """GBNF text admitting exactly one call of tool ``name`` (or of any of
-    ``tools``) as ``family`` writes it. Raises ValueError for an unknown name or a
-    schema llama.cpp's converter cannot express."""
+    ``tools``) as ``family`` writes it; ``max_string`` > 0 bounds string arguments
+    the schema leaves unbounded. Raises ValueError for an unknown name or a schema
+    llama.cpp's converter cannot express."""
     from llama_cpp.llama_grammar import SchemaConverter
 
     chosen = [t for t in tools if t.name == name] if name else tools
@@ -126,6 +141,8 @@ def call_grammar(family: Family, tools: list[Tool], name: str = "") -> str:
     for i, tool in enumerate(chosen):
         shape = _Shape(family, tool.name)
         schema = clean_schema(tool.input_schema) or {"type": "object"}
+        if max_string > 0:
+            schema = bound_strings(schema, max_string)
         schema = conv.resolve_refs(schema, f"tool{i}")
         if shape.json:
             args = conv.visit(schema, f"args-{i}")
