@@ -78,14 +78,18 @@ def parse_function_tags(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
-def invoke_parser(prefix: str = "", typed_attr: str = "string") -> Any:
+def invoke_parser(prefix: str = "", typed_attr: str = "string", *, invoke_tag: str = "invoke",
+                  param_tag: str = "parameter", cdata: bool = False) -> Any:
     """A parser of ``<{prefix}invoke name="N"><{prefix}parameter name="K" [string="true"]>V
-    </{prefix}parameter></{prefix}invoke>`` (DSML, MiniMax M2, muse-glimmer)."""
+    </{prefix}parameter></{prefix}invoke>`` (DSML, MiniMax M2, muse-glimmer; MiniCPM5
+    names the tags ``function`` and ``param``). ``cdata``: a value may be wrapped in
+    ``<![CDATA[…]]>`` (to carry text that would close its tag); the wrapper is not
+    part of the value."""
     p = re.escape(prefix)
-    invoke = re.compile(rf'<{p}invoke\s+name="([^"]*)"\s*>')
-    param = re.compile(rf'<{p}parameter\s+name="([^"]*)"((?:\s+\w+="[^"]*")*)\s*>')
-    close_param = f"</{prefix}parameter>"
-    close_invoke = f"</{prefix}invoke>"
+    invoke = re.compile(rf'<{p}{invoke_tag}\s+name="([^"]*)"\s*>')
+    param = re.compile(rf'<{p}{param_tag}\s+name="([^"]*)"((?:\s+\w+="[^"]*")*)\s*>')
+    close_param = f"</{prefix}{param_tag}>"
+    close_invoke = f"</{prefix}{invoke_tag}>"
 
     def parse(body: str, tools: ToolSet) -> list[Call]:
         calls: list[Call] = []
@@ -106,6 +110,8 @@ def invoke_parser(prefix: str = "", typed_attr: str = "string") -> Any:
                 cp = value.rfind(close_param)
                 if cp >= 0:
                     value = value[:cp]
+                if cdata and value.startswith("<![CDATA[") and value.endswith("]]>"):
+                    value = value[9:-3]
                 attrs = dict(re.findall(r'(\w+)="([^"]*)"', pm.group(2) or ""))
                 forced: Any = ...
                 if typed_attr in attrs:
