@@ -110,12 +110,12 @@ def invoke_parser(prefix: str = "", typed_attr: str = "string", *, invoke_tag: s
                 cp = value.rfind(close_param)
                 if cp >= 0:
                     value = value[:cp]
-                if cdata and value.startswith("<![CDATA[") and value.endswith("]]>"):
-                    value = value[9:-3]
                 attrs = dict(re.findall(r'(\w+)="([^"]*)"', pm.group(2) or ""))
                 forced: Any = ...
                 if typed_attr in attrs:
                     forced = {"type": "string"} if attrs[typed_attr] == "true" else {}
+                if cdata and value.startswith("<![CDATA[") and value.endswith("]]>"):
+                    value, forced = value[9:-3], {"type": "string"}  # text, exactly as written
                 pairs.append((pm.group(1), trim_value(value) if forced is ... else value, forced))
             calls.append(_call(tools, im.group(1), pairs))
         return calls
