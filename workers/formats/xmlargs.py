@@ -114,7 +114,9 @@ def invoke_parser(prefix: str = "", typed_attr: str = "string", *, invoke_tag: s
                 forced: Any = ...
                 if typed_attr in attrs:
                     forced = {"type": "string"} if attrs[typed_attr] == "true" else {}
-                if cdata and value.startswith("<![CDATA[") and value.endswith("]]>"):
+                if cdata and value.startswith("<![CDATA["):
+                    if not value.endswith("]]>"):
+                        raise NotACall("an unclosed CDATA value")
                     value, forced = value[9:-3], {"type": "string"}  # text, exactly as written
                 pairs.append((pm.group(1), trim_value(value) if forced is ... else value, forced))
             calls.append(_call(tools, im.group(1), pairs))
