@@ -241,7 +241,7 @@ def harmony_args(tool: str, body: str, tools: ToolSet) -> list[Call]:
 
 HARMONY = Channels(
     starts=("<|start|>", "<|channel|>"),
-    first=(" to=", "<|constrain|>", "<|message|>"),
+    first=(" to=", "<|message|>"),
     ends=("<|end|>", "<|return|>", "<|call|>"),
     classify=harmony_kind,
     parse=harmony_args,
