@@ -14,6 +14,7 @@ from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.xmlargs import parse_arg_key_value
 
 THINK = (("<think>", "</think>"),)
+SPARK_END = "<\uff5cend\u2581of\u2581sentence\uff5c>"  # Spark 2.5 ends its turn with DeepSeek's marker
 
 GLM = Syntax(
     think=THINK,
@@ -49,6 +50,6 @@ FAMILIES = [
            examples=("poolside-Laguna-S-2.1.jinja", "poolside-Laguna-XS-2.1.jinja", "poolside-Laguna-XS.2.jinja")),
     Family("glm", "GLM 4.5-4.7, Spark 2.5: <tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>, <think>",
            has("<arg_key>"), GLM, order=30, forced_call=arg_key_call,
-           stops=("<|user|>", "<|observation|>"),
+           stops=("<|user|>", "<|observation|>", SPARK_END),
            examples=("GLM-4.6.jinja", "GLM-4.7-Flash.jinja", "Spark2.5.jinja")),
 ]

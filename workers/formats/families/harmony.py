@@ -148,7 +148,10 @@ class ChannelReader:
             if not final and any(m.startswith(buf) for m in markers):
                 return  # may still become a marker
             if buf[0] in " \t\r\n":
-                self._buf = buf[1:]
+                # whitespace between messages is layout; the last character of it
+                # may still begin " to=" (at the start)
+                n = len(buf) - len(buf.lstrip(" \t\r\n"))
+                self._buf = buf[max(1, n - 1):]
                 continue
             self._first = False
             self._mode, self._kind, self._header = "body", "content", ""
