@@ -60,7 +60,9 @@ class Syntax:
     ``think_anywhere``: an opener after text starts another block (interleaved
     thinking); otherwise only at the start. ``calls_in_reasoning``: a call opener
     inside an unclosed reasoning block ends it (Kimi, Ling). ``drop``: markers
-    removed from the text (content wrappers, end-of-turn markers)."""
+    removed from the text (content wrappers, end-of-turn markers).
+    ``raw_markers``: with ``raw_reasoning``, the reasoning block's markers stay in
+    the text (False: only its text does, as llama.cpp reads Ling)."""
 
     think: tuple[tuple[str, str], ...] = ()
     calls: tuple[CallSyntax, ...] = ()
@@ -68,6 +70,7 @@ class Syntax:
     think_anywhere: bool = False
     calls_in_reasoning: bool = True
     strip_after_think: str = "\n"  # characters dropped between a reasoning block and the answer
+    raw_markers: bool = True
 
 
 def holdback(buf: str, markers: tuple[str, ...], start: int = 0) -> int:
@@ -80,6 +83,13 @@ def holdback(buf: str, markers: tuple[str, ...], start: int = 0) -> int:
                 best = n
                 break
     return best
+
+
+def unsettled(buf: str, i: int, markers: tuple[str, ...]) -> bool:
+    """Could the text at ``buf[i:]`` still become a longer marker than the one
+    found there (``<|channel>`` that may be the start of ``<|channel>thought``)?"""
+    rest = len(buf) - i
+    return any(len(mk) > rest and mk.startswith(buf[i:]) for mk in markers)
 
 
 def find_first(buf: str, markers: tuple[str, ...], start: int = 0) -> tuple[int, str]:
@@ -118,6 +128,7 @@ class Reader:
         self.syntax = syntax
         self.tools = tools or ToolSet()
         self.raw = raw_reasoning
+        self._raw_marks = raw_reasoning and syntax.raw_markers  # reasoning markers kept in the text
         self._calls = syntax.calls if tools_enabled else ()
         self._openers = tuple(c.open for c in self._calls)
         self._mid_openers = tuple(c.open for c in self._calls if not c.at_start_only)
@@ -134,7 +145,7 @@ class Reader:
             if pair is not None:
                 self._st.mode = "think"
                 self._st.think_open, self._st.think_close = reasoning_open, pair[1]
-                if self.raw:
+                if self._raw_marks:
                     self._st.pending_text.append(reasoning_open)
 
     # ------------------------------------------------------------------ api
@@ -222,7 +233,7 @@ class Reader:
             if s.startswith(o):
                 self._buf = s[len(o):]
                 self._st.mode, self._st.think_open, self._st.think_close = "think", o, c
-                if self.raw:
+                if self._raw_marks:
                     self._st.pending_text.append(o)
                 return
         for _, c in self.syntax.think:
@@ -274,6 +285,9 @@ class Reader:
                 self._buf = buf[len(buf) - keep:]
             return
         self._emit_text(out, buf[:i])
+        if not final and unsettled(buf, i, markers):
+            self._buf = buf[i:]
+            return
         if mk in self._drop:
             self._buf = buf[i + len(mk):]
             return
@@ -283,7 +297,7 @@ class Reader:
             return
         pair = next(p for p in self.syntax.think if p[0] == mk)
         self._st.mode, self._st.think_open, self._st.think_close = "think", pair[0], pair[1]
-        if self.raw:
+        if self._raw_marks:
             self._st.pending_text.append(mk)
         self._buf = buf[i + len(mk):]
 
@@ -303,8 +317,11 @@ class Reader:
                 st.mode = "text"
             return
         self._emit_thinking(out, buf[:i])
+        if not final and unsettled(buf, i, markers):
+            self._buf = buf[i:]
+            return
         if mk == st.think_close:
-            if self.raw:
+            if self._raw_marks:
                 self._emit_text(out, mk)
             self._buf = buf[i + len(mk):]
             st.mode = "strip"

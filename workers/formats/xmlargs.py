@@ -97,14 +97,18 @@ def parse_function_tags(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
-def invoke_parser(prefix: str = "", typed_attr: str = "string") -> Any:
+def invoke_parser(prefix: str = "", typed_attr: str = "string", *, invoke_tag: str = "invoke",
+                  param_tag: str = "parameter", cdata: bool = False) -> Any:
     """A parser of ``<{prefix}invoke name="N"><{prefix}parameter name="K" [string="true"]>V
-    </{prefix}parameter></{prefix}invoke>`` (DSML, MiniMax M2, muse-glimmer)."""
+    </{prefix}parameter></{prefix}invoke>`` (DSML, MiniMax M2, muse-glimmer; MiniCPM5
+    names the tags ``function`` and ``param``). ``cdata``: a value may be wrapped in
+    ``<![CDATA[…]]>`` (to carry text that would close its tag); the wrapper is not
+    part of the value."""
     p = re.escape(prefix)
-    invoke = re.compile(rf'<{p}invoke\s+name="([^"]*)"\s*>')
-    param = re.compile(rf'<{p}parameter\s+name="([^"]*)"((?:\s+\w+="[^"]*")*)\s*>')
-    close_param = f"</{prefix}parameter>"
-    close_invoke = f"</{prefix}invoke>"
+    invoke = re.compile(rf'<{p}{invoke_tag}\s+name="([^"]*)"\s*>')
+    param = re.compile(rf'<{p}{param_tag}\s+name="([^"]*)"((?:\s+\w+="[^"]*")*)\s*>')
+    close_param = f"</{prefix}{param_tag}>"
+    close_invoke = f"</{prefix}{invoke_tag}>"
 
     def parse(body: str, tools: ToolSet) -> list[Call]:
         calls: list[Call] = []
@@ -129,6 +133,10 @@ def invoke_parser(prefix: str = "", typed_attr: str = "string") -> Any:
                 forced: Any = ...
                 if typed_attr in attrs:
                     forced = {"type": "string"} if attrs[typed_attr] == "true" else {}
+                if cdata and value.startswith("<![CDATA["):
+                    if not value.endswith("]]>"):
+                        raise NotACall("an unclosed CDATA value")
+                    value, forced = value[9:-3], {"type": "string"}  # text, exactly as written
                 pairs.append((pm.group(1), trim_value(value) if forced is ... else value, forced))
             calls.append(_call(tools, im.group(1), pairs))
         return calls

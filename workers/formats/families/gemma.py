@@ -1,0 +1,159 @@
+"""Gemma. Gemma 4: ``<|channel>thought…<channel|>`` reasoning (possibly again after
+the answer, possibly empty), ``<|tool_call>call:NAME{key:value,…}<tool_call|>`` with
+Gemma's own value syntax (strings between ``<|"|>`` marks, bare keys). Gemma 2 and 3
+have no tool format of their own: they are told to answer with a JSON call, as
+:mod:`~workers.formats.families.generic` reads it, and end their turn with
+``<end_of_turn>``."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from workers.formats.events import Call, NotACall
+from workers.formats.families import Family, has
+from workers.formats.families.generic import GENERIC, json_call
+from workers.formats.reader import CallSyntax, Syntax
+from workers.formats.schema import ToolSet, dumps
+
+Q = '<|"|>'  # Gemma 4's string quote
+_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_BARE = re.compile(r"[^,}\]\s]+")
+_LITERALS = {"true": True, "false": False, "null": None}
+_MAX_DEPTH = 64
+
+
+class _Gemma:
+    def __init__(self, s: str) -> None:
+        self.s = s
+        self.i = 0
+
+    def fail(self, what: str) -> NotACall:
+        return NotACall(f"expected {what} at {self.i}: {self.s[self.i:self.i + 20]!r}")
+
+    def ws(self) -> None:
+        while self.i < len(self.s) and self.s[self.i] in " \t\r\n":
+            self.i += 1
+
+    def eat(self, lit: str) -> bool:
+        self.ws()
+        if self.s.startswith(lit, self.i):
+            self.i += len(lit)
+            return True
+        return False
+
+    def string(self) -> str:
+        j = self.s.find(Q, self.i)
+        if j < 0:
+            raise self.fail("a closing " + Q)
+        text = self.s[self.i:j]
+        self.i = j + len(Q)
+        return text
+
+    def key(self) -> str:
+        if self.eat(Q):
+            key = self.string()
+        else:
+            j = self.i
+            while j < len(self.s) and self.s[j] not in ":}":
+                j += 1
+            key = self.s[self.i:j].strip()
+            self.i = j
+            if not key:
+                raise self.fail("a key")
+        if not self.eat(":"):
+            raise self.fail(":")
+        return key
+
+    def value(self, depth: int = 0) -> Any:
+        if depth > _MAX_DEPTH:
+            raise self.fail("a shallower value")
+        if self.eat(Q):
+            return self.string()
+        if self.eat("{"):
+            obj: dict[str, Any] = {}
+            while not self.eat("}"):
+                k = self.key()
+                obj[k] = self.value(depth + 1)
+                if not self.eat(","):
+                    if not self.eat("}"):
+                        raise self.fail("}")
+                    break
+            return obj
+        if self.eat("["):
+            items: list[Any] = []
+            while not self.eat("]"):
+                items.append(self.value(depth + 1))
+                if not self.eat(","):
+                    if not self.eat("]"):
+                        raise self.fail("]")
+                    break
+            return items
+        m = _NUMBER.match(self.s, self.i)
+        if m and (m.end() == len(self.s) or self.s[m.end()] in ",}] \t\r\n"):
+            self.i = m.end()
+            text = m.group(0)
+            return float(text) if any(c in text for c in ".eE") else int(text)
+        m = _BARE.match(self.s, self.i)
+        if not m:
+            raise self.fail("a value")
+        self.i = m.end()
+        word = m.group(0)
+        # a model that leaves a string unquoted still means the string
+        return _LITERALS[word] if word in _LITERALS else word
+
+
+def parse_gemma4_call(body: str, tools: ToolSet) -> list[Call]:
+    """The inside of ``<|tool_call>…<tool_call|>``: ``call:NAME{…}``."""
+    s = body.strip()
+    if not s.startswith("call:"):
+        raise NotACall("no call:")
+    j = s.find("{")
+    if j < 0:
+        raise NotACall("no arguments")
+    name = s[5:j].strip()
+    if not name or any(c in name for c in "<>\n "):
+        raise NotACall("no function name")
+    r = _Gemma(s)
+    r.i = j
+    args = r.value()
+    r.ws()
+    if r.i != len(s) or not isinstance(args, dict):
+        raise NotACall("text after the arguments")
+    return [Call(name, dumps(args))]
+
+
+GEMMA4 = Syntax(
+    think=(("<|channel>thought", "<channel|>"),),
+    calls=(CallSyntax("<|tool_call>", parse_gemma4_call, close=("<tool_call|>",)),),
+    # an empty thought block may follow the answer, a lone <|channel> or <channel|> too
+    drop=("<|channel>", "<channel|>", "<tool_call|>"),
+    think_anywhere=True,
+    calls_in_reasoning=False,
+)
+
+
+def _gemma4_value(v: Any) -> str:
+    """A value as Gemma 4's template writes one (``format_argument``)."""
+    if isinstance(v, str):
+        return Q + v + Q
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_gemma4_value(x)}" for k, x in sorted(v.items())) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(_gemma4_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def gemma4_call(name: str, args: str) -> str:
+    return f"<|tool_call>call:{name}{_gemma4_value(json.loads(args))}<tool_call|>"
+
+
+FAMILIES = [
+    Family("gemma4", "Gemma 4: <|channel>thought…<channel|>, <|tool_call>call:NAME{key:<|\"|>str<|\"|>}<tool_call|>",
+           has("<|tool_call>call:"), GEMMA4, order=30, forced_call=gemma4_call, stops=("<turn|>",),
+           examples=("google-gemma-4-31B-it.jinja", "google-gemma-4-31B-it-interleaved.jinja")),
+    Family("gemma", "Gemma 2 / 3: no tool format of its own (a JSON call opening the answer), <end_of_turn>",
+           has("<start_of_turn>"), GENERIC, order=900, forced_call=json_call, stops=("<end_of_turn>",),
+           examples=("google-gemma-2-2b-it.jinja",)),
+]
