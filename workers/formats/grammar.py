@@ -22,7 +22,8 @@ from typing import Any
 from protocol.chat import Tool
 from workers.formats.families import Family, by_name
 
-_KEY, _VAL = "tkey7f3a", "tval9c1e"
+# (the second key sorts after the first: some writers order arguments by key)
+_KEY, _KEY2, _VAL = "tkey7f3a", "tkey9b8d", "tval9c1e"
 _ARGS = '{"targ5b2d": 17}'
 
 # JSON-schema keywords that only annotate, which llama.cpp's converter rejects or
@@ -66,31 +67,48 @@ def _common_suffix(a: str, b: str, limit: int) -> int:
 
 
 class _Shape:
-    """How a family writes one call of tool ``name``: JSON args between ``before``
-    and ``after``, or tagged args (``per_arg`` = key prefix, key/value separator,
-    value suffix) between ``before`` and ``after``."""
+    """How a family writes one call of tool ``name``.
+
+    JSON arguments: ``before`` + the arguments object + ``after``. Tagged
+    arguments: ``before`` + arguments joined by ``sep`` + ``after``, each argument
+    written as ``key_open`` KEY then, for a string value, ``str_open`` VALUE
+    ``str_close``, for any other value ``val_open`` JSON ``val_close`` (the key may
+    reappear in the closing part, as in ``<city>Paris</city>``: ``{key}`` there).
+    Found by writing no argument, one string, one number, and both."""
 
     def __init__(self, family: Family, name: str) -> None:
         write = family.forced_call
         if write is None:
             raise ValueError(f"tool_format {family.name!r} cannot write a forced call")
         text = write(name, _ARGS)
+        self.sep = ""
         if _ARGS in text:
             self.json = True
             self.before, self.after = text.split(_ARGS, 1)
-            self.per_arg: tuple[str, str, str] = ("", "", "")
+            self.key_open = self.str_open = self.str_close = self.val_open = self.val_close = ""
             return
         self.json = False
         empty = write(name, "{}")
-        one = write(name, json.dumps({_KEY: _VAL}))
-        p = _common_prefix(empty, one)
-        s = _common_suffix(empty, one, min(len(empty), len(one)) - p)
-        block = one[p : len(one) - s]
-        if _KEY not in block or _VAL not in block:
-            raise ValueError(f"tool_format {family.name!r}: cannot see how it writes an argument")
-        k, v = block.index(_KEY), block.index(_VAL)
+        one_s = write(name, json.dumps({_KEY: _VAL}))
+        one_n = write(name, json.dumps({_KEY: 17}))
+        both = write(name, json.dumps({_KEY: _VAL, _KEY2: 17}))
+        p = min(_common_prefix(empty, one_s), _common_prefix(empty, one_n), _common_prefix(empty, both))
+        limit = min(len(empty), len(one_s), len(one_n), len(both)) - p
+        q = min(_common_suffix(empty, x, limit) for x in (one_s, one_n, both))
         self.before, self.after = empty[:p], empty[p:]
-        self.per_arg = (block[:k], block[k + len(_KEY) : v], block[v + len(_VAL) :])
+        bs, bn, b2 = (x[p : len(x) - q] for x in (one_s, one_n, both))
+        if _KEY not in bs or _VAL not in bs or _KEY not in bn or "17" not in bn:
+            raise ValueError(f"tool_format {family.name!r}: cannot see how it writes an argument")
+        ks, vs = bs.index(_KEY), bs.index(_VAL)
+        kn = bn.index(_KEY)
+        vn = bn.index("17", kn + len(_KEY))
+        self.key_open = bs[:ks]
+        self.str_open, self.str_close = bs[ks + len(_KEY) : vs], bs[vs + len(_VAL) :].replace(_KEY, "{key}")
+        self.val_open, self.val_close = bn[kn + len(_KEY) : vn], bn[vn + 2 :].replace(_KEY, "{key}")
+        second = bn.replace(_KEY, _KEY2)
+        if not (b2.startswith(bs) and b2.endswith(second)):
+            raise ValueError(f"tool_format {family.name!r}: cannot see how it separates arguments")
+        self.sep = b2[len(bs) : len(b2) - len(second)]
 
 
 def _lit(converter: Any, text: str) -> str:
@@ -126,6 +144,44 @@ def bound_strings(schema: Any, limit: int) -> Any:
     return out
 
 
+def _arg_rule(conv: Any, shape: _Shape, pname: str, psub: Any, tag: str) -> str:
+    """One argument, written as the family writes it, its value held to its schema."""
+    psub = psub if isinstance(psub, dict) else {}
+    types = psub.get("type")
+    enum = psub.get("enum")
+    if types == "string" or (enum and not types and all(isinstance(x, str) for x in enum)):
+        close = shape.str_close.replace("{key}", pname)
+        if enum:
+            value = "( " + " | ".join(_lit(conv, x) for x in enum) + " )"
+        else:
+            limit = psub.get("maxLength")
+            value = conv._add_rule(f"str-{tag}", _string_until(
+                close, limit if isinstance(limit, int) and limit >= 0 else None))
+        parts = (shape.key_open + pname + shape.str_open, value, close)
+    else:
+        parts = (shape.key_open + pname + shape.val_open, conv.visit(psub, f"val-{tag}"),
+                 shape.val_close.replace("{key}", pname))
+    return " ".join(_lit(conv, x) if k != 1 else x for k, x in enumerate(parts) if x)
+
+
+def _join_args(conv: Any, blocks: list[tuple[str, bool]], sep: str) -> str:
+    """Arguments joined by ``sep``: required ones always, optional ones maybe."""
+    if not blocks:
+        return ""
+    sep_ = f"{sep} " if sep else ""
+    if blocks[0][1]:  # at least one required argument: it comes first
+        out = [f"( {blocks[0][0]} )"]
+        for rule, req in blocks[1:]:
+            out.append(f"( {sep_}{rule} )" + ("" if req else "?"))
+        return " ".join(out)
+    # all optional: whichever comes first has no separator before it
+    alts = []
+    for k in range(len(blocks)):
+        tail = " ".join(f"( {sep_}{r} )?" for r, _ in blocks[k + 1:])
+        alts.append(f"( {blocks[k][0]} ) {tail}".strip())
+    return "( " + " | ".join(f"( {a} )" for a in alts) + " )?"
+
+
 def call_grammar(family: Family, tools: list[Tool], name: str = "", *, max_string: int = 0) -> str:
     """GBNF text admitting exactly one call of tool ``name`` (or of any of
     ``tools``) as ``family`` writes it; ``max_string`` > 0 bounds string arguments
@@ -148,27 +204,15 @@ def call_grammar(family: Family, tools: list[Tool], name: str = "", *, max_strin
             args = conv.visit(schema, f"args-{i}")
             alts.append(" ".join(x for x in (_lit(conv, shape.before), args, _lit(conv, shape.after)) if x))
             continue
-        key_open, sep, val_close = shape.per_arg
         props = schema.get("properties") or {}
         required = set(schema.get("required") or [])
-        parts = [_lit(conv, shape.before)]
+        blocks: list[tuple[str, bool]] = []
         for j, (pname, psub) in enumerate(props.items()):
-            types = psub.get("type") if isinstance(psub, dict) else None
-            if types == "string" or (isinstance(psub, dict) and "enum" in psub and all(
-                    isinstance(x, str) for x in psub["enum"]) and not types):
-                if isinstance(psub, dict) and "enum" in psub:
-                    value = " | ".join(_lit(conv, x) for x in psub["enum"])
-                    value = f"( {value} )"
-                else:
-                    limit = psub.get("maxLength") if isinstance(psub, dict) else None
-                    value = conv._add_rule(f"str-{i}-{j}", _string_until(
-                        val_close, limit if isinstance(limit, int) and limit >= 0 else None))
-            else:
-                value = conv.visit(psub if isinstance(psub, dict) else {}, f"val-{i}-{j}")
-            block = " ".join(x for x in (_lit(conv, key_open + pname + sep), value, _lit(conv, val_close)) if x)
-            parts.append(f"( {block} )" if pname in required else f"( {block} )?")
-        parts.append(_lit(conv, shape.after))
-        alts.append(" ".join(x for x in parts if x))
+            blocks.append((_arg_rule(conv, shape, pname, psub, f"{i}-{j}"), pname in required))
+        # required arguments first (in schema order), then the optional ones
+        blocks.sort(key=lambda b: not b[1])
+        body = _join_args(conv, blocks, _lit(conv, shape.sep))
+        alts.append(" ".join(x for x in (_lit(conv, shape.before), body, _lit(conv, shape.after)) if x))
     conv._add_rule("root", " | ".join(f"( {a} )" for a in alts))
     return str(conv.format_grammar())
 

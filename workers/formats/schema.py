@@ -129,7 +129,7 @@ def coerce(schema: Any, raw: str) -> Any:
         return raw
     text = raw.strip()
     try:
-        value = json.loads(text)
+        value = json.loads(text, strict=False)  # models put raw control characters in strings
     except ValueError:
         return raw
     if isinstance(value, str) and not text.startswith('"'):

@@ -93,3 +93,18 @@ def test_tool_choice_any_calls_one_of_the_tools(tiny_gguf: Path, family: formats
     out = run(tiny_gguf, family.name, [BASH, GREET], ToolChoice("any"), 3)
     (name, _), = calls_of(out)
     assert name in ("Bash", "Greet") and out[-1].stop_reason == "tool_use"
+
+
+TODO = Tool("TodoWrite", "todos", {"type": "object", "properties": {"todos": {"type": "array", "maxItems": 2, "items": {
+    "type": "object", "properties": {"content": {"type": "string", "maxLength": 12},
+                                     "status": {"enum": ["pending", "done"]}},
+    "required": ["content", "status"], "additionalProperties": False}}}, "required": ["todos"]})
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_nested_arguments_are_held_to_the_schema_and_read_back(tiny_gguf: Path, family: formats.Family) -> None:
+    out = run(tiny_gguf, family.name, [TODO], ToolChoice("tool", "TodoWrite"), 4)
+    (name, args), = calls_of(out)
+    assert name == "TodoWrite" and isinstance(args["todos"], list) and len(args["todos"]) <= 2
+    for item in args["todos"]:
+        assert set(item) == {"content", "status"} and item["status"] in ("pending", "done")

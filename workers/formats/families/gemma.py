@@ -43,6 +43,11 @@ class _Gemma:
             return True
         return False
 
+    def eat_quote(self) -> bool:
+        """At a JSON string's opening quote (left in place for json_string)."""
+        self.ws()
+        return self.s.startswith('"', self.i)
+
     def string(self) -> str:
         j = self.s.find(Q, self.i)
         if j < 0:
@@ -51,9 +56,22 @@ class _Gemma:
         self.i = j + len(Q)
         return text
 
+    def json_string(self) -> str:
+        """A JSON-quoted string (a model, or turnout's forced-call grammar for a
+        nested value, may write one)."""
+        try:
+            text, self.i = json.JSONDecoder(strict=False).raw_decode(self.s, self.i)
+        except ValueError:
+            raise self.fail("a closing quote") from None
+        if not isinstance(text, str):
+            raise self.fail("a string")
+        return text
+
     def key(self) -> str:
         if self.eat(Q):
             key = self.string()
+        elif self.eat_quote():
+            key = self.json_string()
         else:
             j = self.i
             while j < len(self.s) and self.s[j] not in ":}":
@@ -71,6 +89,8 @@ class _Gemma:
             raise self.fail("a shallower value")
         if self.eat(Q):
             return self.string()
+        if self.eat_quote():
+            return self.json_string()
         if self.eat("{"):
             obj: dict[str, Any] = {}
             while not self.eat("}"):

@@ -141,6 +141,20 @@ class _M3Args:
                 except _Mismatch:
                     self.pos = start
             raise _Mismatch("no alternative")
+        if kinds & {"object", "array"}:
+            start = self.pos
+            self._ws()
+            nested = self.s.startswith(NS + "<", self.pos) or self.s.startswith(close, self.pos)
+            self.pos = start
+            if not nested:  # written as JSON (turnout's forced-call grammar does)
+                text = self._text_until(close).strip()
+                try:
+                    v = json.loads(text, strict=False)
+                except ValueError:
+                    raise _Mismatch(text) from None
+                if not allows(schema, v):
+                    raise _Mismatch(text)
+                return v
         if "object" in kinds and isinstance(schema.get("properties"), dict) and schema["properties"]:
             return self.members(schema, close)
         if "array" in kinds:
