@@ -17,7 +17,11 @@ from tests.workers.formats.cases import case_id, cases, template
 from workers import formats
 from workers.formats.events import Call, Text, Thinking
 
-PARSE_CASES = [c for c in cases() if not c["is_partial"]]
+# A partial case is a stream cut short. turnout sends a tool call when it is
+# complete (never a call with half its arguments), so the partial cases that
+# expect half-read calls are not for it; those that expect text or reasoning so
+# far are read without the end of the stream.
+PARSE_CASES = [c for c in cases() if not c["is_partial"] or not c["expect"].get("tool_calls")]
 
 
 def read(case: dict[str, Any], chunks: list[str]) -> tuple[str, str, list[tuple[str, Any, str]]]:
@@ -31,7 +35,8 @@ def read(case: dict[str, Any], chunks: list[str]) -> tuple[str, str, list[tuple[
     events = []
     for chunk in chunks:
         events += reader.feed(chunk)
-    events += reader.finish()
+    if not case["is_partial"]:
+        events += reader.finish()
     content = "".join(e.text for e in events if isinstance(e, Text))
     reasoning = "".join(e.text for e in events if isinstance(e, Thinking))
     calls = [(e.name, json.loads(e.arguments), e.id) for e in events if isinstance(e, Call)]
