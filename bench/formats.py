@@ -135,7 +135,7 @@ def case_results() -> dict[str, dict[str, int]]:
         r = fam.new_reader(formats.ToolSet(c["tools"] or []),
                            reasoning_open=formats.reasoning_open(fam, c["generation_prompt"]),
                            raw_reasoning=c["reasoning_format"] == "none", tools_enabled=bool(c["tools"]))
-        ev = [e for ch in chunks for e in r.feed(ch)] + r.finish()
+        ev = [e for ch in chunks for e in r.feed(ch)] + ([] if c["is_partial"] else r.finish())
         return ("".join(e.text for e in ev if isinstance(e, Text)).strip(),
                 "".join(e.text for e in ev if isinstance(e, Thinking)).strip(),
                 [(e.name, json.loads(e.arguments), e.id) for e in ev if isinstance(e, Call)])
@@ -146,8 +146,8 @@ def case_results() -> dict[str, dict[str, int]]:
             templates[name] = (FIXTURES / "chat-templates" / name).read_text()
         fam = formats.detect(templates[name])
         row = out[fam.name]
-        if c["is_partial"]:
-            row["partial_skipped"] += 1
+        if c["is_partial"] and c["expect"].get("tool_calls"):
+            row["partial_skipped"] += 1  # a half-read call: turnout sends calls when complete
             continue
         row["cases"] += 1
         e = c["expect"]
@@ -205,8 +205,9 @@ def main() -> None:
         md.append(f"| {r['family']} | {r['tokens']} | {r['calls_read']} | {r['reader_us_per_token']:.1f} | "
                   f"{r['writer_us_per_token']:.1f} | {r['writer_share_of_generation'] * 100:.3f}% |")
     md += ["", f"llama.cpp's test-chat.cpp parse cases passed (whole and one character at a time): "
-               f"**{passed} of {total}** ({sum(v['partial_skipped'] for v in cases.values())} partial-stream "
-               "cases not run: turnout sends a call when it is complete).", "",
+               f"**{passed} of {total}** ({sum(v['partial_skipped'] for v in cases.values())} cases of a stream "
+               "cut inside a tool call not run: they expect a call with half its arguments, and turnout sends "
+               "a call when it is complete).", "",
            "| family | cases | passed |", "|---|---|---|"]
     for name, v in sorted(cases.items()):
         md.append(f"| {name} | {v['cases']} | {v['passed']} |")
