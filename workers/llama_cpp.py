@@ -71,7 +71,7 @@ class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     training context capped at ``n_ctx_max``). ``n_threads``/``n_threads_batch``:
     decode/prefill threads (0: all cores). ``swa_full``: keep a full-size KV cache
     for sliding-window layers (Gemma 3): lets the live cache rewind anywhere, at ~2x
-    the RSS; without it, :class:`PromptCache` checkpoints give the same reuse.
+    the RSS; without it, saved states (:mod:`workers.kv_cache`) give the same reuse.
     ``cache_capacity_mb``: bytes of prompt checkpoints kept in RAM (0 disables).
     ``checkpoint_every``: also checkpoint long prefills every N tokens (SWA models
     only), so conversations that share a long prefix reuse it.
@@ -203,7 +203,7 @@ class LlamaBackend:
             load_s=round(time.monotonic() - t0, 2),
         )
 
-    def _disk_states(self, path: Any, n_ctx: int) -> kv.DiskStates:
+    def _disk_states(self, path: Path, n_ctx: int) -> kv.DiskStates:
         """Where this worker's shared-prefix states live on disk, and what a state
         must have been computed with to be loaded (see :class:`kv.DiskStates`)."""
         o, t = self.opts, self.template

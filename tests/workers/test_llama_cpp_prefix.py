@@ -25,7 +25,7 @@ TOOLS = [Tool("Bash", "Runs a shell command. " * 8, {"type": "object", "properti
 AGENTS = "Available agent types: general, explore, plan."
 
 
-def backend(path: Path, kv_dir: Path, **options: Any) -> LlamaBackend:
+def backend(path: Path | str, kv_dir: Path, **options: Any) -> LlamaBackend:
     options.setdefault("seed", 7)
     options.setdefault("prefix_min_tokens", 32)
     spec = WorkerSpec(id="w1", backend="llama_cpp", model="tiny", runtime_dir="/tmp", gateway_ids=[],
@@ -157,3 +157,34 @@ def test_no_disk_budget_writes_nothing(tiny_gguf: Path, tmp_path: Path) -> None:
     started, _ = run(b, session("c40", "run echo hi"))
     assert started.cache_read_input_tokens > 0  # RAM still serves
     assert b.disk is None and not list(tmp_path.glob("**/*.kvstate"))
+
+
+# ---------------------------------------------------------------- real default model
+
+
+@pytest.mark.slow
+def test_default_model_restored_states_answer_as_a_cold_prefill(default_model: Path, tmp_path: Path) -> None:
+    """Gemma 3 (sliding-window layers) on two real Claude Code sessions, trimmed to
+    three tools: the second session starts from the first's shared prefix, a new
+    worker from the disk; greedy answers are those of a cold prefill."""
+    from conftest import claude_code_request
+
+    def trimmed(name: str) -> ChatRequest:
+        req = claude_code_request(name)
+        req.tools = [t for t in req.tools if t.name in ("Bash", "Read", "Edit")]
+        req.max_tokens, req.temperature = 24, 0.0
+        return req
+
+    first, second = trimmed("01-print-hello-request-2.json"), trimmed("03-tool-bash-request-2.json")
+    b1 = backend("", tmp_path, n_ctx=8192, prefix_min_tokens=256)
+    run(b1, first)
+    warm, text = run(b1, second)
+    n = b1.count_tokens(second)
+    assert warm.cache_read_input_tokens >= n - 40  # all but its own words and the turn's end
+    assert b1.disk is not None
+    b1.disk.flush()
+    b2 = backend("", tmp_path, n_ctx=8192, prefix_min_tokens=256)
+    from_disk, text2 = run(b2, second)
+    assert from_disk.cache_read_input_tokens >= n - 600  # the shared prefix: tools and agent list
+    cold = backend("", tmp_path / "cold", n_ctx=8192, kv_disk_mb=0, cache_capacity_mb=0)
+    assert run(cold, second)[1] == text == text2
