@@ -30,8 +30,8 @@ and 5 are reported side by side.
 disk state of the shared prefix, so only the routing differs): six Claude Code
 sessions at once, five turns each. Turn 1 is 01-print-hello's request with the
 session's own words; each next turn appends the model's answer with a ``Read`` tool
-call and its ``tool_result`` (a ~4 KB source file of this repository, as Claude Code
-sends after reading a file) and the request goes out again: the shape of a real
+call and its ``tool_result`` (the first 1,200 characters of a source file of this
+repository, line-numbered as Claude Code's Read tool returns them) and the request goes out again: the shape of a real
 session. Run once with ``worker_routing = "cache_aware"`` (the default) and once
 with ``"least_loaded"``. A follow-up turn *hits* when its answer reports at least the
 previous turn's whole prompt as read from cache (only the worker that ran that turn
@@ -69,6 +69,8 @@ SESSION_WORDS = ["say hello", "what does this project do?", "list the workers", 
 READ_FILES = ["workers/fake.py", "gateway/streams.py", "workers/signing.py", "gateway/auth.py",
               "protocol/ids.py", "workers/audio_encode.py", "bench/stats.py", "gateway/collect.py",
               "workers/media.py", "gateway/errors.py", "protocol/logs.py", "supervisor/memory.py"]
+
+READ_CHARS = 1200  # per tool result: ~350 tokens (the default model prefills ~40 tokens/s at this depth here)
 
 CONFIG = """
 [server]
@@ -244,12 +246,12 @@ def phase_sessions(base: Path) -> dict[str, Any]:
 def _read_result(i: int, turn: int) -> tuple[str, str]:
     """What Claude Code's Read tool returns for a file (line-numbered), and its path."""
     path = READ_FILES[(i * 4 + turn) % len(READ_FILES)]
-    lines = (ROOT / path).read_text()[:4000].splitlines()
+    lines = (ROOT / path).read_text()[:READ_CHARS].splitlines()
     return "\n".join(f"{n + 1:6}\t{x}" for n, x in enumerate(lines)), path
 
 
 def run_session(t: TurnoutProcess, i: int, turns: int, out: list[dict[str, Any]]) -> None:
-    rec = new_session(MAIN, SESSION_WORDS[i % len(SESSION_WORDS)], max_tokens=16)
+    rec = new_session(MAIN, SESSION_WORDS[i % len(SESSION_WORDS)], max_tokens=12)
     body = rec["body"]
     prev_prompt = 0
     for turn in range(turns):
