@@ -66,7 +66,7 @@ SUBAGENT_TASK = ("Search the repository for where the TOML config file is loaded
                  "Report the file path, the function names and what happens to an unknown key. Be brief.")
 SESSION_WORDS = ["say hello", "what does this project do?", "list the workers", "explain the gateway",
                  "how are keys stored?", "where is the bus?"]
-READ_FILES = ["workers/fake.py", "gateway/streams.py", "workers/signing.py", "gateway/auth.py",
+READ_FILES = ["gateway/telemetry.py", "gateway/streams.py", "workers/signing.py", "gateway/auth.py",
               "protocol/ids.py", "workers/audio_encode.py", "bench/stats.py", "gateway/collect.py",
               "workers/media.py", "gateway/errors.py", "protocol/logs.py", "supervisor/memory.py"]
 
