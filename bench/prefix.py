@@ -403,16 +403,21 @@ def main() -> int:
     if out.exists() and not args.quick and args.phase != "all":
         old = json.loads(out.read_text())
         res.update({k: v for k, v in old.items() if k in ("sessions", "routing")})
+
+    def save() -> None:  # after each phase: a long run that stops keeps what it measured
+        text = report(res)
+        print(text, flush=True)
+        if not args.quick:
+            RESULTS.mkdir(exist_ok=True)
+            out.write_text(json.dumps(res, indent=1))
+            (RESULTS / "prefix.md").write_text(text + "\n")
+
     if args.phase in ("sessions", "all"):
         res["sessions"] = phase_sessions(base)
+        save()
     if args.phase in ("routing", "all"):
         res["routing"] = phase_routing(base, args.sessions, args.turns)
-    text = report(res)
-    print(text)
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        out.write_text(json.dumps(res, indent=1))
-        (RESULTS / "prefix.md").write_text(text + "\n")
+        save()
     return 0
 
 
