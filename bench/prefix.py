@@ -29,8 +29,12 @@ of 1, 4 and 5 are reported side by side.
 disk state of the shared prefix, so only the routing differs): six Claude Code
 sessions at once, five turns each. Turn 1 is 01-print-hello's request with the
 session's own words; each next turn appends the model's answer with a ``Read`` tool
-call and its ``tool_result`` (the first 600 characters of a source file of this
-repository, line-numbered as Claude Code's Read tool returns them) and the request goes out again: the shape of a real
+call and its ``tool_result`` (the first 300-1,500 characters of a source file of this
+repository, line-numbered as Claude Code's Read tool returns them), after a pause of
+0.5-6 s (the tool running, the user reading): sessions do not move in lockstep, as
+real ones do not (a first run with equal turns and no pauses kept every session on
+one worker under least-loaded routing too). Sizes and pauses are drawn from a seeded
+generator, the same for both runs. and the request goes out again: the shape of a real
 session. Run once with ``worker_routing = "cache_aware"`` (the default) and once
 with ``"least_loaded"``. A follow-up turn *hits* when its answer reports at least the
 previous turn's whole prompt as read from cache (only the worker that ran that turn
@@ -44,6 +48,7 @@ import copy
 import json
 import os
 import platform
+import random
 import re
 import secrets
 import subprocess
@@ -69,7 +74,10 @@ READ_FILES = ["gateway/telemetry.py", "gateway/streams.py", "workers/signing.py"
               "protocol/ids.py", "workers/audio_encode.py", "bench/stats.py", "gateway/collect.py",
               "workers/media.py", "gateway/errors.py", "protocol/logs.py", "supervisor/memory.py"]
 
-READ_CHARS = 600  # per tool result: ~180 tokens (a cold token at this depth costs ~50 ms here: keeps the run under ~30 min)
+# Per tool result, 300-1,500 characters (~90-450 tokens): a token at this depth costs ~50 ms
+# here, so the run stays under ~30 min.
+READ_CHARS = (300, 1500)
+PAUSE_S = (0.5, 6.0)
 
 CONFIG = """
 [server]
@@ -261,10 +269,10 @@ def phase_sessions(base: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- routing
 
 
-def _read_result(i: int, turn: int) -> tuple[str, str]:
+def _read_result(i: int, turn: int, chars: int) -> tuple[str, str]:
     """What Claude Code's Read tool returns for a file (line-numbered), and its path."""
     path = READ_FILES[(i * 4 + turn) % len(READ_FILES)]
-    lines = (ROOT / path).read_text()[:READ_CHARS].splitlines()
+    lines = (ROOT / path).read_text()[:chars].splitlines()
     return "\n".join(f"{n + 1:6}\t{x}" for n, x in enumerate(lines)), path
 
 
@@ -272,7 +280,10 @@ def run_session(t: TurnoutProcess, i: int, turns: int, out: list[dict[str, Any]]
     rec = new_session(MAIN, SESSION_WORDS[i % len(SESSION_WORDS)], max_tokens=12)
     body = rec["body"]
     prev_prompt = 0
+    rng = random.Random(1000 + i)  # the same sizes and pauses in both runs
     for turn in range(turns):
+        if turn:
+            time.sleep(rng.uniform(*PAUSE_S))
         a = send(t, rec)
         prompt = int(a.usage.get("input_tokens", 0)) + int(a.usage.get("cache_read_input_tokens", 0))
         cached = int(a.usage.get("cache_read_input_tokens", 0))
@@ -280,7 +291,7 @@ def run_session(t: TurnoutProcess, i: int, turns: int, out: list[dict[str, Any]]
                     "prompt_tokens": prompt, "cache_read_input_tokens": cached,
                     "hit": bool(turn and cached >= prev_prompt - 1)})
         prev_prompt = prompt
-        content, path = _read_result(i, turn)
+        content, path = _read_result(i, turn, rng.randint(*READ_CHARS))
         tool_id = f"toolu_{i}{turn}{secrets.token_hex(8)}"
         body["messages"].append({"role": "assistant", "content": [
             *([{"type": "text", "text": a.text}] if a.text.strip() else []),
