@@ -9,7 +9,7 @@ Routes:
     POST /v1/responses              OpenAI Responses (stream and not; gateway/responses.py)
     POST /v1/embeddings             OpenAI Embeddings (gateway/embeddings.py)
     GET  /v1/models[/{id}]          Anthropic shape when ``anthropic-version`` is sent, else OpenAI's
-    GET  /admin/workers             the supervisor's worker table
+    GET  /admin/workers             the supervisor's worker table, with routing and cache counts
     GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp_server.py)
 """
 
@@ -336,6 +336,12 @@ async def admin_workers(request: web.Request) -> web.StreamResponse:
         d = msgspec.structs.asdict(w)
         ref = bus.workers.get(w.id)
         d["in_flight"] = len(ref.in_flight) if ref is not None else 0
+        if ref is not None:
+            # Where the gateway sent requests (gateway/affinity.py) and what the
+            # worker's answers read from its KV cache.
+            d["routed"] = dict(ref.routed)
+            d["prompt_tokens"] = ref.prompt_tokens
+            d["cache_read_input_tokens"] = ref.cache_read_tokens
         out.append(d)
     return _json(out)
 

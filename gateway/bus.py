@@ -21,6 +21,12 @@ request waits for the worker, with ``Ping`` messages to the client meanwhile.
 
 Streams are checked for ``seq`` gaps: a gap fails the request, never splices.
 Frames for request ids the gateway no longer tracks are dropped and counted.
+
+Worker choice (issue 13): among a model's ready workers, a chat request goes where
+its session or longest prefix already is (:mod:`gateway.affinity`, within a load
+imbalance bound), else to the least-loaded one; ``[server] worker_routing =
+"least_loaded"`` turns the cache-aware part off. Each worker's routing counts and
+the prompt tokens its answers read from cache are kept for ``/admin/workers``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import msgspec
 import structlog
 import zmq
 
+from gateway import affinity as aff
 from gateway.errors import ApiError
 from gateway.history import without_opaque
 from gateway.streams import MessageQueue
@@ -62,6 +69,30 @@ class WorkerRef:
     context_window: int = 0
     draining: bool = False  # the supervisor is stopping it: no new requests
     last_used: float = field(default_factory=time.monotonic)
+    # Routing (gateway.affinity): requests sent here by reason, and what their
+    # answers reported: prompt tokens, and those read from the worker's KV cache.
+    routed: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    cache_read_tokens: int = 0
+
+
+class _Route:
+    """What the cache-aware choice needs of a chat request; its prefix keys are
+    computed only when a model has several workers to choose from."""
+
+    __slots__ = ("_keys", "cache_aware", "req", "rid", "session_id")
+
+    def __init__(self, rid: str, req: ChatRequest, cache_aware: bool) -> None:
+        self.rid = rid
+        self.req = req
+        self.session_id = req.session_id
+        self.cache_aware = cache_aware
+        self._keys: list[str] | None = None
+
+    def keys(self) -> list[str]:
+        if self._keys is None:
+            self._keys = aff.prefix_keys(self.req)
+        return self._keys
 
 
 class RequestStream:
@@ -145,6 +176,7 @@ class Bus:
         self.model_failed: dict[str, str] = {}  # parked models (supervisor events)
         self._loads: dict[str, asyncio.Future[m.FromSupervisor]] = {}  # one LoadModel per model
         self._tasks: set[asyncio.Task[None]] = set()
+        self.affinity = aff.Affinity()
 
     # ---------------------------------------------------------------- set-up
 
@@ -235,6 +267,7 @@ class Bus:
                 old = self.workers.get(wid)
                 if old is not None and old.pid != msg.pid:
                     self._fail_worker_requests(old, "worker restarted")
+                    self.affinity.forget_worker(wid)  # a new process: its RAM cache is empty
                 if old is None or old.pid != msg.pid:
                     self.workers[wid] = WorkerRef(wid, ident, msg.pid, set(msg.models), msg.max_concurrency)
             elif isinstance(msg, m.Ready):
@@ -331,6 +364,7 @@ class Bus:
                     w.ready = False
                     self._fail_worker_requests(w, f"worker {ev.worker_id} {ev.state}: {ev.reason}".rstrip(": "))
                     del self.workers[ev.worker_id]
+                    self.affinity.forget_worker(ev.worker_id)
                     self._notify()
 
     # ------------------------------------------------------------- streams
@@ -347,6 +381,9 @@ class Bus:
         if w is not None:
             w.in_flight.discard(st.rid)
             w.last_used = time.monotonic()
+            if isinstance(msg, m.Done):
+                w.prompt_tokens += msg.usage.input_tokens + msg.usage.cache_read_input_tokens
+                w.cache_read_tokens += msg.usage.cache_read_input_tokens
             if w.draining and not w.in_flight:
                 self.report()  # the supervisor may stop it now
         if st.cancel_handle is not None:
@@ -365,26 +402,39 @@ class Bus:
     def ready_workers(self, model: str) -> list[WorkerRef]:
         return [w for w in self.workers.values() if w.ready and not w.draining and model in w.models]
 
-    def _pick(self, model: str) -> WorkerRef | None:
+    def _pick(self, model: str, route: _Route | None = None) -> WorkerRef | None:
+        """The worker for a request of ``model``: the least-loaded one that can queue
+        it, or with ``route`` (a chat request) the cache-aware choice among them."""
         limit_extra = self.config.server.max_queue_per_worker
-        best: WorkerRef | None = None
-        for w in self.workers.values():
-            if not w.ready or w.draining or model not in w.models:
-                continue
-            if len(w.in_flight) >= w.max_concurrency + limit_extra:
-                continue
-            if best is None or len(w.in_flight) < len(best.in_flight):
-                best = w
-        return best
+        usable = [w for w in self.workers.values()
+                  if w.ready and not w.draining and model in w.models
+                  and len(w.in_flight) < w.max_concurrency + limit_extra]
+        if not usable:
+            return None
+        if route is None or len(usable) == 1:
+            return min(usable, key=lambda w: len(w.in_flight))
+        sc = self.config.server
+        cands = [aff.Candidate(w.id, len(w.in_flight)) for w in usable]
+        keys = route.keys() if route.cache_aware else []
+        session = self.affinity.session_worker(route.session_id) if route.cache_aware else ""
+        choice = aff.choose(cands, session, self.affinity.holders(keys), sc.balance_abs, sc.balance_rel)
+        assert choice is not None
+        w = self.workers[choice.worker_id]
+        w.routed[choice.reason] = w.routed.get(choice.reason, 0) + 1
+        if route.cache_aware:
+            self.affinity.record(w.id, route.session_id, keys)
+        log.info("worker_routed", request_id=route.rid, model=model, worker=w.id, reason=choice.reason,
+                 depth=choice.depth, held_by=choice.held_by or None, loads={c.id: c.load for c in cands})
+        return w
 
     def _new_rid(self) -> str:
         return f"{self._rid_prefix}{next(self._ids)}"
 
-    async def _ready_worker(self, mc: ModelConfig) -> WorkerRef:
-        """The least-loaded ready worker of ``mc``, waiting up to ``worker_wait_s``
+    async def _ready_worker(self, mc: ModelConfig, route: _Route | None = None) -> WorkerRef:
+        """A ready worker of ``mc`` (see :meth:`_pick`), waiting up to ``worker_wait_s``
         for one (a restarting worker, say); then 529 with Retry-After."""
         deadline = time.monotonic() + self.config.server.worker_wait_s
-        while (w := self._pick(mc.name)) is None:
+        while (w := self._pick(mc.name, route)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 busy = bool(self.ready_workers(mc.name))
@@ -420,10 +470,11 @@ class Bus:
         req = without_opaque(req)  # a cloud provider's blocks mean nothing to a local model
         msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
         st = RequestStream(self, rid, "", mc.name)
+        route = None if count else _Route(rid, req, self.config.server.worker_routing == "cache_aware")
         if await self._needs_load(mc):
-            self._spawn_task(self._send_when_loaded(mc, st, msg, []))
+            self._spawn_task(self._send_when_loaded(mc, st, msg, [], route))
         else:
-            self._dispatch(await self._ready_worker(mc), st, msg, [])
+            self._dispatch(await self._ready_worker(mc, route), st, msg, [])
         return st
 
     async def open_job(self, mc: ModelConfig, params: m.JobParams, data: list[bytes | memoryview]) -> JobStream:
@@ -471,7 +522,7 @@ class Bus:
             return m.ErrorReply("the supervisor did not answer")
 
     async def _send_when_loaded(self, mc: ModelConfig, st: RequestStream, msg: m.ToWorker,
-                                data: list[bytes | memoryview]) -> None:
+                                data: list[bytes | memoryview], route: _Route | None = None) -> None:
         """Wait for a ready worker of a model being loaded, pinging the client every
         ``ping_interval_s``, then send it the request (or end the stream with an
         error: the model failed to load, or did not load in ``load_timeout_s``)."""
@@ -484,7 +535,7 @@ class Bus:
             if st.t_cancel_ns:  # the client went away while it loaded
                 st.done = True
                 return
-            w = self._pick(mc.name)
+            w = self._pick(mc.name, route)
             if w is not None:
                 break
             now = time.monotonic()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -43,6 +43,13 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_timeout_s: float = 10.0
     # Requests queued on a worker beyond what it runs at once; past that, 529.
     max_queue_per_worker: int = 256
+    # Which of a model's workers gets a chat request: "cache_aware" (the one holding
+    # its session or longest prefix, unless it has more than ``balance_abs`` requests
+    # above the least-loaded worker and more than ``balance_rel`` times its load) or
+    # "least_loaded".
+    worker_routing: Literal["cache_aware", "least_loaded"] = "cache_aware"
+    balance_abs: int = 1
+    balance_rel: float = 1.5
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):

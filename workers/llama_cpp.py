@@ -6,10 +6,17 @@ Roles:
   fixed at load, so no request forces a reload), renders requests with
   :mod:`workers.chat_templates`, and streams tokens through the parsers of
   :mod:`workers.tool_calls`.
-* :class:`PromptCache` keeps KV-state checkpoints of earlier prompts (LRU, bounded
-  in bytes), so a conversation that comes back after another one ran, or a new
-  conversation that shares Claude Code's ~19k-token system+tools prefix, skips the
-  prefill of what it shares. The live KV cache is reused first when it can be.
+* KV states by content (:mod:`workers.kv_cache`): the prompt is put in a
+  cache-friendly order first (:mod:`protocol.prompt_prefix`: Claude Code's billing
+  header dropped, the volatile system sections after the tools), then the prefill
+  saves the state at the points other prompts will share: where sessions part (the
+  end of the tools, and of the stable system entries after them: found by rendering
+  two probes of the request that differ only after that point), where this prompt
+  parts from a recent one, every ``checkpoint_every`` tokens on a sliding-window
+  model, and at the end of the prompt. States live in RAM (LRU, bounded in bytes);
+  the shared-prefix ones are also written to disk, so a restarted or new worker
+  starts warm. A request restores the longest state that prefixes it (the live KV
+  cache first when it can be rewound), from RAM, else from disk.
 
 Prefill runs in ``n_batch`` chunks: between chunks the generator yields ``Ping``
 (the compute loop cannot send while we block) and checks for a cancel; inside a
@@ -35,7 +42,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -43,12 +50,14 @@ import numpy as np
 import structlog
 
 from protocol import messages as m
+from protocol import prompt_prefix as pp
 from protocol.chat import ChatRequest, Usage
 from workers import chat_templates as ct
+from workers import kv_cache as kv
 from workers import tool_calls as tc
 from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
 from workers.formats.grammar import call_grammar
-from workers.models import ModelError, gguf_info, resolve
+from workers.models import ModelError, cache_dir, gguf_info, resolve
 from workers.signing import install_signer
 
 log = structlog.get_logger()
@@ -63,10 +72,14 @@ class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     training context capped at ``n_ctx_max``). ``n_threads``/``n_threads_batch``:
     decode/prefill threads (0: all cores). ``swa_full``: keep a full-size KV cache
     for sliding-window layers (Gemma 3): lets the live cache rewind anywhere, at ~2x
-    the RSS; without it, :class:`PromptCache` checkpoints give the same reuse.
-    ``cache_capacity_mb``: bytes of prompt checkpoints kept (0 disables).
+    the RSS; without it, saved states (:mod:`workers.kv_cache`) give the same reuse.
+    ``cache_capacity_mb``: bytes of prompt checkpoints kept in RAM (0 disables).
     ``checkpoint_every``: also checkpoint long prefills every N tokens (SWA models
     only), so conversations that share a long prefix reuse it.
+    ``kv_disk_mb``: total size of the shared-prefix states kept on disk, for all
+    models (0: none saved or loaded); ``kv_dir``: where (empty: ``kv/`` in the cache
+    directory, ``$TURNOUT_CACHE_DIR`` or ``~/.cache/turnout``).
+    ``prefix_min_tokens``: shared prefixes shorter than this are not saved.
     The chat and sampling options are :class:`workers.chat_templates.ChatOptions`."""
 
     n_ctx: int = 0
@@ -80,54 +93,9 @@ class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     use_mlock: bool = False
     cache_capacity_mb: int = 1024
     checkpoint_every: int = 4096
-
-
-# ---------------------------------------------------------------- prompt cache
-
-
-@dataclass(slots=True)
-class _Checkpoint:
-    tokens: np.ndarray  # the prompt tokens whose KV state this is
-    state: Any  # ctypes uint8 array from llama_state_seq_get_data
-    size: int
-
-
-class PromptCache:
-    """LRU of KV checkpoints, looked up by longest token prefix, bounded in bytes."""
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity = capacity_bytes
-        self.used = 0
-        self._entries: OrderedDict[int, _Checkpoint] = OrderedDict()
-        self._next = 0
-
-    def best(self, tokens: np.ndarray, limit: int) -> _Checkpoint | None:
-        """The longest checkpoint that is a prefix of ``tokens`` and no longer than
-        ``limit`` tokens (at least one prompt token must be left to evaluate)."""
-        best_key, best = None, None
-        for key, e in self._entries.items():
-            n = len(e.tokens)
-            if n <= limit and (best is None or n > len(best.tokens)) and np.array_equal(tokens[:n], e.tokens):
-                best_key, best = key, e
-        if best_key is not None:
-            self._entries.move_to_end(best_key)
-        return best
-
-    def has(self, tokens: np.ndarray) -> bool:
-        return any(len(e.tokens) == len(tokens) and np.array_equal(e.tokens, tokens) for e in self._entries.values())
-
-    def put(self, tokens: np.ndarray, state: Any, size: int) -> None:
-        if size > self.capacity:
-            return
-        while self.used + size > self.capacity and self._entries:
-            _, old = self._entries.popitem(last=False)
-            self.used -= old.size
-        self._entries[self._next] = _Checkpoint(tokens.copy(), state, size)
-        self._next += 1
-        self.used += size
-
-    def __len__(self) -> int:
-        return len(self._entries)
+    kv_disk_mb: int = 4096
+    kv_dir: str = ""
+    prefix_min_tokens: int = 256
 
 
 # ---------------------------------------------------------------- backend
@@ -148,7 +116,10 @@ class LlamaBackend:
         self.context_window = 0  # known after load()
         self.llm: Any = None
         self.template: ct.TemplateInfo | None = None
-        self.cache = PromptCache(self.opts.cache_capacity_mb << 20)
+        self.cache = kv.StateCache(self.opts.cache_capacity_mb << 20)
+        self.recent = kv.RecentPrompts()
+        self.disk: kv.DiskStates | None = None
+        self._prefix_tokens: OrderedDict[str, np.ndarray] = OrderedDict()  # shared-prefix text -> tokens
         self._n_swa = 0
         self._add_bos = True
         self._bos_text = ""
@@ -222,6 +193,8 @@ class LlamaBackend:
         # cost a few percent of decode speed for nothing.
         self._abort_cb = lc.ggml_abort_callback(self._on_abort_poll)
         self._no_abort_cb = lc.ggml_abort_callback()  # NULL
+        if o.kv_disk_mb > 0:
+            self.disk = self._disk_states(path, n_ctx)
         log.info(
             "model_loaded",
             path=str(path),
@@ -230,6 +203,22 @@ class LlamaBackend:
             tool_format=self.template.family.name,
             load_s=round(time.monotonic() - t0, 2),
         )
+
+    def _disk_states(self, path: Path, n_ctx: int) -> kv.DiskStates:
+        """Where this worker's shared-prefix states live on disk, and what a state
+        must have been computed with to be loaded (see :class:`kv.DiskStates`)."""
+        o, t = self.opts, self.template
+        assert t is not None
+        template = kv.prefix_hash(np.frombuffer(
+            json.dumps([t.chat_format, t.family.name, t.source, t.bos_token, t.eos_token]).encode(), dtype=np.uint8))
+        identity = {
+            "model": kv.model_fingerprint(path),
+            "build": kv.llama_build_id(),
+            "template": template,
+            "settings": f"n_ctx={n_ctx};n_ubatch={o.n_ubatch};swa_full={o.swa_full};flash_attn={o.flash_attn}",
+        }
+        root = Path(o.kv_dir).expanduser() if o.kv_dir else cache_dir() / "kv"
+        return kv.DiskStates(root, identity, o.kv_disk_mb << 20, label=path.stem)
 
     # -- tokens
 
@@ -249,10 +238,11 @@ class LlamaBackend:
         add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
         return list(self.llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True))
 
-    def _render(self, req: ChatRequest) -> ct.Rendered:
+    def _render(self, req: ChatRequest, *, shaped: bool = False) -> ct.Rendered:
+        """``req`` rendered, in the cache-friendly order (``shaped``: it already is)."""
         assert self.template is not None, "load() first"
         try:
-            return ct.render(req, self.template)
+            return ct.render(req if shaped else pp.cache_friendly(req), self.template)
         except ct.TemplateError as e:
             raise BackendError("invalid_request", f"the model's chat template refused the conversation: {e}") from None
 
@@ -273,9 +263,38 @@ class LlamaBackend:
 
     # -- KV cache
 
-    def _reuse(self, tokens: np.ndarray) -> int:
-        """Bring the KV cache to the longest usable prefix of ``tokens``; return its
-        length (0: start from scratch)."""
+    def _shared_prefixes(self, plan: pp.PrefixPlan, tokens: np.ndarray) -> list[int]:
+        """Where ``tokens`` stops being what other sessions share: the end of the
+        tools, and of the stable system entries after them (ascending; only those
+        at least ``prefix_min_tokens`` long). Found by rendering two probes that
+        differ only after that point: right for any chat template."""
+        out: list[int] = []
+        for stable in (False, True) if plan.stable else (False,):
+            a = self._render(plan.probe("\x01", stable=stable), shaped=True).prompt
+            b = self._render(plan.probe("\x02", stable=stable), shaped=True).prompt
+            text = a[: kv.common_prefix(np.frombuffer(a.encode("utf-32-le"), np.uint32),
+                                        np.frombuffer(b.encode("utf-32-le"), np.uint32))]
+            key = kv.prefix_hash(np.frombuffer(text.encode(), dtype=np.uint8))
+            pt = self._prefix_tokens.get(key)
+            if pt is None:
+                pt = np.asarray(self._tokenize(text), dtype=np.intc)
+                self._prefix_tokens[key] = pt
+                while len(self._prefix_tokens) > 16:
+                    self._prefix_tokens.popitem(last=False)
+            else:
+                self._prefix_tokens.move_to_end(key)
+            # The text's last token may merge with what follows it: only what the
+            # whole prompt tokenizes the same way counts.
+            n = kv.common_prefix(pt, tokens)
+            if n >= self.opts.prefix_min_tokens and n < len(tokens) - 1 and n not in out:
+                out.append(n)
+        return sorted(out)
+
+    def _reuse(self, tokens: np.ndarray, shared: list[int] | None = None) -> tuple[int, str]:
+        """Bring the KV cache to the longest usable prefix of ``tokens``: the live
+        cache, a state in RAM, or a shared-prefix state from disk (``shared``: the
+        lengths worth looking up there). Returns its length (0: start from scratch)
+        and where it came from (live, ram, disk, none)."""
         llm, lc = self.llm, self._lc
         limit = len(tokens) - 1  # the last prompt token is always evaluated (logits)
         n_live = 0
@@ -292,50 +311,71 @@ class LlamaBackend:
                 if pos_min > max(0, n_live - self._n_swa):
                     n_live = 0
         ck = self.cache.best(tokens, limit) if self.cache.capacity else None
+        source = "ram"
+        best = max(n_live, len(ck.tokens) if ck is not None else 0)
+        if self.disk is not None:
+            for n in sorted(shared or (), reverse=True):
+                if n <= best or n > limit:
+                    continue
+                state = self.disk.load(tokens[:n])
+                if state is not None:
+                    log.info("kv_state_loaded", tokens=n, mb=round(state.size / 2**20, 1))
+                    self.cache.put(state.tokens, state.data, state.size)
+                    ck, source = state, "disk"
+                    break
         if ck is not None and len(ck.tokens) > n_live:
             mem = lc.llama_get_memory(llm.ctx)
             lc.llama_memory_clear(mem, True)
-            if lc.llama_state_seq_set_data(llm.ctx, ck.state, ck.size, 0) == ck.size:
+            if lc.llama_state_seq_set_data(llm.ctx, ck.data, ck.size, 0) == ck.size:
                 n = len(ck.tokens)
                 llm.input_ids[:n] = ck.tokens
                 llm.n_tokens = n
-                return n
-            log.warning("checkpoint_restore_failed", tokens=len(ck.tokens))
+                return n, source
+            log.warning("checkpoint_restore_failed", tokens=len(ck.tokens), source=source)
             lc.llama_memory_clear(mem, True)
             llm.n_tokens = 0
-            return 0
+            return 0, "none"
         if n_live == 0:
             if llm.n_tokens:
                 lc.llama_memory_clear(lc.llama_get_memory(llm.ctx), True)
                 llm.n_tokens = 0
-            return 0
+            return 0, "none"
         if n_live < llm.n_tokens:
             if not llm._ctx.kv_cache_seq_rm(-1, n_live, -1):
                 lc.llama_memory_clear(lc.llama_get_memory(llm.ctx), True)
                 llm.n_tokens = 0
-                return 0
+                return 0, "none"
             llm.n_tokens = n_live
-        return n_live
+        return n_live, "live"
 
-    def _checkpoint(self) -> None:
-        """Save the KV state of the tokens evaluated so far."""
+    def _checkpoint(self, to_disk: bool = False) -> None:
+        """Save the KV state of the tokens evaluated so far (in RAM; ``to_disk``: a
+        shared prefix, also on disk)."""
         llm, lc = self.llm, self._lc
         n = llm.n_tokens
         tokens = llm.input_ids[:n]
-        if not self.cache.capacity or n == 0 or self.cache.has(tokens):
+        if n == 0:
+            return
+        want_disk = to_disk and self.disk is not None and not self.disk.has(tokens)
+        if not want_disk and (not self.cache.capacity or self.cache.has(tokens)):
             return
         size = lc.llama_state_seq_get_size(llm.ctx, 0)
-        if size > self.cache.capacity:
+        if size > self.cache.capacity and not want_disk:
             return
         buf = (ctypes.c_uint8 * size)()
-        written = lc.llama_state_seq_get_data(llm.ctx, buf, size, 0)
-        if written:
-            self.cache.put(tokens, buf, int(written))
+        written = int(lc.llama_state_seq_get_data(llm.ctx, buf, size, 0))
+        if not written:
+            return
+        if self.cache.capacity:
+            self.cache.put(tokens, buf, written)
+        if want_disk and self.disk is not None:
+            self.disk.save(tokens, buf, written)
 
     # -- generate
 
     def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]:
-        rendered = self._render(req)
+        plan = pp.plan(req)
+        rendered = self._render(plan.request, shaped=True)
         tokens = np.asarray(self._tokenize(rendered.prompt), dtype=np.intc)
         n_prompt = len(tokens)
         max_prompt = self.context_window - 1  # room for at least one output token
@@ -345,13 +385,18 @@ class LlamaBackend:
         json_only = False
         if grammar is None and req.response_format is not None and not rendered.tools_enabled:
             grammar, json_only = self._json_grammar(req), True
-        n_cached = self._reuse(tokens)
+        shared = self._shared_prefixes(plan, tokens)
+        n_cached, source = self._reuse(tokens, shared)
+        stops = self._checkpoint_plan(tokens, n_cached, shared)
+        self.recent.add(tokens)
+        log.info("prompt_cache", request_id=request_id, prompt_tokens=n_prompt, cached=n_cached, source=source,
+                 shared=shared, checkpoints=sorted(stops))
         # Anthropic usage: input_tokens excludes what was read from the cache.
         usage = Usage(input_tokens=n_prompt - n_cached, cache_read_input_tokens=n_cached)
         yield m.Started(request_id, 0, input_tokens=usage.input_tokens, cache_read_input_tokens=n_cached)
 
         # ---- prefill, in chunks, cancellable inside a chunk
-        done = yield from self._prefill(request_id, tokens, ctx)
+        done = yield from self._prefill(request_id, tokens, ctx, stops, set(shared))
         if not done:
             yield m.Done(request_id, 0, "cancelled", usage)
             return
@@ -363,12 +408,31 @@ class LlamaBackend:
         finally:
             sampler.close()
 
-    def _prefill(self, request_id: str, tokens: np.ndarray, ctx: GenContext) -> Generator[GenItem, None, bool]:
-        """Evaluate the prompt tokens not in the cache. Returns False if cancelled."""
+    def _checkpoint_plan(self, tokens: np.ndarray, n_cached: int, shared: list[int]) -> set[int]:
+        """Where this prefill saves states beyond the end of the prompt: the shared
+        prefixes, and where it parts from a recent prompt (only past what was
+        restored, and not already held)."""
+        end = len(tokens) - 1
+        stops = {n for n in shared if n_cached < n < end}
+        lcp = self.recent.longest_common(tokens)
+        if lcp < end and lcp >= self.opts.prefix_min_tokens and not self.cache.has(tokens[:lcp]):
+            stops.add(lcp)
+        if n_cached in stops or n_cached in shared:
+            # The live cache was rewound to exactly such a point: save it now.
+            self._checkpoint(to_disk=n_cached in shared)
+        return {n for n in stops if n > n_cached}
+
+    def _prefill(self, request_id: str, tokens: np.ndarray, ctx: GenContext, stops: set[int] | None = None,
+                 to_disk: set[int] | None = None) -> Generator[GenItem, None, bool]:
+        """Evaluate the prompt tokens not in the cache, saving states at ``stops``
+        (those in ``to_disk`` on disk too), at the end and every ``checkpoint_every``
+        tokens. Returns False if cancelled."""
         llm = self.llm
         n_batch = llm.n_batch
         end = len(tokens) - 1  # checkpoint before the last token, then evaluate it
         every = self.opts.checkpoint_every if self._n_swa else 0
+        stops = {n for n in (stops or ()) if 0 < n < end}
+        to_disk = to_disk or set()
         self._abort_ctx = ctx
         self._lc.llama_set_abort_callback(llm.ctx, self._abort_cb, None)
         try:
@@ -379,6 +443,7 @@ class LlamaBackend:
                 stop = min(start + n_batch, end) if start < end else len(tokens)
                 if every and start // every != stop // every and stop < end:
                     stop = (stop // every) * every  # land on a checkpoint boundary
+                stop = min([stop, *(n for n in stops if start < n < stop)])  # and on a shared prefix
                 try:
                     llm.eval(tokens[start:stop].tolist())
                 except RuntimeError:
@@ -387,8 +452,9 @@ class LlamaBackend:
                     if ctx.cancelled():
                         return False
                     raise
-                if llm.n_tokens == end or (every and llm.n_tokens % every == 0 and llm.n_tokens < end):
-                    self._checkpoint()
+                n = llm.n_tokens
+                if n == end or n in stops or (every and n % every == 0 and n < end):
+                    self._checkpoint(to_disk=n in to_disk)
                 if llm.n_tokens < len(tokens):
                     yield m.Ping(request_id, 0)
         finally:

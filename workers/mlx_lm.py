@@ -57,6 +57,7 @@ import numpy as np
 import structlog
 
 from protocol import messages as m
+from protocol import prompt_prefix as pp
 from protocol.chat import ChatRequest, Usage
 from workers import chat_templates as ct
 from workers import tool_calls as tc
@@ -285,7 +286,9 @@ class MlxBackend:
     def _render(self, req: ChatRequest) -> ct.Rendered:
         assert self.template is not None, "load() first"
         try:
-            return ct.render(req, self.template)
+            # In the cache-friendly order (protocol/prompt_prefix.py): sessions
+            # share the tools and stable system text, so the KV store reuses them.
+            return ct.render(pp.cache_friendly(req), self.template)
         except ct.TemplateError as e:
             raise BackendError("invalid_request", f"the model's chat template refused the conversation: {e}") from None
 

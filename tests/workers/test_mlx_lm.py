@@ -399,3 +399,21 @@ seed = 3
                                               messages=[Message("user", [TextPart("hello through turnout")])]))
     assert n == expected
     assert n > 10  # the byte-level tokenizer, not a word count (3 words)
+
+
+def test_a_new_claude_code_session_reuses_the_shared_prefix(tiny_dir: Path) -> None:
+    """Two sessions' prompts differ in the billing header's hash and the user's words:
+    in the cache-friendly order they share everything before those words."""
+    b = backend(tiny_dir)
+
+    def session(hash_: str, words: str) -> ChatRequest:
+        return ChatRequest(model="tiny", max_tokens=4, temperature=0.0, tools=[Tool("Bash", "Runs commands.")],
+                           system=[TextPart(f"x-anthropic-billing-header: cc_version=2.1.197.{hash_};"),
+                                   TextPart(LONG + "\n\n# Environment\n - Platform: linux")],
+                           messages=[Message("user", [TextPart(words)])])
+
+    run(b, session("1c0", "say hello"))
+    second = session("c40", "run echo hi")
+    started = run(b, second)[0]
+    n = b.count_tokens(second)
+    assert started.cache_read_input_tokens >= n - 30  # all but "run echo hi" and the turn's end (byte tokens)
