@@ -112,6 +112,15 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(400, f"cannot read the request body: {e}") from None
 
 
+def _tokens_cap(request: web.Request) -> int:
+    return request.app[BUS].config.server.max_tokens_limit
+
+
+def _answer_cap(request: web.Request) -> int:
+    """The bound on a non-streaming answer's content, in bytes."""
+    return int(request.app[BUS].config.server.max_response_mb * 2**20)  # 0: none
+
+
 async def _first(st: Source) -> list[m.StreamMsg]:
     """The first batch; a failure before any output becomes an HTTP error status
     (also when an upstream said it in-stream: its event is not sent on)."""
@@ -160,13 +169,13 @@ async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[S
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    req = anthropic.parse_messages(await read_body(request), request.headers)
+    req = anthropic.parse_messages(await read_body(request), request.headers, max_tokens_limit=_tokens_cap(request))
     want_thinking = req.thinking is not None and req.thinking.type != "disabled"
     msg_id = anthropic.new_message_id()
 
     async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
-            c = await collect(st)
+            c = await collect(st, _answer_cap(request))
             return _json(anthropic.message_body(c, req.model, msg_id, want_thinking))
         first = await _first(st)
         enc = anthropic.SseEncoder(req.model, msg_id, want_thinking)
@@ -211,7 +220,7 @@ async def _answer(request: web.Request, req: ChatRequest, whole: Callable[[Colle
 
     async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
-            return _json(whole(await collect(st)))
+            return _json(whole(await collect(st, _answer_cap(request))))
         first = await _first(st)
         enc = encoder()
         return await _pump(request, st, enc.start(), first, enc.encode)
@@ -220,14 +229,16 @@ async def _answer(request: web.Request, req: ChatRequest, whole: Callable[[Colle
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers)
+    req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers,
+                                                max_tokens_limit=_tokens_cap(request))
     cid = openai_chat.new_completion_id()
     return await _answer(request, req, lambda c: openai_chat.completion_body(c, req.model, cid),
                          lambda: openai_chat.ChunkEncoder(req.model, cid, include_usage))
 
 
 async def responses_route(request: web.Request) -> web.StreamResponse:
-    req, echo = responses.parse_responses(await read_body(request), request.headers)
+    req, echo = responses.parse_responses(await read_body(request), request.headers,
+                                          max_tokens_limit=_tokens_cap(request))
     rid = responses.new_response_id()
     return await _answer(request, req, lambda c: responses.response_body(c, req.model, rid, echo),
                          lambda: responses.EventEncoder(req.model, rid, echo))

@@ -48,6 +48,10 @@ from protocol.sockets import Endpoints, bind, make_socket, unlink_ipc
 log = structlog.get_logger()
 
 REPORT_INTERVAL_S = 1.0
+# Stream messages taken off the SUB socket per turn of the event loop: a worker that
+# streams faster than the gateway reads must not keep the loop from everything else
+# (/healthz, other streams, a client's disconnect). The rest waits for the next turn.
+DRAIN_BATCH = 256
 
 
 @dataclass
@@ -75,6 +79,7 @@ class RequestStream:
         "model",
         "queue",
         "rid",
+        "seq_at_check",
         "t_cancel_ns",
         "worker_id",
     )
@@ -89,6 +94,7 @@ class RequestStream:
         self.done = False  # a terminal message has been received
         self.t_cancel_ns = 0
         self.cancel_handle: asyncio.TimerHandle | None = None
+        self.seq_at_check = 0  # expected_seq when the cancel deadline was last armed
 
     def push(self, msg: m.StreamMsg) -> None:
         self.queue.push(msg)
@@ -248,7 +254,7 @@ class Bus:
     def _drain_streams(self) -> None:
         dec = self._dec_stream
         streams = self.streams
-        while True:
+        for _ in range(DRAIN_BATCH):
             # Received frame by frame (as recv_multipart does) so that the binary
             # frames of a media output, which follow the message, are not copied.
             try:
@@ -273,12 +279,17 @@ class Bus:
                 self.cancel(st)
                 continue
             st.expected_seq += 1
+            if st.t_cancel_ns and not isinstance(msg, m.TERMINAL):
+                continue  # cancelled: nobody reads it any more, so it is not kept
             if extra is not None and isinstance(msg, m.JobOutput) and isinstance(st, JobStream):
                 st.data[msg.seq] = extra
             if isinstance(msg, m.TERMINAL):
                 self._terminate(st, msg)
             else:
                 st.push(msg)
+        # More may be queued, and the fd is edge-triggered: it will not wake us for
+        # what is already there. Carry on in the next turn of the loop.
+        asyncio.get_running_loop().call_soon(self._drain_streams)
 
     def _drain_sup(self) -> None:
         while True:
@@ -396,15 +407,24 @@ class Bus:
                 pass
         return w
 
-    def _dispatch(self, w: WorkerRef, st: RequestStream, msg: m.ToWorker, data: list[bytes | memoryview]) -> None:
-        """Track ``st`` as in flight on ``w`` and send ``msg`` (media input as extra
-        frames, not copied)."""
+    def _encode(self, msg: m.ToWorker) -> bytes:
+        try:
+            return self._enc.encode(msg)
+        except OverflowError:
+            # msgpack has 64-bit integers; JSON has any size (a tool schema's "maximum",
+            # a seed): a permanent error of the request, found before it is sent.
+            raise ApiError(400, "the request holds an integer beyond 64 bits, which a local model cannot "
+                                "take") from None
+
+    def _dispatch(self, w: WorkerRef, st: RequestStream, raw: bytes, data: list[bytes | memoryview]) -> None:
+        """Track ``st`` as in flight on ``w`` and send ``raw`` (an encoded message;
+        media input as extra frames, not copied)."""
         st.worker_id = w.id
         self.streams[st.rid] = st
         w.in_flight.add(st.rid)
         w.last_used = time.monotonic()
         try:
-            self.router.send_multipart([w.ident, self._enc.encode(msg), *data], zmq.NOBLOCK, copy=False)
+            self.router.send_multipart([w.ident, raw, *data], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as e:
             # EHOSTUNREACH (ROUTER_MANDATORY): the worker has gone since it said ready.
             w.ready = False
@@ -419,11 +439,12 @@ class Bus:
         rid = self._new_rid()
         req = without_opaque(req)  # a cloud provider's blocks mean nothing to a local model
         msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
+        raw = self._encode(msg)
         st = RequestStream(self, rid, "", mc.name)
         if await self._needs_load(mc):
-            self._spawn_task(self._send_when_loaded(mc, st, msg, []))
+            self._spawn_task(self._send_when_loaded(mc, st, raw, []))
         else:
-            self._dispatch(await self._ready_worker(mc), st, msg, [])
+            self._dispatch(await self._ready_worker(mc), st, raw, [])
         return st
 
     async def open_job(self, mc: ModelConfig, params: m.JobParams, data: list[bytes | memoryview]) -> JobStream:
@@ -431,11 +452,12 @@ class Bus:
         least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
         rid = self._new_rid()
         job = m.Job(rid, self.gateway_id, params, n_frames=len(data))
+        raw = self._encode(job)
         jst = JobStream(self, rid, "", mc.name)
         if await self._needs_load(mc):
-            self._spawn_task(self._send_when_loaded(mc, jst, job, data))
+            self._spawn_task(self._send_when_loaded(mc, jst, raw, data))
         else:
-            self._dispatch(await self._ready_worker(mc), jst, job, data)
+            self._dispatch(await self._ready_worker(mc), jst, raw, data)
         return jst
 
     # ------------------------------------------------------------ load on demand
@@ -470,7 +492,7 @@ class Bus:
         except TimeoutError:
             return m.ErrorReply("the supervisor did not answer")
 
-    async def _send_when_loaded(self, mc: ModelConfig, st: RequestStream, msg: m.ToWorker,
+    async def _send_when_loaded(self, mc: ModelConfig, st: RequestStream, raw: bytes,
                                 data: list[bytes | memoryview]) -> None:
         """Wait for a ready worker of a model being loaded, pinging the client every
         ``ping_interval_s``, then send it the request (or end the stream with an
@@ -503,7 +525,7 @@ class Bus:
             except TimeoutError:
                 pass
         log.info("model_loaded_for_request", model=mc.name, waited_s=round(time.monotonic() - t0, 3))
-        self._dispatch(w, st, msg, data)
+        self._dispatch(w, st, raw, data)
 
     def cancel(self, st: RequestStream) -> None:
         """The client went away: tell the worker, and give it ``cancel_deadline_s``
@@ -519,11 +541,20 @@ class Bus:
         except zmq.ZMQError:
             return
         asyncio.get_running_loop().call_soon(self._drain_router)
+        st.seq_at_check = st.expected_seq
         st.cancel_handle = asyncio.get_running_loop().call_later(
             self.config.server.cancel_deadline_s, self._cancel_overdue, st)
 
     def _cancel_overdue(self, st: RequestStream) -> None:
         if st.done:
+            return
+        if st.expected_seq > st.seq_at_check:
+            # Still arriving: the worker is alive, and what it sent before it saw the
+            # cancel is still being read (a fast worker runs ahead of the gateway).
+            # Its Done comes after that; wedged means silent.
+            st.seq_at_check = st.expected_seq
+            st.cancel_handle = asyncio.get_running_loop().call_later(
+                self.config.server.cancel_deadline_s, self._cancel_overdue, st)
             return
         log.error("cancel_overdue", request_id=st.rid, worker=st.worker_id)
         self._send_sup(m.RestartWorker(st.worker_id, reason="did not answer a cancel in time"))

@@ -43,6 +43,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_timeout_s: float = 10.0
     # Requests queued on a worker beyond what it runs at once; past that, 529.
     max_queue_per_worker: int = 256
+    # Hardening (issue 14). ``max_tokens_limit``: a larger max_tokens (max_output_tokens)
+    # is a 400 naming the field, whatever the model. ``max_response_mb``: a
+    # non-streaming answer that grows past this ends with an error and its
+    # generation is stopped (a stream is sent as it comes, so it holds nothing); 0: no bound.
+    max_tokens_limit: int = 131_072
+    max_response_mb: float = 64.0
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -260,7 +266,19 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     for m in cfg.models:
         if m.workers < 0:
             raise ConfigError(f"{p}: models.{m.name}.workers must be >= 0")
+    problem = server_problem(cfg.server)
+    if problem:
+        raise ConfigError(f"{p}: {problem}")
     return cfg
+
+
+def server_problem(s: ServerConfig) -> str:
+    """What is wrong with ``[server]``'s limits ("" when nothing)."""
+    if not 0 <= s.max_tokens_limit < 2**63:
+        return "server.max_tokens_limit must be between 0 (no cap) and 2^63-1"
+    if s.max_response_mb < 0:
+        return "server.max_response_mb must be >= 0 (0: no bound)"
+    return ""
 
 
 def encode_config(cfg: Config) -> bytes:
