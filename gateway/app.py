@@ -91,6 +91,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except asyncio.CancelledError:
         status = 499  # the client went away
         raise
+    except RecursionError:  # msgspec (and any parser) refuses nesting deeper than the C stack allows
+        status = 400
+        resp = ApiError(400, "The request body is nested too deeply").response(shape)
     except Exception:
         log.exception("unhandled_error", path=request.path)
         resp = ApiError(500, "internal error in turnout; see its log for details").response(shape)

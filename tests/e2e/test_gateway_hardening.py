@@ -125,3 +125,58 @@ def test_killing_the_worker_ends_a_whole_answer(turnout_factory) -> None:  # typ
     status, body = out["r"]
     assert status == 529 and body["error"]["type"] == "overloaded_error", body
     assert poll_until(lambda: t.healthz()[0] == 200, timeout=15)
+
+
+# ------------------------------------------------------------------ raw HTTP
+
+
+def raw_http(t: TurnoutProcess, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes as they are; everything the server answers until it closes."""
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def split(resp: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+    return int(lines[0].split()[1]), headers, json.loads(body) if body else None
+
+
+# ------------------------------------------------------------------ item 7
+
+
+def test_non_ascii_api_key_is_a_401(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory()
+    for key in ("tést".encode(), b"t\xff\xfe-SECRET-"):
+        status, _, body = split(raw_http(t, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + key
+                                         + b"\r\nConnection: close\r\n\r\n"))
+        assert status == 401 and body["error"]["code"] == "invalid_api_key", body
+
+
+def test_deeply_nested_json_is_a_400(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory()
+    deep = b"[" * 10000 + b"]" * 10000
+    for path in ("/v1/messages", "/v1/chat/completions", "/v1/responses", "/v1/messages/count_tokens",
+                 "/v1/embeddings"):
+        status, body = post(t, path, deep)
+        assert status == 400, (path, body)
+        assert isinstance(body["error"]["message"], str), (path, body)
+    # Deep inside a field the typed decoder keeps as Any.
+    nested = (b'{"model": "fake", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], '
+              b'"output_config": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}")
+    status, body = post(t, "/v1/messages", nested)
+    assert status == 400 and "nested" in body["error"]["message"], body
