@@ -30,6 +30,7 @@ from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import Collected, collect
 from gateway.errors import ApiError, ApiShape, from_fail
+from gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
 from gateway.routing import BUS, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
@@ -40,17 +41,14 @@ log = structlog.get_logger()
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at", float)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+ORIGINS: web.AppKey[OriginPolicy] = web.AppKey("origins", OriginPolicy)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 _enc = msgspec.json.Encoder()
 
 
 def _shape(request: web.Request) -> ApiShape:
-    if request.path.startswith(("/v1/chat", "/v1/responses", "/v1/embeddings", "/v1/audio", "/v1/ocr", "/v1/images")) or (
-        request.path.startswith("/v1/models") and "anthropic-version" not in request.headers
-    ):
-        return "openai"
-    return "anthropic"
+    return api_shape(request.path, request.headers)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -68,6 +66,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     shape = _shape(request)
     status = 500
     try:
+        early = screen(request, request.app[ORIGINS])  # Host and Origin, before anything else
+        if early is not None:
+            status = early.status
+            early.headers["request-id"] = rid
+            return early
         if not (request.path == "/healthz" or (request.path == "/" and request.method == "HEAD")):
             presented = request.headers.get("x-api-key")
             auth = request.headers.get("Authorization", "")
@@ -354,9 +357,14 @@ async def admin_workers(request: web.Request) -> web.StreamResponse:
     return _json(out)
 
 
-def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None = None) -> web.Application:
-    """``state_path``: where routing switches are kept across restarts (routing.json)."""
+def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None = None,
+              origins: OriginPolicy | None = None) -> web.Application:
+    """``state_path``: where routing switches are kept across restarts (routing.json).
+    ``origins``: the Host and Origin policy (default: the one for a loopback bind
+    with nothing configured)."""
     app = web.Application(middlewares=[middleware], client_max_size=max_body_bytes)
+    app[ORIGINS] = origins or OriginPolicy(check_host=True)
+    app.on_response_prepare.append(cors_on_prepare(app[ORIGINS]))
     app[BUS] = bus
     app[TOKEN] = token
     app[STARTED_AT] = time.time()

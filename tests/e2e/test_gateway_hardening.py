@@ -180,3 +180,211 @@ def test_deeply_nested_json_is_a_400(turnout_factory) -> None:  # type: ignore[n
               b'"output_config": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}")
     status, body = post(t, "/v1/messages", nested)
     assert status == 400 and "nested" in body["error"]["message"], body
+
+
+# ------------------------------------------------------------------ item 6
+
+
+def test_malformed_requests_get_the_api_error_shape_and_one_json_log_line(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    """aiohttp's parser errors: a header with a NUL (holding the token and a
+    -SECRET- key), a garbage request line, a bad Content-Length, broken chunked
+    framing, an over-long header. Before: a text/plain 400 echoing the header, and a
+    multi-line traceback holding it in the log."""
+    t = turnout_factory()
+    secret = b"sk-ant-test-SECRET-nul"
+    bad = [
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + t.token.encode() + b"\r\nX-Key: ab\x00" + secret + b"\r\n\r\n",
+        b"GARBAGE " + secret + b"\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12" + secret + b"\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz" + secret + b"\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + secret + b"a" * 20000 + b"\r\n\r\n",
+    ]
+    for data in bad:
+        resp = raw_http(t, data)
+        status, headers, body = split(resp)
+        assert status in (400, 413, 431), resp[:300]
+        assert headers["content-type"].startswith("application/json"), resp[:300]
+        assert body["type"] == "error" and body["error"]["type"] in ("invalid_request_error", "request_too_large")
+        assert secret not in resp and t.token.encode() not in resp
+    # The gateway still serves, and its log has one JSON object per line, none of
+    # them holding what was sent.
+    assert t.healthz()[0] == 200
+    text = t.log_text()
+    assert "-SECRET-" not in text and t.token not in text
+    for line in text.splitlines():
+        assert line.startswith("{") and json.loads(line), line
+    assert sum(e.get("event") == "bad_http_request" for e in t.log_events()) == len(bad)
+
+
+# ------------------------------------------------------------------ item 5
+
+
+def _get_models(t: TurnoutProcess, timeout: float = 5.0) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=timeout)
+    try:
+        conn.request("GET", "/v1/models", headers={"x-api-key": t.token})
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+# A process holding N connections that each start a request and never finish its
+# headers; it prints how many it opened, then holds them until its stdin closes.
+_SLOW_CLIENT = r"""
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for i in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    except OSError:
+        break
+    held.append(s)
+    if i % 200 == 199:
+        for x in held[-200:]:
+            try:
+                x.send(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            except OSError:
+                pass
+print(len(held), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_twenty_thousand_slow_connections_do_not_starve_real_requests(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    """Slowloris, as the issue ran it, with the default limits: over 20,000
+    connections (two processes, as many as each may open: more than the gateway's own
+    fd limit) that start a request and never finish its headers. Before: the gateway
+    ran out of file descriptors and real requests failed while they were held."""
+    import resource
+    import subprocess
+    import sys
+
+    import psutil
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per = min(11_000, soft - 100)
+    t = turnout_factory()
+    gw = next(p for p in psutil.Process(t.proc.pid).children(recursive=True) if "gateway.main" in " ".join(p.cmdline()))
+    clients = [subprocess.Popen([sys.executable, "-c", _SLOW_CLIENT, str(t.port), str(per)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        opened = [int(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
+        assert sum(opened) > 20_000, opened
+        ok = [_get_models(t) for _ in range(20)]
+        assert ok == [200] * 20
+        # The gateway holds a bounded number of connections, far from its fd limit.
+        assert gw.num_fds() < 2048 + 200, gw.num_fds()
+    finally:
+        for c in clients:
+            c.stdin.close()  # type: ignore[union-attr]
+            c.wait(30)
+    assert t.healthz()[0] == 200
+
+
+def test_header_and_idle_timeouts_close_connections(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(with_server(FAKE_CONFIG, "header_timeout_s = 1.0\nidle_timeout_s = 2.0"))
+    trickle = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    trickle.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    idle = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    t0 = time.monotonic()
+    # A byte every 0.3 s never finishes the headers: closed at the header deadline.
+    closed_at = None
+    while closed_at is None and time.monotonic() - t0 < 8:
+        try:
+            trickle.sendall(b"a")
+            trickle.settimeout(0.3)
+            if trickle.recv(65536) == b"":
+                closed_at = time.monotonic() - t0
+        except TimeoutError:
+            pass
+        except OSError:
+            closed_at = time.monotonic() - t0
+    assert closed_at is not None and closed_at < 4, closed_at
+    # The kept-alive connection that finished its request is closed once idle that long.
+    idle.settimeout(8)
+    assert idle.recv(65536) == b""
+    assert 1.5 < time.monotonic() - t0 < 6
+
+
+# ------------------------------------------------------------------ item 8
+
+
+def _get(t: TurnoutProcess, path: str, headers: dict[str, str], method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=5)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def test_host_and_origin_are_checked(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    """DNS rebinding and cross-site requests: a Host that is not a loopback name, or
+    an Origin of another site, is refused on every route (the token does not help a
+    page that has it); no CORS headers unless configured. Before: both served."""
+    t = turnout_factory()
+    auth = {"x-api-key": t.token}
+    for host in ("evil.example.com", f"evil.example.com:{t.port}", "192.168.1.10"):
+        status, _, body = _get(t, "/v1/models", {"Host": host, **auth})
+        assert status == 403, (host, body)
+        assert json.loads(body)["error"]["type"] in ("permission_error", "invalid_request_error")
+    for host in (f"127.0.0.1:{t.port}", f"localhost:{t.port}", "localhost", f"[::1]:{t.port}", "foo.localhost",
+                 "127.0.0.2"):
+        assert _get(t, "/v1/models", {"Host": host, **auth})[0] == 200, host
+    ok_host = {"Host": f"127.0.0.1:{t.port}"}
+    for path, method in (("/v1/models", "GET"), ("/mcp", "POST"), ("/v1/messages", "POST"), ("/healthz", "GET")):
+        status, headers, _ = _get(t, path, {**ok_host, **auth, "Origin": "https://evil.example.com"}, method)
+        assert status == 403, (path, status)
+        assert "access-control-allow-origin" not in headers
+    status, headers, _ = _get(t, "/v1/messages", {**ok_host, "Origin": "https://evil.example.com",
+                                                  "Access-Control-Request-Method": "POST"}, "OPTIONS")
+    assert status == 403 and "access-control-allow-origin" not in headers
+    # The gateway's own origin (a page it served, were there one) is not refused.
+    assert _get(t, "/v1/models", {**ok_host, **auth, "Origin": f"http://127.0.0.1:{t.port}"})[0] == 200
+
+
+def test_configured_hosts_and_cors_origins(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(with_server(FAKE_CONFIG, 'allowed_hosts = ["mybox.lan"]\ncors_origins = ["https://app.example"]'))
+    auth = {"x-api-key": t.token}
+    assert _get(t, "/v1/models", {"Host": "mybox.lan:80", **auth})[0] == 200
+    assert _get(t, "/v1/models", {"Host": "evil.example.com", **auth})[0] == 403
+    ok_host = {"Host": f"127.0.0.1:{t.port}"}
+    status, headers, _ = _get(t, "/v1/messages", {**ok_host, "Origin": "https://app.example",
+                                                  "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": "x-api-key, content-type"}, "OPTIONS")
+    assert status == 204 and headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-api-key" in headers["access-control-allow-headers"].lower()
+    status, headers, _ = _get(t, "/v1/models", {**ok_host, **auth, "Origin": "https://app.example"})
+    assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
+    assert _get(t, "/v1/models", {**ok_host, **auth, "Origin": "https://evil.example.com"})[0] == 403
+
+
+# ------------------------------------------------------------------ item 9
+
+
+def test_mcp_media_tools_refuse_paths_outside_media_dirs(turnout_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Through the official MCP SDK at /mcp: before, ocr_image read /etc/passwd
+    (and speak_text would write wherever it was told)."""
+    from tests.e2e.test_mcp import call
+
+    t = turnout_factory()
+    for name, args in (("ocr_image", {"image": "/etc/passwd"}), ("transcribe_audio", {"audio": "/etc/hostname"}),
+                       ("speak_text", {"text": "hi", "output_path": "/etc/turnout-test.wav"}),
+                       ("upscale_image", {"image": "aGk=", "output_path": "/usr/local/x.png"})):
+        r = call(t, name, args)
+        assert r.is_error, (name, r)
+        assert "outside the directories the media tools may use" in r.content[0].text, (name, r.content[0].text)
+    assert not os.path.exists("/etc/turnout-test.wav")
