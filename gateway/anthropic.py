@@ -308,7 +308,7 @@ def _decode_lenient(body: bytes, typ: type[_T]) -> tuple[_T, dict[tuple[int, int
             elif b["type"] == "tool_result" and isinstance(b.get("content"), list):
                 inner = b["content"]
                 for k, c in enumerate(inner):
-                    if isinstance(c, dict) and c.get("type") in _AS_TEXT:
+                    if isinstance(c, dict) and isinstance(c.get("type"), str) and c["type"] in _AS_TEXT:
                         inner[k] = {"type": "text", "text": _inner_text(c)}
                         changed = True
     if not opaque and not changed:

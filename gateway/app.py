@@ -3,6 +3,7 @@
 Routes:
     HEAD /                          200, no body (Claude Code's preconnect; no token)
     GET  /healthz                   200 once the gateway and every configured worker is ready
+    GET  /openapi.json              an OpenAPI 3.1 description of these routes (gateway/openapi.py)
     POST /v1/messages               Anthropic Messages (stream and not)
     POST /v1/messages/count_tokens  Anthropic token counting
     POST /v1/chat/completions       OpenAI Chat Completions (stream and not)
@@ -25,7 +26,16 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway import anthropic, embeddings, mcp_server, media, openai_chat, responses, routing
+from gateway import (
+    anthropic,
+    embeddings,
+    mcp_server,
+    media,
+    openai_chat,
+    openapi,
+    responses,
+    routing,
+)
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import Collected, collect
@@ -42,6 +52,7 @@ TOKEN: web.AppKey[str] = web.AppKey("token", str)
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at", float)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 ORIGINS: web.AppKey[OriginPolicy] = web.AppKey("origins", OriginPolicy)
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 _enc = msgspec.json.Encoder()
@@ -71,7 +82,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             status = early.status
             early.headers["request-id"] = rid
             return early
-        if not (request.path == "/healthz" or (request.path == "/" and request.method == "HEAD")):
+        if not (request.path in ("/healthz", "/openapi.json") or (request.path == "/" and request.method == "HEAD")):
             presented = request.headers.get("x-api-key")
             auth = request.headers.get("Authorization", "")
             if presented is None and auth[:7].lower() == "bearer ":
@@ -340,6 +351,10 @@ async def healthz(request: web.Request) -> web.StreamResponse:
                  status=200 if ok else 503)
 
 
+async def openapi_json(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 async def admin_workers(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
     try:
@@ -373,6 +388,8 @@ def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None
     r.add_route("HEAD", "/", head_root)
     r.add_get("/", root, allow_head=False)
     r.add_get("/healthz", healthz)
+    app[OPENAPI] = _enc.encode(openapi.document())
+    r.add_get("/openapi.json", openapi_json)
     r.add_post("/v1/messages", messages)
     r.add_post("/v1/messages/count_tokens", count_tokens)
     r.add_post("/v1/chat/completions", chat_completions)
