@@ -48,6 +48,12 @@ from protocol.sockets import Endpoints, bind, make_socket, unlink_ipc
 log = structlog.get_logger()
 
 REPORT_INTERVAL_S = 1.0
+# What answers each command (anything else arriving meanwhile is a late reply to an
+# earlier one that timed out); ErrorReply may answer any.
+_REPLIES: dict[type, tuple[type, ...]] = {
+    m.ListWorkers: (m.WorkersReply,), m.Status: (m.StatusReply,), m.LoadModel: (m.Ack, m.LoadRefused),
+    m.ScaleModel: (m.Ack, m.LoadRefused),
+}
 # Stream messages taken off the SUB socket per turn of the event loop: a worker that
 # streams faster than the gateway reads must not keep the loop from everything else
 # (/healthz, other streams, a client's disconnect). The rest waits for the next turn.
@@ -147,6 +153,7 @@ class Bus:
         self._worker_changed: asyncio.Event | None = None
         self._cmd_lock: asyncio.Lock | None = None
         self._cmd_reply: asyncio.Future[m.FromSupervisor] | None = None
+        self._cmd_expect: tuple[type, ...] = ()
         self.on_cancel_done: Callable[[RequestStream, m.Done], None] | None = None
         self.model_failed: dict[str, str] = {}  # parked models (supervisor events)
         self._loads: dict[str, asyncio.Future[m.FromSupervisor]] = {}  # one LoadModel per model
@@ -306,6 +313,11 @@ class Bus:
                 continue
             fut = self._cmd_reply
             if fut is not None and not fut.done():
+                if not isinstance(msg, self._cmd_expect):
+                    # Replies carry no id: this one answers an earlier command that
+                    # timed out (a /healthz Status, say), not the one waiting now.
+                    log.debug("stale_supervisor_reply", got=type(msg).__name__)
+                    continue
                 fut.set_result(msg)
 
     def _drain_events(self) -> None:
@@ -564,6 +576,7 @@ class Bus:
         assert self._cmd_lock is not None
         async with self._cmd_lock:
             self._cmd_reply = asyncio.get_running_loop().create_future()
+            self._cmd_expect = (*_REPLIES.get(type(cmd), (m.Ack,)), m.ErrorReply)
             self._send_sup(cmd)
             try:
                 return await asyncio.wait_for(self._cmd_reply, timeout)

@@ -7,8 +7,9 @@ header and idle timeouts, HTTP-level errors in the API's shape, Host and Origin.
   headers; (b) are closed after ``idle_timeout_s`` idle between requests
   (keep-alive); (c) number at most ``max_connections``: past it, the connection
   idle or waiting for its head the longest is closed to make room (slow ones go
-  first, a request being served is never cut), and if every connection is serving
-  a request the new one is closed. aiohttp has no header timeout of its own: its
+  first), else the oldest still sending its request's body (slow POSTs); a request
+  being answered is never cut, and if every connection holds one, the new one is
+  closed. aiohttp has no header timeout of its own: its
   keep-alive timer starts at connect and is not reset by bytes.
 * aiohttp's own answers to requests it cannot parse (a NUL in a header, a bad
   request line, broken framing) were ``text/plain`` echoing the offending bytes,
@@ -75,8 +76,14 @@ class GuardedHandler(RequestHandler):
 
     @property
     def busy(self) -> bool:
-        """Serving a request (its head is in): never closed to make room."""
+        """Serving a request (its head is in)."""
         return bool(self._request_in_progress or self._messages)
+
+    @property
+    def receiving(self) -> bool:
+        """Its request's body is still arriving (a slow upload, or a slow-POST attack)."""
+        r = self._current_request
+        return r is not None and not r.content.is_eof()
 
     def _arm_head_deadline(self) -> None:
         t = self._guard.limits.header_timeout_s
@@ -169,18 +176,27 @@ class GuardedServer(web.Server):
         if cap <= 0 or len(self._order) <= cap:
             return
         # Over the cap: close the connection that has waited longest without a
-        # request in progress. Busy ones are moved to the back as they are met.
+        # request in progress; failing that, the oldest one still receiving its
+        # request's body (a request being answered is never cut). Busy ones are
+        # moved to the back as they are met.
+        uploading: GuardedHandler | None = None
         for _ in range(len(self._order)):
             old = next(iter(self._order))
+            self._order.move_to_end(old)
             if old is h:
-                self._order.move_to_end(h)
                 continue
             if old.busy:
-                self._order.move_to_end(old)
+                if uploading is None and old.receiving:
+                    uploading = old
                 continue
             del self._order[old]
             self.evicted += 1
             old.force_close()
+            return
+        if uploading is not None:
+            del self._order[uploading]
+            self.evicted += 1
+            uploading.force_close()
             return
         self.refused += 1
         del self._order[h]
