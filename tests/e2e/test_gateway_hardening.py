@@ -98,8 +98,11 @@ def test_a_long_whole_answer_never_blocks_the_gateway(turnout_factory) -> None: 
     assert status == 400, body
     assert "max_response_mb" in body["error"]["message"]
     assert max(lat) < 1000, lat
+    # The worker stopped at the cancel (its own stamp); its Done follows what it had
+    # already sent, read at the gateway's pace (longer on a busy host).
+    ev = poll_until(lambda: [e for e in t.log_events() if e.get("event") == "request_cancelled"], timeout=30)[0]
+    assert 0 <= ev["cancel_ms"] < 1000, ev
     assert poll_until(lambda: t.admin_workers()[0]["in_flight"] == 0, timeout=5)
-    assert any(e.get("event") == "request_cancelled" for e in t.log_events())
 
 
 def test_client_giving_up_on_a_whole_answer_cancels_it(turnout_factory) -> None:  # type: ignore[no-untyped-def]
@@ -236,13 +239,16 @@ def _get_models(t: TurnoutProcess, timeout: float = 5.0) -> int:
 # A process holding N connections that each start a request and never finish its
 # headers; it prints how many it opened, then holds them until its stdin closes.
 _SLOW_CLIENT = r"""
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+import resource, socket, sys
+port, n, source = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 held = []
 for i in range(n):
     s = socket.socket()
     s.setblocking(False)
     try:
+        s.bind((source, 0))  # its own source address: its own ephemeral ports
         s.connect(("127.0.0.1", port))
     except BlockingIOError:
         pass
@@ -262,25 +268,33 @@ sys.stdin.read()
 
 def test_twenty_thousand_slow_connections_do_not_starve_real_requests(turnout_factory) -> None:  # type: ignore[no-untyped-def]
     """Slowloris, as the issue ran it, with the default limits: over 20,000
-    connections (two processes, as many as each may open: more than the gateway's own
-    fd limit) that start a request and never finish its headers. Before: the gateway
-    ran out of file descriptors and real requests failed while they were held."""
+    connections (from as many processes as the fd limit needs: more than the
+    gateway's own limit here) that start a request and never finish its headers.
+    Before: the gateway's fds ran out (it held 14,074 of 20,000 here, more with
+    more clients) and real requests failed while they were held."""
+    import math
     import resource
     import subprocess
     import sys
 
     import psutil
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    per = min(11_000, soft - 100)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per = min(10_000, (hard if hard != resource.RLIM_INFINITY else 10**6) - 100)
+    if per < 1000:
+        pytest.skip(f"the fd hard limit ({hard}) is too low to open 20,000 connections from a few processes")
     t = turnout_factory()
     gw = next(p for p in psutil.Process(t.proc.pid).children(recursive=True) if "gateway.main" in " ".join(p.cmdline()))
-    clients = [subprocess.Popen([sys.executable, "-c", _SLOW_CLIENT, str(t.port), str(per)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = min(25, math.ceil(20_500 / per))
+    clients = [subprocess.Popen([sys.executable, "-c", _SLOW_CLIENT, str(t.port), str(math.ceil(20_500 / procs)),
+                                 f"127.0.0.{2 + i}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for i in range(procs)]
     try:
         opened = [int(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
         assert sum(opened) > 20_000, opened
-        ok = [_get_models(t) for _ in range(20)]
+        # Served (on a busy 2-core host the gateway is still working through the
+        # flood's accepts, hence the generous timeout: this is about working at all).
+        ok = [_get_models(t, timeout=20) for _ in range(20)]
         assert ok == [200] * 20
         # The gateway holds a bounded number of connections, far from its fd limit.
         assert gw.num_fds() < 2048 + 200, gw.num_fds()
