@@ -133,6 +133,24 @@ def test_killing_the_worker_ends_a_whole_answer(turnout_factory) -> None:  # typ
     assert poll_until(lambda: t.healthz()[0] == 200, timeout=15)
 
 
+def test_a_stream_nobody_reads_is_stopped(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    """A streaming client that never reads: its handler waits on a full socket while
+    the worker's tokens pile up in the gateway. They stop piling at a bound, and the
+    generation is stopped."""
+    t = turnout_factory(with_server(UNBOUNDED, "max_tokens_limit = 1000000000"))
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = json.dumps(chat(100_000_000, stream=True)).encode()
+    s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nx-api-key: "
+              + t.token.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    try:
+        poll_until(lambda: [e for e in t.log_events() if e.get("event") == "client_not_reading"], timeout=60)
+        assert poll_until(lambda: t.admin_workers()[0]["in_flight"] == 0, timeout=30)
+        assert healthz_ms(t) < 2000
+    finally:
+        s.close()
+
+
 # ------------------------------------------------------------------ raw HTTP
 
 
