@@ -51,7 +51,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_response_mb: float = 64.0
     # Connections (gateway/http_guard.py): a request's head must arrive within
     # ``header_timeout_s``; a kept-alive connection idle ``idle_timeout_s`` is closed;
-    # past ``max_connections`` the longest-idle one is closed to make room (0: off).
+    # past ``max_connections`` the longest-idle one is closed to make room. 0 turns a
+    # timeout off; max_connections is kept under the fd limit in any case (0: that alone).
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 75.0
     max_connections: int = 2048
