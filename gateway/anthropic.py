@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from gateway.collect import Collected
-from gateway.errors import ApiError, from_fail, validation_error
+from gateway.errors import ApiError, check_max_tokens, from_fail, validation_error
 from protocol import messages as m
 from protocol.chat import (
     ChatRequest,
@@ -308,7 +308,7 @@ def _decode_lenient(body: bytes, typ: type[_T]) -> tuple[_T, dict[tuple[int, int
             elif b["type"] == "tool_result" and isinstance(b.get("content"), list):
                 inner = b["content"]
                 for k, c in enumerate(inner):
-                    if isinstance(c, dict) and c.get("type") in _AS_TEXT:
+                    if isinstance(c, dict) and isinstance(c.get("type"), str) and c["type"] in _AS_TEXT:
                         inner[k] = {"type": "text", "text": _inner_text(c)}
                         changed = True
     if not opaque and not changed:
@@ -335,8 +335,10 @@ def _put_opaque(req: ChatRequest, opaque: dict[tuple[int, int], dict[str, Any]])
         req.messages[i].content[j] = OpaquePart("anthropic", block)
 
 
-def parse_messages(body: bytes, headers: Any = None) -> ChatRequest:
+def parse_messages(body: bytes, headers: Any = None, *, max_tokens_limit: int = 0) -> ChatRequest:
+    """``max_tokens_limit``: the gateway's cap on ``max_tokens`` (0: none)."""
     r, opaque = _decode(body, _messages_dec, MessagesRequest)
+    check_max_tokens(r.max_tokens, max_tokens_limit)
     if r.tool_choice is not None and r.tool_choice.type == "tool" and not r.tool_choice.name:
         raise ApiError(400, "tool_choice.name: Field required when type is 'tool'", param="tool_choice.name")
     req = _canonical(r, headers, r.max_tokens, r.stream)

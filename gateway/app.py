@@ -3,6 +3,7 @@
 Routes:
     HEAD /                          200, no body (Claude Code's preconnect; no token)
     GET  /healthz                   200 once the gateway and every configured worker is ready
+    GET  /openapi.json              an OpenAPI 3.1 description of these routes (gateway/openapi.py)
     POST /v1/messages               Anthropic Messages (stream and not)
     POST /v1/messages/count_tokens  Anthropic token counting
     POST /v1/chat/completions       OpenAI Chat Completions (stream and not)
@@ -25,11 +26,21 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway import anthropic, embeddings, mcp_server, media, openai_chat, responses, routing
+from gateway import (
+    anthropic,
+    embeddings,
+    mcp_server,
+    media,
+    openai_chat,
+    openapi,
+    responses,
+    routing,
+)
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import Collected, collect
 from gateway.errors import ApiError, ApiShape, from_fail
+from gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
 from gateway.routing import BUS, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
@@ -40,17 +51,15 @@ log = structlog.get_logger()
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at", float)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+ORIGINS: web.AppKey[OriginPolicy] = web.AppKey("origins", OriginPolicy)
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 _enc = msgspec.json.Encoder()
 
 
 def _shape(request: web.Request) -> ApiShape:
-    if request.path.startswith(("/v1/chat", "/v1/responses", "/v1/embeddings", "/v1/audio", "/v1/ocr", "/v1/images")) or (
-        request.path.startswith("/v1/models") and "anthropic-version" not in request.headers
-    ):
-        return "openai"
-    return "anthropic"
+    return api_shape(request.path, request.headers)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -68,7 +77,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     shape = _shape(request)
     status = 500
     try:
-        if not (request.path == "/healthz" or (request.path == "/" and request.method == "HEAD")):
+        early = screen(request, request.app[ORIGINS])  # Host and Origin, before anything else
+        if early is not None:
+            status = early.status
+            early.headers["request-id"] = rid
+            return early
+        if not (request.path in ("/healthz", "/openapi.json") or (request.path == "/" and request.method == "HEAD")):
             presented = request.headers.get("x-api-key")
             auth = request.headers.get("Authorization", "")
             if presented is None and auth[:7].lower() == "bearer ":
@@ -91,6 +105,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except asyncio.CancelledError:
         status = 499  # the client went away
         raise
+    except RecursionError:  # msgspec (and any parser) refuses nesting deeper than the C stack allows
+        status = 400
+        resp = ApiError(400, "The request body is nested too deeply").response(shape)
     except Exception:
         log.exception("unhandled_error", path=request.path)
         resp = ApiError(500, "internal error in turnout; see its log for details").response(shape)
@@ -110,6 +127,15 @@ async def read_body(request: web.Request) -> bytes:
         raise
     except ValueError as e:
         raise ApiError(400, f"cannot read the request body: {e}") from None
+
+
+def _tokens_cap(request: web.Request) -> int:
+    return request.app[BUS].config.server.max_tokens_limit
+
+
+def _answer_cap(request: web.Request) -> int:
+    """The bound on a non-streaming answer's content, in bytes."""
+    return int(request.app[BUS].config.server.max_response_mb * 2**20)  # 0: none
 
 
 async def _first(st: Source) -> list[m.StreamMsg]:
@@ -160,13 +186,13 @@ async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[S
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    req = anthropic.parse_messages(await read_body(request), request.headers)
+    req = anthropic.parse_messages(await read_body(request), request.headers, max_tokens_limit=_tokens_cap(request))
     want_thinking = req.thinking is not None and req.thinking.type != "disabled"
     msg_id = anthropic.new_message_id()
 
     async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
-            c = await collect(st)
+            c = await collect(st, _answer_cap(request))
             return _json(anthropic.message_body(c, req.model, msg_id, want_thinking))
         first = await _first(st)
         enc = anthropic.SseEncoder(req.model, msg_id, want_thinking)
@@ -211,7 +237,7 @@ async def _answer(request: web.Request, req: ChatRequest, whole: Callable[[Colle
 
     async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
-            return _json(whole(await collect(st)))
+            return _json(whole(await collect(st, _answer_cap(request))))
         first = await _first(st)
         enc = encoder()
         return await _pump(request, st, enc.start(), first, enc.encode)
@@ -220,14 +246,16 @@ async def _answer(request: web.Request, req: ChatRequest, whole: Callable[[Colle
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers)
+    req, include_usage = openai_chat.parse_chat(await read_body(request), request.headers,
+                                                max_tokens_limit=_tokens_cap(request))
     cid = openai_chat.new_completion_id()
     return await _answer(request, req, lambda c: openai_chat.completion_body(c, req.model, cid),
                          lambda: openai_chat.ChunkEncoder(req.model, cid, include_usage))
 
 
 async def responses_route(request: web.Request) -> web.StreamResponse:
-    req, echo = responses.parse_responses(await read_body(request), request.headers)
+    req, echo = responses.parse_responses(await read_body(request), request.headers,
+                                          max_tokens_limit=_tokens_cap(request))
     rid = responses.new_response_id()
     return await _answer(request, req, lambda c: responses.response_body(c, req.model, rid, echo),
                          lambda: responses.EventEncoder(req.model, rid, echo))
@@ -323,6 +351,10 @@ async def healthz(request: web.Request) -> web.StreamResponse:
                  status=200 if ok else 503)
 
 
+async def openapi_json(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 async def admin_workers(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
     try:
@@ -346,9 +378,14 @@ async def admin_workers(request: web.Request) -> web.StreamResponse:
     return _json(out)
 
 
-def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None = None) -> web.Application:
-    """``state_path``: where routing switches are kept across restarts (routing.json)."""
+def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None = None,
+              origins: OriginPolicy | None = None) -> web.Application:
+    """``state_path``: where routing switches are kept across restarts (routing.json).
+    ``origins``: the Host and Origin policy (default: the one for a loopback bind
+    with nothing configured)."""
     app = web.Application(middlewares=[middleware], client_max_size=max_body_bytes)
+    app[ORIGINS] = origins or OriginPolicy(check_host=True)
+    app.on_response_prepare.append(cors_on_prepare(app[ORIGINS]))
     app[BUS] = bus
     app[TOKEN] = token
     app[STARTED_AT] = time.time()
@@ -357,6 +394,8 @@ def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None
     r.add_route("HEAD", "/", head_root)
     r.add_get("/", root, allow_head=False)
     r.add_get("/healthz", healthz)
+    app[OPENAPI] = _enc.encode(openapi.document())
+    r.add_get("/openapi.json", openapi_json)
     r.add_post("/v1/messages", messages)
     r.add_post("/v1/messages/count_tokens", count_tokens)
     r.add_post("/v1/chat/completions", chat_completions)

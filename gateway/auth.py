@@ -58,4 +58,8 @@ def load_or_create_token() -> str:
 
 
 def check_token(presented: str | None, expected: str) -> bool:
-    return presented is not None and secrets.compare_digest(presented.encode(), expected.encode())
+    """Constant-time. A header that is not valid UTF-8 arrives with its bytes kept
+    as surrogates (aiohttp decodes with surrogateescape): compared as those bytes."""
+    if presented is None:
+        return False
+    return secrets.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())

@@ -55,6 +55,20 @@ from protocol.sockets import Endpoints, bind, make_socket, unlink_ipc
 log = structlog.get_logger()
 
 REPORT_INTERVAL_S = 1.0
+# What answers each command (anything else arriving meanwhile is a late reply to an
+# earlier one that timed out); ErrorReply may answer any.
+_REPLIES: dict[type, tuple[type, ...]] = {
+    m.ListWorkers: (m.WorkersReply,), m.Status: (m.StatusReply,), m.LoadModel: (m.Ack, m.LoadRefused),
+    m.ScaleModel: (m.Ack, m.LoadRefused),
+}
+# Stream messages taken off the SUB socket per turn of the event loop: a worker that
+# streams faster than the gateway reads must not keep the loop from everything else
+# (/healthz, other streams, a client's disconnect). The rest waits for the next turn.
+DRAIN_BATCH = 256
+# Messages of one local stream received but not yet taken by its handler: one whose
+# client does not read (its handler waits on a full socket) stops growing here, and
+# its generation is stopped. A model at 100 tokens/s fills it in under three minutes.
+MAX_UNREAD = 16_384
 
 
 @dataclass
@@ -106,6 +120,7 @@ class RequestStream:
         "model",
         "queue",
         "rid",
+        "seq_at_check",
         "t_cancel_ns",
         "worker_id",
     )
@@ -120,6 +135,7 @@ class RequestStream:
         self.done = False  # a terminal message has been received
         self.t_cancel_ns = 0
         self.cancel_handle: asyncio.TimerHandle | None = None
+        self.seq_at_check = 0  # expected_seq when the cancel deadline was last armed
 
     def push(self, msg: m.StreamMsg) -> None:
         self.queue.push(msg)
@@ -172,6 +188,7 @@ class Bus:
         self._worker_changed: asyncio.Event | None = None
         self._cmd_lock: asyncio.Lock | None = None
         self._cmd_reply: asyncio.Future[m.FromSupervisor] | None = None
+        self._cmd_expect: tuple[type, ...] = ()
         self.on_cancel_done: Callable[[RequestStream, m.Done], None] | None = None
         self.model_failed: dict[str, str] = {}  # parked models (supervisor events)
         self._loads: dict[str, asyncio.Future[m.FromSupervisor]] = {}  # one LoadModel per model
@@ -281,7 +298,7 @@ class Bus:
     def _drain_streams(self) -> None:
         dec = self._dec_stream
         streams = self.streams
-        while True:
+        for _ in range(DRAIN_BATCH):
             # Received frame by frame (as recv_multipart does) so that the binary
             # frames of a media output, which follow the message, are not copied.
             try:
@@ -306,12 +323,23 @@ class Bus:
                 self.cancel(st)
                 continue
             st.expected_seq += 1
+            if st.t_cancel_ns and not isinstance(msg, m.TERMINAL):
+                continue  # cancelled: nobody reads it any more, so it is not kept
             if extra is not None and isinstance(msg, m.JobOutput) and isinstance(st, JobStream):
                 st.data[msg.seq] = extra
             if isinstance(msg, m.TERMINAL):
                 self._terminate(st, msg)
             else:
                 st.push(msg)
+                if len(st.queue) > MAX_UNREAD:
+                    log.warning("client_not_reading", request_id=st.rid, unread=len(st.queue))
+                    self.cancel(st)
+                    self._terminate(st, m.Failed(st.rid, st.expected_seq, "overloaded",
+                                                 f"the client did not read its stream ({MAX_UNREAD} messages unread): "
+                                                 f"stopped"))
+        # More may be queued, and the fd is edge-triggered: it will not wake us for
+        # what is already there. Carry on in the next turn of the loop.
+        asyncio.get_running_loop().call_soon(self._drain_streams)
 
     def _drain_sup(self) -> None:
         while True:
@@ -328,6 +356,11 @@ class Bus:
                 continue
             fut = self._cmd_reply
             if fut is not None and not fut.done():
+                if not isinstance(msg, self._cmd_expect):
+                    # Replies carry no id: this one answers an earlier command that
+                    # timed out (a /healthz Status, say), not the one waiting now.
+                    log.debug("stale_supervisor_reply", got=type(msg).__name__)
+                    continue
                 fut.set_result(msg)
 
     def _drain_events(self) -> None:
@@ -446,15 +479,24 @@ class Bus:
                 pass
         return w
 
-    def _dispatch(self, w: WorkerRef, st: RequestStream, msg: m.ToWorker, data: list[bytes | memoryview]) -> None:
-        """Track ``st`` as in flight on ``w`` and send ``msg`` (media input as extra
-        frames, not copied)."""
+    def _encode(self, msg: m.ToWorker) -> bytes:
+        try:
+            return self._enc.encode(msg)
+        except OverflowError:
+            # msgpack has 64-bit integers; JSON has any size (a tool schema's "maximum",
+            # a seed): a permanent error of the request, found before it is sent.
+            raise ApiError(400, "the request holds an integer beyond 64 bits, which a local model cannot "
+                                "take") from None
+
+    def _dispatch(self, w: WorkerRef, st: RequestStream, raw: bytes, data: list[bytes | memoryview]) -> None:
+        """Track ``st`` as in flight on ``w`` and send ``raw`` (an encoded message;
+        media input as extra frames, not copied)."""
         st.worker_id = w.id
         self.streams[st.rid] = st
         w.in_flight.add(st.rid)
         w.last_used = time.monotonic()
         try:
-            self.router.send_multipart([w.ident, self._enc.encode(msg), *data], zmq.NOBLOCK, copy=False)
+            self.router.send_multipart([w.ident, raw, *data], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as e:
             # EHOSTUNREACH (ROUTER_MANDATORY): the worker has gone since it said ready.
             w.ready = False
@@ -469,12 +511,13 @@ class Bus:
         rid = self._new_rid()
         req = without_opaque(req)  # a cloud provider's blocks mean nothing to a local model
         msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
+        raw = self._encode(msg)
         st = RequestStream(self, rid, "", mc.name)
         route = None if count else _Route(rid, req, self.config.server.worker_routing == "cache_aware")
         if await self._needs_load(mc):
-            self._spawn_task(self._send_when_loaded(mc, st, msg, [], route))
+            self._spawn_task(self._send_when_loaded(mc, st, raw, [], route))
         else:
-            self._dispatch(await self._ready_worker(mc, route), st, msg, [])
+            self._dispatch(await self._ready_worker(mc, route), st, raw, [])
         return st
 
     async def open_job(self, mc: ModelConfig, params: m.JobParams, data: list[bytes | memoryview]) -> JobStream:
@@ -482,11 +525,12 @@ class Bus:
         least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
         rid = self._new_rid()
         job = m.Job(rid, self.gateway_id, params, n_frames=len(data))
+        raw = self._encode(job)
         jst = JobStream(self, rid, "", mc.name)
         if await self._needs_load(mc):
-            self._spawn_task(self._send_when_loaded(mc, jst, job, data))
+            self._spawn_task(self._send_when_loaded(mc, jst, raw, data))
         else:
-            self._dispatch(await self._ready_worker(mc), jst, job, data)
+            self._dispatch(await self._ready_worker(mc), jst, raw, data)
         return jst
 
     # ------------------------------------------------------------ load on demand
@@ -521,7 +565,7 @@ class Bus:
         except TimeoutError:
             return m.ErrorReply("the supervisor did not answer")
 
-    async def _send_when_loaded(self, mc: ModelConfig, st: RequestStream, msg: m.ToWorker,
+    async def _send_when_loaded(self, mc: ModelConfig, st: RequestStream, raw: bytes,
                                 data: list[bytes | memoryview], route: _Route | None = None) -> None:
         """Wait for a ready worker of a model being loaded, pinging the client every
         ``ping_interval_s``, then send it the request (or end the stream with an
@@ -554,7 +598,7 @@ class Bus:
             except TimeoutError:
                 pass
         log.info("model_loaded_for_request", model=mc.name, waited_s=round(time.monotonic() - t0, 3))
-        self._dispatch(w, st, msg, data)
+        self._dispatch(w, st, raw, data)
 
     def cancel(self, st: RequestStream) -> None:
         """The client went away: tell the worker, and give it ``cancel_deadline_s``
@@ -570,11 +614,20 @@ class Bus:
         except zmq.ZMQError:
             return
         asyncio.get_running_loop().call_soon(self._drain_router)
+        st.seq_at_check = st.expected_seq
         st.cancel_handle = asyncio.get_running_loop().call_later(
             self.config.server.cancel_deadline_s, self._cancel_overdue, st)
 
     def _cancel_overdue(self, st: RequestStream) -> None:
         if st.done:
+            return
+        if st.expected_seq > st.seq_at_check:
+            # Still arriving: the worker is alive, and what it sent before it saw the
+            # cancel is still being read (a fast worker runs ahead of the gateway).
+            # Its Done comes after that; wedged means silent.
+            st.seq_at_check = st.expected_seq
+            st.cancel_handle = asyncio.get_running_loop().call_later(
+                self.config.server.cancel_deadline_s, self._cancel_overdue, st)
             return
         log.error("cancel_overdue", request_id=st.rid, worker=st.worker_id)
         self._send_sup(m.RestartWorker(st.worker_id, reason="did not answer a cancel in time"))
@@ -584,6 +637,7 @@ class Bus:
         assert self._cmd_lock is not None
         async with self._cmd_lock:
             self._cmd_reply = asyncio.get_running_loop().create_future()
+            self._cmd_expect = (*_REPLIES.get(type(cmd), (m.Ack,)), m.ErrorReply)
             self._send_sup(cmd)
             try:
                 return await asyncio.wait_for(self._cmd_reply, timeout)

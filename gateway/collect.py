@@ -6,12 +6,13 @@ each adapter renders it in its own shape.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from gateway.errors import from_fail
+from gateway.errors import ApiError, from_fail
 from gateway.routing import Source
 from protocol import messages as m
 from protocol.chat import Part, TextPart, ThinkingPart, ToolUsePart, Usage
@@ -21,22 +22,29 @@ class AnthropicMessage:
     """An Anthropic upstream's events (m.Passthrough) folded into its Message
     object the way the official SDKs accumulate a stream: every block kept as
     sent, deltas applied (text, input_json, citations, thinking, signature),
-    ``message_delta`` fields and usage counts overwriting."""
+    ``message_delta`` fields and usage counts overwriting.
+
+    Text and thinking deltas are kept as lists and joined once, when their block
+    stops (or the message ends): appending to a string per delta is quadratic."""
 
     def __init__(self) -> None:
         self.message: dict[str, Any] | None = None
         self._json: dict[int, list[str]] = {}
+        self._pieces: dict[tuple[int, str], list[str]] = {}  # (block index, "text"|"thinking") -> deltas
 
-    def feed(self, event: str, data: bytes) -> None:
+    def feed(self, event: str, data: bytes) -> int:
+        """Apply one event; returns the bytes of content it added."""
         ev = msgspec.json.decode(data)
+        if not isinstance(ev, dict):
+            return 0
         t = ev.get("type", event)
         if t == "message_start":
             self.message = ev["message"]
             self.message["content"] = []
-            return
+            return 0
         msg = self.message
         if msg is None:
-            return
+            return 0
         if t == "content_block_start":
             msg["content"].append(ev["content_block"])
         elif t == "content_block_delta":
@@ -44,16 +52,20 @@ class AnthropicMessage:
             block = msg["content"][i]
             dt = d.get("type")
             if dt == "text_delta":
-                block["text"] = block.get("text", "") + d["text"]
-            elif dt == "input_json_delta":
+                self._piece(block, i, "text").append(d["text"])
+                return len(d["text"])
+            if dt == "input_json_delta":
                 self._json.setdefault(i, []).append(d["partial_json"])
-            elif dt == "citations_delta":
+                return len(d["partial_json"])
+            if dt == "citations_delta":
                 block["citations"] = [*(block.get("citations") or []), d["citation"]]
             elif dt == "thinking_delta":
-                block["thinking"] = block.get("thinking", "") + d["thinking"]
+                self._piece(block, i, "thinking").append(d["thinking"])
+                return len(d["thinking"])
             elif dt == "signature_delta":
                 block["signature"] = d["signature"]
         elif t == "content_block_stop":
+            self._join(ev["index"])
             raw = "".join(self._json.pop(ev["index"], []))
             if raw:
                 msg["content"][ev["index"]]["input"] = parse_tool_args(raw)
@@ -61,10 +73,31 @@ class AnthropicMessage:
             msg.update(ev.get("delta") or {})
             usage = msg.setdefault("usage", {})
             usage.update({k: v for k, v in (ev.get("usage") or {}).items() if v is not None})
+        elif t == "message_stop":
+            for i in {i for i, _ in self._pieces}:
+                self._join(i)
+        return 0
+
+    def _piece(self, block: dict[str, Any], i: int, key: str) -> list[str]:
+        got = self._pieces.get((i, key))
+        if got is None:
+            got = self._pieces[(i, key)] = [block.get(key, "")]
+        return got
+
+    def _join(self, i: int) -> None:
+        assert self.message is not None
+        for key in ("text", "thinking"):
+            got = self._pieces.pop((i, key), None)
+            if got is not None:
+                self.message["content"][i][key] = "".join(got)
 
 
 @dataclass
 class Collected:
+    """A stream folded into a whole answer, in time linear in its size: text and
+    thinking deltas are kept as lists and joined when their part ends.
+    ``size``: bytes of content received so far (what :func:`collect` bounds)."""
+
     parts: list[Part] = field(default_factory=list)
     stop_reason: str = "end_turn"
     stop_sequence: str = ""
@@ -72,34 +105,52 @@ class Collected:
     _args: dict[int, list[str]] = field(default_factory=dict)
     _tool_at: dict[int, int] = field(default_factory=dict)
     upstream: AnthropicMessage | None = None  # the upstream's own message, when it spoke the client's API
+    size: int = 0
+    _texts: list[str] = field(default_factory=list)  # deltas of the last part, when it is text or thinking
+    _sigs: list[str] = field(default_factory=list)
+
+    def _flush(self) -> None:
+        last = self.parts[-1] if self.parts else None
+        if isinstance(last, TextPart) and self._texts:
+            last.text = "".join(self._texts)
+        elif isinstance(last, ThinkingPart) and (self._texts or self._sigs):
+            last.thinking = "".join(self._texts)
+            last.signature = "".join(self._sigs)
+        self._texts = []
+        self._sigs = []
 
     def add(self, msg: m.StreamMsg) -> None:
         last = self.parts[-1] if self.parts else None
         if isinstance(msg, m.Passthrough):
             if self.upstream is None:
                 self.upstream = AnthropicMessage()
-            self.upstream.feed(msg.event, msg.data)
+            self.size += self.upstream.feed(msg.event, msg.data)
         elif isinstance(msg, m.Started):
             self.usage.input_tokens = msg.input_tokens
             self.usage.cache_read_input_tokens = msg.cache_read_input_tokens
         elif isinstance(msg, m.TextDelta):
-            if isinstance(last, TextPart):
-                last.text += msg.text
-            else:
-                self.parts.append(TextPart(msg.text))
+            self.size += len(msg.text)
+            if not isinstance(last, TextPart):
+                self._flush()
+                self.parts.append(TextPart(""))
+            self._texts.append(msg.text)
         elif isinstance(msg, m.ThinkingDelta):
-            if isinstance(last, ThinkingPart):
-                last.thinking += msg.text
-                last.signature += msg.signature
-            else:
-                self.parts.append(ThinkingPart(msg.text, msg.signature))
+            self.size += len(msg.text) + len(msg.signature)
+            if not isinstance(last, ThinkingPart):
+                self._flush()
+                self.parts.append(ThinkingPart("", ""))
+            self._texts.append(msg.text)
+            self._sigs.append(msg.signature)
         elif isinstance(msg, m.ToolCallStart):
+            self._flush()
             self._tool_at[msg.index] = len(self.parts)
             self._args[msg.index] = []
             self.parts.append(ToolUsePart(msg.id, msg.name, {}))
         elif isinstance(msg, m.ToolArgsDelta):
+            self.size += len(msg.partial_json)
             self._args.setdefault(msg.index, []).append(msg.partial_json)
         elif isinstance(msg, m.Done):
+            self._flush()
             self.stop_reason = msg.stop_reason
             self.stop_sequence = msg.stop_sequence
             u = msg.usage
@@ -123,8 +174,14 @@ def parse_tool_args(raw: str) -> dict[str, Any]:
     return val if isinstance(val, dict) else {"value": val}
 
 
-async def collect(st: Source) -> Collected:
-    """Wait for the whole answer; a failure raises the matching ApiError."""
+async def collect(st: Source, max_bytes: int = 0) -> Collected:
+    """Wait for the whole answer; a failure raises the matching ApiError.
+
+    ``max_bytes`` (0: no bound): an answer whose content grows past it is stopped
+    at its origin (``st.cancel()``) and answered with a 400 that says so, so one
+    request cannot hold unbounded memory. Between batches the loop gets a turn
+    (``asyncio.sleep(0)``), so a fast producer cannot keep it from /healthz, other
+    streams or this client's disconnect."""
     out = Collected()
     while True:
         for msg in await st.next_batch():
@@ -133,3 +190,8 @@ async def collect(st: Source) -> Collected:
             out.add(msg)
             if isinstance(msg, m.Done):
                 return out
+        if max_bytes and out.size > max_bytes:
+            st.cancel()
+            raise ApiError(400, f"the answer grew past {max_bytes / 2**20:g} MiB before it ended "
+                                f"(server.max_response_mb): ask for fewer max_tokens, or stream it (\"stream\": true)")
+        await asyncio.sleep(0)

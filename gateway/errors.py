@@ -100,6 +100,16 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def check_max_tokens(n: int, limit: int, field: str = "max_tokens") -> None:
+    """A 400 naming ``field`` when ``n`` is past the gateway's cap (``server.max_tokens_limit``,
+    0: none). Any size is compared: a value beyond 64 bits is an error here, not an
+    overflow on the way to a worker."""
+    if limit and n > limit:
+        shown = str(n) if n < 2**64 else "a number beyond 64 bits"
+        raise ApiError(400, f"{field}: {shown} > {limit}, which is the maximum allowed number of output tokens "
+                            f"(server.max_tokens_limit)", param=field)
+
+
 def from_fail(kind: FailKind, message: str) -> ApiError:
     """Map a worker's failure kind onto an API error."""
     if kind in ("invalid_request", "context_overflow"):

@@ -7,6 +7,7 @@ a client that disconnects cancels its handler at once (and so its worker request
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import sys
 
@@ -17,6 +18,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.auth import load_or_create_token
 from gateway.bus import Bus, RequestStream
+from gateway.http_guard import GuardedRunner, HttpLimits, OriginPolicy, is_loopback_bind
 from protocol import messages as m
 from protocol.config import decode_config
 from protocol.logs import setup_logging
@@ -37,6 +39,24 @@ def _log_cancel(st: RequestStream, done: m.Done) -> None:
              t_cancel_ns=st.t_cancel_ns, t_stop_ns=done.t_stop_ns)
 
 
+def connection_cap(configured: int) -> int:
+    """``max_connections``, kept below the process's file-descriptor limit (raised
+    to its hard limit first), with room for the bus's sockets and the log."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard and hard != resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    except (OSError, ValueError):
+        return configured
+    room = max(16, int(soft) - 256) if soft != resource.RLIM_INFINITY else configured
+    if configured <= 0:
+        return room
+    if configured > room:
+        log.warning("max_connections_lowered", configured=configured, to=room, nofile=soft)
+    return min(configured, room)
+
+
 async def serve(spec: GatewaySpec) -> int:
     config = decode_config(spec.config_json)
     token = load_or_create_token()
@@ -45,8 +65,12 @@ async def serve(spec: GatewaySpec) -> int:
     bus.start()
     # Routing switches live beside the instance's pidfile and log (one per port).
     state = instance_state_dir(spec.port) / "routing.json" if spec.port else None
-    app = build_app(bus, token, int(config.server.max_body_mb * 1024 * 1024), state)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    sc = config.server
+    origins = OriginPolicy(check_host=is_loopback_bind(spec.host) and "*" not in sc.allowed_hosts,
+                           allowed_hosts=list(sc.allowed_hosts), cors_origins=list(sc.cors_origins))
+    app = build_app(bus, token, int(sc.max_body_mb * 1024 * 1024), state, origins)
+    limits = HttpLimits(sc.header_timeout_s, sc.idle_timeout_s, connection_cap(sc.max_connections))
+    runner = GuardedRunner(app, limits, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.port, reuse_address=True, backlog=1024)
     try:

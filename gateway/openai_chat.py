@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.collect import Collected, parse_tool_args
-from gateway.errors import ApiError, from_fail, validation_error
+from gateway.errors import ApiError, check_max_tokens, from_fail, validation_error
 from protocol import messages as m
 from protocol.chat import (
     ChatRequest,
@@ -174,12 +174,17 @@ def _response_format(rf: dict[str, Any] | None) -> ResponseFormat | None:
                           strict if isinstance(strict, bool) else None)
 
 
-def parse_chat(body: bytes, headers: Any = None) -> tuple[ChatRequest, bool]:
-    """The canonical request and whether usage is wanted in the stream."""
+def parse_chat(body: bytes, headers: Any = None, *, max_tokens_limit: int = 0) -> tuple[ChatRequest, bool]:
+    """The canonical request and whether usage is wanted in the stream.
+    ``max_tokens_limit``: the gateway's cap on the output tokens asked for (0: none)."""
     try:
         r = _dec.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise validation_error(e) from None
+    for name in ("max_completion_tokens", "max_tokens"):
+        asked = getattr(r, name)
+        if asked is not None:
+            check_max_tokens(asked, max_tokens_limit, name)
     if not r.messages:
         raise ApiError(400, "messages: at least one message is required", param="messages")
     system: list[TextPart] = []

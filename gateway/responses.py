@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from gateway.collect import Collected
-from gateway.errors import ApiError, from_fail, json_object
+from gateway.errors import ApiError, check_max_tokens, from_fail, json_object
 from gateway.openai_chat import DEFAULT_MAX_TOKENS, data_url_part
 from protocol import messages as m
 from protocol.chat import (
@@ -155,8 +155,9 @@ def _tools(raw: Any, where: str) -> list[Tool]:
     return out
 
 
-def parse_responses(body: bytes, headers: Any = None) -> tuple[ChatRequest, dict[str, Any]]:
-    """The canonical request, and the request fields echoed in the response object."""
+def parse_responses(body: bytes, headers: Any = None, *, max_tokens_limit: int = 0) -> tuple[ChatRequest, dict[str, Any]]:
+    """The canonical request, and the request fields echoed in the response object.
+    ``max_tokens_limit``: the gateway's cap on ``max_output_tokens`` (0: none)."""
     r = json_object(body)
     model = r.get("model")
     if not isinstance(model, str) or not model:
@@ -186,8 +187,10 @@ def parse_responses(body: bytes, headers: Any = None) -> tuple[ChatRequest, dict
     if choice is not None and r.get("parallel_tool_calls") is False:
         choice.disable_parallel = True
     mot = r.get("max_output_tokens")
-    if mot is not None and (not isinstance(mot, int) or mot < 1):
+    if mot is not None and (not isinstance(mot, int) or isinstance(mot, bool) or mot < 1):
         raise _bad("max_output_tokens", "expected an integer >= 1")
+    if mot is not None:
+        check_max_tokens(mot, max_tokens_limit, "max_output_tokens")
     req = ChatRequest(
         model=model, messages=msgs, max_tokens=mot or DEFAULT_MAX_TOKENS, system=system, tools=tools,
         tool_choice=choice, temperature=r.get("temperature"), top_p=r.get("top_p"), stream=bool(r.get("stream")),

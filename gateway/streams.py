@@ -20,6 +20,9 @@ class MessageQueue:
         self._buf: deque[m.StreamMsg] = deque()
         self._waiter: asyncio.Future[None] | None = None
 
+    def __len__(self) -> int:
+        return len(self._buf)
+
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():

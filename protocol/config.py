@@ -50,6 +50,25 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     worker_routing: Literal["cache_aware", "least_loaded"] = "cache_aware"
     balance_abs: int = 1
     balance_rel: float = 1.5
+    # Hardening (issue 14). ``max_tokens_limit``: a larger max_tokens (max_output_tokens)
+    # is a 400 naming the field, whatever the model. ``max_response_mb``: a
+    # non-streaming answer that grows past this ends with an error and its
+    # generation is stopped (a stream is sent as it comes, so it holds nothing); 0: no bound.
+    max_tokens_limit: int = 131_072
+    max_response_mb: float = 64.0
+    # Connections (gateway/http_guard.py): a request's head must arrive within
+    # ``header_timeout_s``; a kept-alive connection idle ``idle_timeout_s`` is closed;
+    # past ``max_connections`` the longest-idle one is closed to make room. 0 turns a
+    # timeout off; max_connections is kept under the fd limit in any case (0: that alone).
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 2048
+    # Bound to loopback, the Host header must be localhost, *.localhost, a loopback
+    # address, or match one of ``allowed_hosts`` (globs; "*": no check). A browser's
+    # request (one with Origin) is refused unless its origin is in ``cors_origins``
+    # ("*": any), which are also the only origins that get CORS headers.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    cors_origins: list[str] = msgspec.field(default_factory=list)
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -192,6 +211,10 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     enabled: bool = True
     auto_apply_recommendation: bool = False
+    # Where ocr_image, transcribe_audio, speak_text and upscale_image may read and
+    # write files (empty: the home directory and the system temp directory); hidden
+    # files and directories below them are refused (gateway/media.py).
+    media_dirs: list[str] = msgspec.field(default_factory=list)
     recommend_output_tokens: int = 800
     usd_per_second: float = 0.01
 
@@ -267,7 +290,21 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     for m in cfg.models:
         if m.workers < 0:
             raise ConfigError(f"{p}: models.{m.name}.workers must be >= 0")
+    problem = server_problem(cfg.server)
+    if problem:
+        raise ConfigError(f"{p}: {problem}")
     return cfg
+
+
+def server_problem(s: ServerConfig) -> str:
+    """What is wrong with ``[server]``'s limits ("" when nothing)."""
+    if not 0 <= s.max_tokens_limit < 2**63:
+        return "server.max_tokens_limit must be between 0 (no cap) and 2^63-1"
+    if s.max_response_mb < 0:
+        return "server.max_response_mb must be >= 0 (0: no bound)"
+    if s.header_timeout_s < 0 or s.idle_timeout_s < 0 or s.max_connections < 0:
+        return "server.header_timeout_s, idle_timeout_s and max_connections must be >= 0 (0: off)"
+    return ""
 
 
 def encode_config(cfg: Config) -> bytes:

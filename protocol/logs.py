@@ -51,3 +51,30 @@ def setup_logging(process: str, *, json: bool | None = None) -> None:
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(proc=process)
+    _route_stdlib_logging(level)
+
+
+class _ToStructlog(logging.Handler):
+    """Libraries' stdlib log records (aiohttp, asyncio, the MCP SDK) as our own
+    lines: one JSON object each, never a multi-line traceback, whose text may quote
+    what a client sent. The exception's class is kept; its traceback only at debug."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            kw: dict[str, object] = {"logger": record.name}
+            if record.exc_info and record.exc_info[1] is not None:
+                kw["error"] = type(record.exc_info[1]).__name__
+                if record.levelno < logging.INFO or logging.getLogger().level <= logging.DEBUG:
+                    kw["exc_info"] = record.exc_info
+            structlog.get_logger().log(record.levelno, record.getMessage()[:500], **kw)
+        except Exception:  # a log line must never take the process down
+            pass
+
+
+def _route_stdlib_logging(level: int) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(_ToStructlog())
+    # Libraries' info lines are theirs, not ours (and may carry URLs); warnings and up pass.
+    root.setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)

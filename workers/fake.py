@@ -2,7 +2,9 @@
 
 It streams ``max_tokens`` tokens (or ``reply_tokens``, when set and smaller, then
 ``end_turn``) cycling through the words of the last user message, one every
-``token_delay_ms``. Tokens are counted by whitespace.
+``token_delay_ms``. Tokens are counted by whitespace. Prompt and answer share
+``context_window`` (default 200,000), as in a real model: the answer stops with
+``max_tokens`` where the window ends.
 
 Knobs (``[models.options]`` in the config), and the same as directives inside the last
 user message, so one worker can serve every test:
@@ -117,7 +119,9 @@ class FakeBackend:
             n_out += count_words(js)
             yield m.Done(request_id, 0, "tool_use", Usage(input_tokens, n_out))
             return
-        limit = req.max_tokens
+        # Prompt and answer share the window, as in a real model: the answer stops
+        # where the window ends (llama_cpp's budget is the same min()).
+        limit = min(req.max_tokens, o.context_window - input_tokens)
         stop_reason: Any = "max_tokens"
         if o.reply_tokens and o.reply_tokens < limit:
             limit = o.reply_tokens

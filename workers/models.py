@@ -168,6 +168,8 @@ def read_gguf_kv(path: Path, until: Callable[[dict[str, Any]], bool] | None = No
     with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm[:4] != b"GGUF":
             raise ModelError(f"{path} is not a GGUF file (bad magic)")
+        if len(mm) < 24:
+            raise ModelError(f"{path}: truncated GGUF header ({len(mm)} bytes)")
         (version,) = struct.unpack_from("<I", mm, 4)
         if version < 2:
             raise ModelError(f"{path}: GGUF version {version} is too old")
@@ -211,8 +213,9 @@ def read_gguf_kv(path: Path, until: Callable[[dict[str, Any]], bool] | None = No
                 kv[key] = value(vtype)
                 if until is not None and until(kv):
                     break
-        except struct.error as e:
-            raise ModelError(f"{path}: truncated GGUF header ({e})") from None
+        except (struct.error, OverflowError, MemoryError) as e:
+            # Lengths and counts past the end of the file (a truncated or lying header).
+            raise ModelError(f"{path}: truncated or corrupt GGUF header ({e})") from None
         return kv
 
 

@@ -123,3 +123,13 @@ def test_sse_error_mid_stream() -> None:
     enc.encode(m.TextDelta("r", 0, "x"))
     (ev, data), = _events(enc.encode(m.Failed("r", 0, "worker_died", "worker gone")))
     assert ev == "error" and data == {"type": "error", "error": {"type": "overloaded_error", "message": "worker gone"}}
+
+
+def test_a_block_type_that_is_not_a_string_is_a_400() -> None:
+    """Found by the fuzz tests (tests/e2e/test_fuzz_api.py): a tool result's inner
+    block whose "type" is an object was a 500 (unhashable dict)."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": {"x": 1}}]}]}]}
+    with pytest.raises(ApiError) as ei:
+        a.parse_messages(json.dumps(body).encode())
+    assert ei.value.status == 400

@@ -155,6 +155,49 @@ async def test_mcp_upscale_image_writes_the_file(tmp_path: Path) -> None:
         Path(path).unlink()
 
 
+async def test_mcp_media_tools_are_confined_to_media_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: the tools read any path and wrote any output_path they were given.
+    Now only inside [mcp] media_dirs (default: home and the temp dir), nothing
+    hidden, no escape by symlink or '..', outputs with the tool's extension."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_bytes(b"KEY")
+    (home / "pics").mkdir()
+    (home / "pics" / "ok.png").write_bytes(b"PNG")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"SECRET")
+    (home / "pics" / "link.png").symlink_to(outside / "secret.png")
+    (home / "pics" / "dirlink").symlink_to(outside)
+    out = m.JobOutput("r", 0, lines=[m.OcrLine("ok", 0.99)], pages=1)
+    bus: Any = FakeBus([(out, [])])
+    bus.config.mcp.media_dirs = [str(home)]
+    assert await media.ocr_image(bus, str(home / "pics" / "ok.png")) == "ok"
+    refused = ["/etc/passwd", str(home / ".ssh" / "id_ed25519"), str(home / "pics" / "link.png"),
+               str(home / "pics" / "dirlink" / "secret.png"), str(home / "pics" / ".." / ".." / "outside" / "secret.png")]
+    for path in refused:
+        with pytest.raises(ApiError) as ei:
+            await media.ocr_image(bus, path)
+        assert ei.value.status == 403 and ei.value.param == "image", path
+    assert [j[2] for j in bus.jobs] == [[b"PNG"]]  # nothing refused reached a worker
+    tts: Any = FakeBus([(m.JobOutput("r", 0, media_type="audio/pcm;rate=22050"), [b"\x01\x00"])])
+    tts.config.mcp.media_dirs = [str(home)]
+    for target in (str(outside / "x.wav"), str(home / ".bashrc.wav"), str(home / "pics" / "dirlink" / "x.wav"),
+                   str(home / "notes.txt")):
+        with pytest.raises(ApiError) as ei:
+            await media.speak_text(tts, "Hi.", output_path=target, voice="t2")
+        assert ei.value.param == "output_path", target
+    assert tts.jobs == [] and sorted(p.name for p in outside.iterdir()) == ["secret.png"]
+    (home / "pics" / "trap.wav").symlink_to(outside / "trap.wav")  # the final component a symlink
+    with pytest.raises(ApiError, match="cannot write"):
+        await media.speak_text(tts, "Hi.", output_path=str(home / "pics" / "trap.wav"), voice="t2")
+    assert not (outside / "trap.wav").exists()
+    monkeypatch.setenv("HOME", str(home))
+    bus.config.mcp.media_dirs = []  # the default: home and the temp dir
+    with pytest.raises(ApiError, match="hidden"):
+        await media.ocr_image(bus, str(home / ".ssh" / "id_ed25519"))
+
+
 async def test_chat_images_become_their_ocr_text() -> None:
     from protocol.chat import ChatRequest, ImagePart, Message, TextPart
 

@@ -66,3 +66,11 @@ def test_context_overflow_message() -> None:
 def test_unknown_option_fails_load() -> None:
     with pytest.raises(ModelLoadError, match="tokn_delay"):
         backend(tokn_delay=1)
+
+
+def test_answer_stops_where_the_window_ends() -> None:
+    """A huge max_tokens is bounded by the window, as with a real model (issue 14)."""
+    out = run(backend(context_window=10), req("a b c", 100))
+    done = out[-1]
+    assert isinstance(done, m.Done) and done.stop_reason == "max_tokens"
+    assert done.usage.output_tokens == 7 == sum(isinstance(x, m.TextDelta) for x in out)

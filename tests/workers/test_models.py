@@ -76,6 +76,33 @@ def test_locate_finds_without_assembling(tiny_gguf: Path, cache: Path) -> None:
     assert models.locate("") == models.default_model_path()
 
 
+def test_truncated_or_lying_headers_are_a_clear_error(tmp_path: Path) -> None:
+    """Issue 14: an 8-byte .gguf made `turnout models add` die with a struct.error
+    traceback. Each of these is a ModelError naming the file, and the CLI says it in
+    one line."""
+    import struct
+    import subprocess
+    import sys
+
+    head = b"GGUF" + struct.pack("<I", 3)
+    cases = {
+        "eight": head,
+        "no-kv": head + struct.pack("<QQ", 0, 1),
+        "long-key": head + struct.pack("<QQ", 0, 1) + struct.pack("<Q", 2**62) + b"k",
+        "huge-array": head + struct.pack("<QQ", 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 0, 2**60),
+        "far-key": head + struct.pack("<QQ", 0, 2) + struct.pack("<Q", 2**63 - 2) + b"k",
+    }
+    for name, data in cases.items():
+        f = tmp_path / f"{name}.gguf"
+        f.write_bytes(data)
+        with pytest.raises(models.ModelError, match=name):
+            models.gguf_info(f)
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "models", "add", str(tmp_path / "eight.gguf")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("turnout models: ") and "eight.gguf" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_add_refuses_a_non_gguf(tmp_path: Path) -> None:
     f = tmp_path / "notes.txt"
     f.write_text("hello")
