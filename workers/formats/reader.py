@@ -59,7 +59,16 @@ class Syntax:
     ``think_anywhere``: an opener after text starts another block (interleaved
     thinking); otherwise only at the start. ``calls_in_reasoning``: a call opener
     inside an unclosed reasoning block ends it (Kimi, Ling). ``drop``: markers
-    removed from the text (content wrappers, end-of-turn markers)."""
+    removed from the text (content wrappers, end-of-turn markers).
+
+    ``think_ends``: markers that also end a reasoning block, without being consumed
+    (the answer's opening wrapper when the model skips the closer: Command A's
+    ``<|START_TEXT|>``). ``raw_markers``: with ``raw_reasoning`` the reasoning
+    markers stay in the text (llama.cpp's ``reasoning_format = none``); False where
+    the reasoning block is structure the text never shows (Kimi K3).
+    ``think_preludes``: text a template writes after the opener that is reasoning
+    (Apriel's "Here are my reasoning steps:"): when the prompt ends with opener and
+    prelude, the prelude is read as reasoning, not as a prefill."""
 
     think: tuple[tuple[str, str], ...] = ()
     calls: tuple[CallSyntax, ...] = ()
@@ -67,6 +76,9 @@ class Syntax:
     think_anywhere: bool = False
     calls_in_reasoning: bool = True
     strip_after_think: str = "\n"  # characters dropped between a reasoning block and the answer
+    think_ends: tuple[str, ...] = ()
+    raw_markers: bool = True
+    think_preludes: tuple[str, ...] = ()
 
 
 def holdback(buf: str, markers: tuple[str, ...], start: int = 0) -> int:
@@ -92,6 +104,9 @@ def find_first(buf: str, markers: tuple[str, ...], start: int = 0) -> tuple[int,
     return best_i, best_m
 
 
+_FENCE = "```json"
+
+
 @dataclass(slots=True)
 class _State:
     mode: str = "start"  # start | text | think | strip | call
@@ -102,6 +117,8 @@ class _State:
     scanned: int = 0  # how far the current mode's buffer has been searched
     emitted_text: bool = False
     pending_text: list[str] = field(default_factory=list)
+    fence_checked: bool = False  # json_response: the answer's start was looked at for a ```json fence
+    fence: bool = False  # json_response: a ```json fence is open (its closing ``` is dropped)
 
 
 class Reader:
@@ -111,13 +128,18 @@ class Reader:
     ``reasoning_open``: the prompt ends inside a reasoning block (the opener's
     text, e.g. ``"<think>\\n"``), ``raw_reasoning``: keep reasoning as text.
     ``tools_enabled``: False when no tools were offered: calls are not looked for.
+    ``json_response``: the request asked for a JSON answer (a response format): a
+    ```json fence around the answer is layout, not answer (llama.cpp unwraps it).
     """
 
     def __init__(self, syntax: Syntax, tools: ToolSet | None = None, *, reasoning_open: str = "",
-                 raw_reasoning: bool = False, tools_enabled: bool = True) -> None:
+                 raw_reasoning: bool = False, tools_enabled: bool = True,
+                 json_response: bool = False) -> None:
         self.syntax = syntax
         self.tools = tools or ToolSet()
         self.raw = raw_reasoning
+        self._keep_markers = raw_reasoning and syntax.raw_markers
+        self.json_response = json_response
         self._calls = syntax.calls if tools_enabled else ()
         self._openers = tuple(c.open for c in self._calls)
         self._mid_openers = tuple(c.open for c in self._calls if not c.at_start_only)
@@ -132,8 +154,11 @@ class Reader:
             if pair is not None:
                 self._st.mode = "think"
                 self._st.think_open, self._st.think_close = reasoning_open, pair[1]
-                if self.raw:
+                if self._keep_markers:
                     self._st.pending_text.append(reasoning_open)
+                elif not self.raw:
+                    after = reasoning_open.strip()[len(pair[0].strip()):].strip()
+                    self._buf = next((p for p in syntax.think_preludes if after and p.strip() == after), "")
 
     # ------------------------------------------------------------------ api
 
@@ -216,7 +241,7 @@ class Reader:
             if s.startswith(o):
                 self._buf = s[len(o):]
                 self._st.mode, self._st.think_open, self._st.think_close = "think", o, c
-                if self.raw:
+                if self._keep_markers:
                     self._st.pending_text.append(o)
                 return
         for _, c in self.syntax.think:
@@ -242,8 +267,18 @@ class Reader:
         return ms
 
     def _step_text(self, out: list[Event], final: bool) -> None:
+        st = self._st
+        if self.json_response and not st.fence_checked:
+            s = self._buf.lstrip()
+            if not final and (not s or (len(s) < len(_FENCE) and _FENCE.startswith(s))):
+                return  # could still be the fence
+            st.fence_checked = True
+            if s.startswith(_FENCE):
+                self._buf, st.fence = s[len(_FENCE):], True
         buf = self._buf
         markers = self._text_markers()
+        if st.fence:
+            markers = (*markers, "```")
         i, mk = find_first(buf, markers)
         if i < 0:
             keep = 0 if final else holdback(buf, markers)
@@ -252,7 +287,8 @@ class Reader:
                 self._buf = buf[len(buf) - keep:]
             return
         self._emit_text(out, buf[:i])
-        if mk in self._drop:
+        if mk in self._drop or (st.fence and mk == "```"):
+            st.fence = st.fence and mk != "```"
             self._buf = buf[i + len(mk):]
             return
         call = next((c for c in self._calls if c.open == mk), None)
@@ -261,14 +297,14 @@ class Reader:
             return
         pair = next(p for p in self.syntax.think if p[0] == mk)
         self._st.mode, self._st.think_open, self._st.think_close = "think", pair[0], pair[1]
-        if self.raw:
+        if self._keep_markers:
             self._st.pending_text.append(mk)
         self._buf = buf[i + len(mk):]
 
     def _step_think(self, out: list[Event], final: bool) -> None:
         st = self._st
         buf = self._buf
-        markers: tuple[str, ...] = (st.think_close,)
+        markers: tuple[str, ...] = (st.think_close, *self.syntax.think_ends)
         if self.syntax.calls_in_reasoning:
             markers = (*markers, *self._mid_openers)
         i, mk = find_first(buf, markers)
@@ -282,9 +318,13 @@ class Reader:
             return
         self._emit_thinking(out, buf[:i])
         if mk == st.think_close:
-            if self.raw:
+            if self._keep_markers:
                 self._emit_text(out, mk)
             self._buf = buf[i + len(mk):]
+            st.mode = "strip"
+            return
+        if mk in self.syntax.think_ends:
+            self._buf = buf[i:]
             st.mode = "strip"
             return
         call = next(c for c in self._calls if c.open == mk)
