@@ -287,6 +287,9 @@ class Reader:
                 self._buf = buf[len(buf) - keep:]
             return
         self._emit_text(out, buf[:i])
+        if not final and any(len(m) > len(buf) - i and m.startswith(buf[i:]) for m in markers):
+            self._buf = buf[i:]  # the start of a longer marker (GigaChat's call opener begins with its message end)
+            return
         if mk in self._drop or (st.fence and mk == "```"):
             st.fence = st.fence and mk != "```"
             self._buf = buf[i + len(mk):]
