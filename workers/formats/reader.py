@@ -41,7 +41,10 @@ class CallSyntax:
     end it without being consumed (the next call's opener). With neither, the body
     ends where ``complete`` says (a balanced JSON value, say) or at the end of the
     output. ``parse`` reads a complete body; it raises :class:`NotACall` when the
-    body is not a call after all.
+    body is not a call after all. ``scan``, instead of ``complete``: makes a
+    ``complete`` for one call that keeps its place between calls (it is handed the
+    same body, grown), so finding a long body's end stays linear
+    (:func:`~workers.formats.jsoncalls.json_scan`).
     """
 
     open: str
@@ -51,6 +54,7 @@ class CallSyntax:
     keep_open: bool = False
     complete: Callable[[str], int | None] | None = None
     at_start_only: bool = False  # only recognised before any text (a bare JSON call)
+    scan: Callable[[], Callable[[str], int | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,7 @@ class _State:
     think_open: str = ""
     call: CallSyntax | None = None
     opener: str = ""  # the marker text that opened the current call
+    complete: Callable[[str], int | None] | None = None  # the current call's (CallSyntax.complete/scan)
     scanned: int = 0  # how far the current mode's buffer has been searched
     emitted_text: bool = False
     pending_text: list[str] = field(default_factory=list)
@@ -258,6 +263,7 @@ class Reader:
     def _open_call(self, call: CallSyntax, buf: str, i: int) -> None:
         st = self._st
         st.mode, st.call, st.opener, st.scanned = "call", call, call.open, 0
+        st.complete = call.scan() if call.scan is not None else call.complete
         self._buf = buf[i:] if call.keep_open else buf[i + len(call.open):]
 
     def _text_markers(self) -> tuple[str, ...]:
@@ -349,8 +355,8 @@ class Reader:
                 rest = i + len(mk) if mk in call.close else i
             else:
                 st.scanned = max(start, len(buf) - max(len(m) for m in markers) + 1)
-        if end < 0 and call.complete is not None:
-            j = call.complete(buf)
+        if end < 0 and st.complete is not None:
+            j = st.complete(buf)
             if j is not None:
                 end = rest = j
         if end < 0:
