@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from workers.formats.events import Call
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import calls_from_json, json_end
+from workers.formats.jsoncalls import JsonEnd, calls_from_json
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
 
@@ -36,24 +36,38 @@ COMMAND_A = Syntax(
 )
 
 
-def _action_end(s: str) -> int | None:
-    """After ``Action:``: a fenced (or bare) JSON list; 0 (not a call) for anything else."""
-    t = s.lstrip()
-    at = len(s) - len(t)
-    if not t:
-        return None
-    if t.startswith("```"):
-        j = s.find("```", at + 3)
-        return None if j < 0 else j + 3
-    if "```".startswith(t):
-        return None
-    if t[0] in "[{":
-        return json_end(s, at)
-    return 0
+class _ActionEnd:
+    """After ``Action:``: a fenced (or bare) JSON list; 0 (not a call) for
+    anything else. Resumable (see ``CallSyntax.scan``)."""
+
+    def __init__(self) -> None:
+        self.fence_from = -1  # where to look for the closing fence
+        self.json: JsonEnd | None = None
+
+    def __call__(self, s: str) -> int | None:
+        if self.fence_from >= 0:
+            j = s.find("```", self.fence_from)
+            if j < 0:
+                self.fence_from = max(self.fence_from, len(s) - 2)
+                return None
+            return j + 3
+        if self.json is not None:
+            return self.json(s)
+        t = s.lstrip()
+        at = len(s) - len(t)
+        if not t or (len(t) < 3 and "```".startswith(t)):
+            return None
+        if t.startswith("```"):
+            self.fence_from = at + 3
+            return self(s)
+        if t[0] in "[{":
+            self.json = JsonEnd(at)
+            return self.json(s)
+        return 0
 
 
 R_PLUS = Syntax(
-    calls=(CallSyntax("Action:", parse_action, complete=_action_end),),
+    calls=(CallSyntax("Action:", parse_action, scan=_ActionEnd),),
     drop=("<|CHATBOT_TOKEN|>", END_TURN),
 )
 

@@ -19,7 +19,7 @@ import re
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import args_object, json_end, loads
+from workers.formats.jsoncalls import JsonAfter, args_object, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, coerce, dumps
 
@@ -55,17 +55,12 @@ def parse_k2(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
-def _k2_call_end(s: str) -> int | None:
-    """A bare call ends with its arguments' JSON object."""
-    j = s.find(ARGS_BEGIN)
-    return None if j < 0 else json_end(s, j + len(ARGS_BEGIN))
-
-
 K2 = Syntax(
     think=(("<think>", "</think>"),),
     calls=(
         CallSyntax(SECTION_BEGIN, parse_k2, close=(SECTION_END,)),
-        CallSyntax(CALL_BEGIN, parse_k2, keep_open=True, complete=_k2_call_end),
+        # a bare call ends with its arguments' JSON object
+        CallSyntax(CALL_BEGIN, parse_k2, keep_open=True, scan=lambda: JsonAfter(ARGS_BEGIN)),
     ),
     drop=(CALL_END, SECTION_END, IM_END),
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 from workers.formats.events import Call, Event, NotACall, Text
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import args_object, calls_from_json, json_complete, json_end, loads
+from workers.formats.jsoncalls import JsonEnd, args_object, calls_from_json, json_scan, loads
 from workers.formats.reader import CallSyntax, Syntax, holdback
 from workers.formats.schema import ToolSet, dumps
 
@@ -64,7 +64,7 @@ def python_tag_body(body: str, tools: ToolSet) -> list[Call]:
 
 LLAMA3 = Syntax(
     calls=(
-        CallSyntax("{", offered_calls, keep_open=True, complete=json_complete, at_start_only=True),
+        CallSyntax("{", offered_calls, keep_open=True, scan=json_scan, at_start_only=True),
         CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT)),
     ),
     drop=(EOM, EOT),
@@ -99,7 +99,7 @@ def functools_calls(body: str, tools: ToolSet) -> list[Call]:
 
 FIREFUNCTION = Syntax(
     calls=(CallSyntax(FUNCTOOLS + "[", functools_calls, keep_open=True,
-                      complete=lambda s: json_end(s, len(FUNCTOOLS))),),
+                      scan=lambda: JsonEnd(len(FUNCTOOLS))),),
     drop=(EOT,),
 )
 
@@ -123,6 +123,8 @@ class FunctionaryReader:
         self.tools_enabled = tools_enabled
         self._buf = ""
         self._name = ""
+        self._json: JsonEnd | None = None  # where the current call's JSON arguments end
+        self._searched = 0  # how far the current call's body was searched for the next ">>>"
         self._mode = "text" if reasoning_open.startswith(RECIPIENT + "all\n") else "recipient"
 
     def feed(self, text: str) -> list[Event]:
@@ -164,7 +166,8 @@ class FunctionaryReader:
         if nl >= 0 and name == "all":
             self._buf, self._mode = line[nl + 1:], "text"
         elif nl >= 0 and self.tools_enabled and _NAME.fullmatch(name) and name != "all":
-            self._buf, self._mode, self._name = line[nl + 1:], "call", name
+            self._buf, self._mode, self._name, self._json = line[nl + 1:], "call", name, None
+            self._searched = 0
         else:  # not a recipient: the model is just talking
             self._buf, self._mode = line, "text"
 
@@ -181,14 +184,17 @@ class FunctionaryReader:
 
     def _step_call(self, out: list[Event], final: bool) -> None:
         buf = self._buf
-        end = json_end(buf) if buf.lstrip().startswith("{") else None
+        if self._json is None and buf.lstrip().startswith("{"):
+            self._json = JsonEnd()
+        end = self._json(buf) if self._json is not None else None
         if end is None:
-            i = buf.find(RECIPIENT)
+            i = buf.find(RECIPIENT, self._searched)
             if i >= 0:
                 end = i
             elif final:
                 end = len(buf)
             else:
+                self._searched = max(0, len(buf) - len(RECIPIENT) + 1)
                 return
         body = buf[:end]
         self._buf, self._mode = buf[end:], "after_call"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import args_object, calls_from_json, json_complete, loads
+from workers.formats.jsoncalls import args_object, calls_from_json, json_scan, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
 
@@ -36,7 +36,7 @@ NEMOTRON_V2 = Syntax(
 
 GRANITE_33 = Syntax(
     think=THINK,
-    calls=(CallSyntax("<|tool_call|>", json_calls, complete=json_complete),),
+    calls=(CallSyntax("<|tool_call|>", json_calls, scan=json_scan),),
     drop=("<response>", "</response>", "<|end_of_text|>"),
 )
 
@@ -73,11 +73,11 @@ APRIEL_16 = Syntax(
 
 GIGACHAT_CALL = "<|message_sep|>\n\nfunction call<|role_sep|>\n"
 GIGACHAT_3 = Syntax(
-    calls=(CallSyntax(GIGACHAT_CALL, json_calls, complete=json_complete),),
+    calls=(CallSyntax(GIGACHAT_CALL, json_calls, scan=json_scan),),
     drop=("<|message_sep|>",),
 )
 GIGACHAT_31 = Syntax(
-    calls=(CallSyntax("<|function_call|>", json_calls, complete=json_complete),),
+    calls=(CallSyntax("<|function_call|>", json_calls, scan=json_scan),),
     drop=("<|message_sep|>",),
 )
 

@@ -11,7 +11,7 @@ import hashlib
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family
-from workers.formats.jsoncalls import args_object, calls_from_json, json_end, loads
+from workers.formats.jsoncalls import JsonAfter, JsonEnd, args_object, calls_from_json, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
 
@@ -19,19 +19,26 @@ TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 EOS = "</s>"
 
 
-def _call_end(s: str) -> int | None:
-    """Where the call after ``[TOOL_CALLS]`` ends: a JSON list or object, or
-    ``NAME[…][ARGS]`` and a JSON object. 0 (not a call) when the name part holds
-    a space or a line break."""
-    head = s.lstrip()
-    start = len(s) - len(head)
-    if head[:1] in ("{", "["):
-        return json_end(s, start)
-    j = s.find(ARGS, start)
-    name_part = s[start:] if j < 0 else s[start:j]
-    if any(c.isspace() or c in "{}\"" for c in name_part.split(CALL_ID, 1)[0]):
-        return 0
-    return None if j < 0 else json_end(s, j + len(ARGS))
+def _name_char(c: str) -> bool:
+    return not c.isspace() and c not in '{}"'
+
+
+class _CallEnd:
+    """Where the call after ``[TOOL_CALLS]`` ends: a JSON list or object (Nemo),
+    or ``NAME[CALL_ID]ID[ARGS]`` and a JSON object; a name with a space, a quote or
+    a brace is no call. Resumable (see ``CallSyntax.scan``)."""
+
+    def __init__(self) -> None:
+        self.inner: JsonEnd | JsonAfter | None = None
+
+    def __call__(self, s: str) -> int | None:
+        if self.inner is None:
+            head = s.lstrip()
+            if not head:
+                return None
+            start = len(s) - len(head)
+            self.inner = JsonEnd(start) if head[0] in "{[" else JsonAfter(ARGS, _name_char, start)
+        return self.inner(s)
 
 
 def parse_call(body: str, tools: ToolSet) -> list[Call]:
@@ -48,7 +55,7 @@ def parse_call(body: str, tools: ToolSet) -> list[Call]:
     return [Call(name, dumps(args_object(loads(args) if args.strip() else {})), call_id.strip())]
 
 
-MISTRAL = Syntax(calls=(CallSyntax(TOOL_CALLS, parse_call, complete=_call_end),), drop=(EOS,))
+MISTRAL = Syntax(calls=(CallSyntax(TOOL_CALLS, parse_call, scan=_CallEnd),), drop=(EOS,))
 MINISTRAL = dataclasses.replace(MISTRAL, think=(("[THINK]", "[/THINK]"),), calls_in_reasoning=False)
 
 
