@@ -74,11 +74,11 @@ APRIEL_16 = Syntax(
 GIGACHAT_CALL = "<|message_sep|>\n\nfunction call<|role_sep|>\n"
 GIGACHAT_3 = Syntax(
     calls=(CallSyntax(GIGACHAT_CALL, json_calls, scan=json_scan),),
-    drop=("<|message_sep|>",),
+    drop=("<|message_sep|>\n\n", "<|message_sep|>"),
 )
 GIGACHAT_31 = Syntax(
     calls=(CallSyntax("<|function_call|>", json_calls, scan=json_scan),),
-    drop=("<|message_sep|>",),
+    drop=("<|message_sep|>\n\n", "<|message_sep|>"),
 )
 
 
