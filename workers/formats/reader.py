@@ -278,9 +278,11 @@ class Reader:
             s = self._buf.lstrip()
             if not final and (not s or (len(s) < len(_FENCE) and _FENCE.startswith(s))):
                 return  # could still be the fence
-            st.fence_checked = True
-            if s.startswith(_FENCE):
-                self._buf, st.fence = s[len(_FENCE):], True
+            # the answer's wrapper (<|START_TEXT|>, <response>) comes off first
+            if not s or not any(s.startswith(d) or (not final and d.startswith(s)) for d in self._drop):
+                st.fence_checked = True
+                if s.startswith(_FENCE):
+                    self._buf, st.fence = s[len(_FENCE):], True
         buf = self._buf
         markers = self._text_markers()
         if st.fence:

@@ -54,6 +54,9 @@ CASES: list[tuple[str, str, dict[str, Any], tuple[str, str, list[tuple[str, Any,
     # a fence is kept unless the request asked for JSON
     ("ministral-3", '```json\n{"a": 1}\n```', {}, ('```json\n{"a": 1}\n```', "", [])),
     ("ministral-3", '```json\n{"a": 1}\n```', {"json_response": True}, ('{"a": 1}', "", [])),
+    ("granite-3.3", '<response>```json\n{"a": 1}\n```</response>', {"json_response": True}, ('{"a": 1}', "", [])),
+    ("command-a", 'x<|END_THINKING|><|START_TEXT|>```json\n{"a": 1}\n```<|END_TEXT|>',
+     {"reasoning_open": "<|START_THINKING|>", "json_response": True}, ('{"a": 1}', "x", [])),
 ]
 
 
