@@ -19,7 +19,11 @@ __all__ = ["Call", "Event", "Family", "NotACall", "Text", "Thinking", "ToolSet",
 def reasoning_open(family: Family, prompt: str) -> str:
     """The reasoning block the prompt leaves open for the model (its opener and
     whatever follows it, e.g. ``"<think>\\n"``), or "" when the answer starts
-    outside one (no opener, or the template closed it: ``<think></think>``)."""
+    outside one (no opener, or the template closed it: ``<think></think>``).
+    A family with a reader of its own may say what its prompt leaves open
+    (:attr:`Family.prompt_open`)."""
+    if family.prompt_open is not None:
+        return family.prompt_open(prompt)
     if family.syntax is None:
         return ""
     tail = prompt[-4096:]

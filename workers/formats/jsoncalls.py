@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from workers.formats.events import Call, NotACall
@@ -54,6 +54,96 @@ def json_end(s: str, start: int = 0) -> int | None:
             if depth == 0:
                 return j + 1
     return None
+
+
+class JsonEnd:
+    """:func:`json_end` for a string that grows: call it again with the longer
+    string and it scans only what was added (linear in the whole, where calling
+    ``json_end`` on every chunk is quadratic). Same answers as ``json_end(s, start)``."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.pos = start
+        self.kind = ""  # "" (not started), "{" (object or array), '"' (string)
+        self.depth = 0
+        self.in_str = self.esc = False
+
+    def __call__(self, s: str) -> int | None:
+        i, n = self.pos, len(s)
+        if not self.kind:
+            while i < n and s[i] in " \t\r\n":
+                i += 1
+            self.pos = i
+            if i >= n or s[i] not in '{["':
+                return None
+            self.kind = "{" if s[i] in "{[" else '"'
+            self.in_str = self.kind == '"'
+            if self.in_str:
+                i += 1
+        depth, in_str, esc = self.depth, self.in_str, self.esc
+        end = None
+        while i < n:
+            ch = s[i]
+            i += 1
+            if in_str:
+                if esc:
+                    esc = False
+                elif ch == "\\":
+                    esc = True
+                elif ch == '"':
+                    in_str = False
+                    if self.kind == '"':
+                        end = i
+                        break
+            elif ch == '"':
+                in_str = True
+            elif ch in "{[":
+                depth += 1
+            elif ch in "}]":
+                depth -= 1
+                if depth == 0:
+                    end = i
+                    break
+        self.pos, self.depth, self.in_str, self.esc = i, depth, in_str, esc
+        return end
+
+
+class JsonAfter:
+    """A ``complete`` (resumable, like :class:`JsonEnd`) for a body ``HEAD MARKER
+    JSON``: Mistral's ``NAME[ARGS]{…}``, Kimi's ``ID<|tool_call_argument_begin|>{…}``.
+    The body ends with the JSON value after the marker. ``head_ok``: a test of
+    each character of the head (leading whitespace aside); one that fails it
+    makes the body no call (0)."""
+
+    def __init__(self, marker: str, head_ok: Callable[[str], bool] | None = None, start: int = 0) -> None:
+        self.marker, self.head_ok = marker, head_ok
+        self.searched = self.checked = start
+        self.began = False
+        self.json: JsonEnd | None = None
+
+    def __call__(self, s: str) -> int | None:
+        if self.json is None:
+            j = s.find(self.marker, self.searched)
+            head_end = j if j >= 0 else len(s)
+            if self.head_ok is not None:
+                for k in range(self.checked, head_end):
+                    c = s[k]
+                    if not self.began and c in " \t\r\n":
+                        continue
+                    self.began = True
+                    if not self.head_ok(c):
+                        return 0
+                self.checked = head_end
+            if j < 0:
+                self.searched = max(self.searched, len(s) - len(self.marker) + 1)
+                return None
+            self.json = JsonEnd(j + len(self.marker))
+        return self.json(s)
+
+
+def json_scan() -> JsonEnd:
+    """``CallSyntax.scan`` for a body that is one JSON value (the linear
+    :func:`json_complete`)."""
+    return JsonEnd()
 
 
 def loads(text: str) -> Any:

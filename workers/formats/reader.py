@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.formats.events import Call, Event, NotACall, Text, Thinking
-from workers.formats.jsoncalls import json_complete, json_end
+from workers.formats.jsoncalls import json_complete, json_end, json_scan
 from workers.formats.schema import ToolSet
 
 Parse = Callable[[str, ToolSet], list[Call]]
@@ -42,7 +42,10 @@ class CallSyntax:
     end it without being consumed (the next call's opener). With neither, the body
     ends where ``complete`` says (a balanced JSON value, say) or at the end of the
     output. ``parse`` reads a complete body; it raises :class:`NotACall` when the
-    body is not a call after all.
+    body is not a call after all. ``scan``, instead of ``complete``: makes a
+    ``complete`` for one call that keeps its place between calls (it is handed the
+    same body, grown), so finding a long body's end stays linear
+    (:func:`~workers.formats.jsoncalls.json_scan`).
     """
 
     open: str
@@ -52,6 +55,7 @@ class CallSyntax:
     keep_open: bool = False
     complete: Callable[[str], int | None] | None = None
     at_start_only: bool = False  # only recognised before any text (a bare JSON call)
+    scan: Callable[[], Callable[[str], int | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +65,15 @@ class Syntax:
     thinking); otherwise only at the start. ``calls_in_reasoning``: a call opener
     inside an unclosed reasoning block ends it (Kimi, Ling). ``drop``: markers
     removed from the text (content wrappers, end-of-turn markers).
-    ``raw_markers``: with ``raw_reasoning``, the reasoning block's markers stay in
-    the text (False: only its text does, as llama.cpp reads Ling)."""
+
+    ``think_ends``: markers that also end a reasoning block, without being consumed
+    (the answer's opening wrapper when the model skips the closer: Command A's
+    ``<|START_TEXT|>``). ``raw_markers``: with ``raw_reasoning`` the reasoning
+    markers stay in the text (llama.cpp's ``reasoning_format = none``); False where
+    llama.cpp keeps only the reasoning's text (Ling, Kimi K3).
+    ``think_preludes``: text a template writes after the opener that is reasoning
+    (Apriel's "Here are my reasoning steps:"): when the prompt ends with opener and
+    prelude, the prelude is read as reasoning, not as a prefill."""
 
     think: tuple[tuple[str, str], ...] = ()
     calls: tuple[CallSyntax, ...] = ()
@@ -70,7 +81,12 @@ class Syntax:
     think_anywhere: bool = False
     calls_in_reasoning: bool = True
     strip_after_think: str = "\n"  # characters dropped between a reasoning block and the answer
+    think_ends: tuple[str, ...] = ()
     raw_markers: bool = True
+    think_preludes: tuple[str, ...] = ()
+
+
+_FENCE = "```json"
 
 
 def holdback(buf: str, markers: tuple[str, ...], start: int = 0) -> int:
@@ -112,6 +128,8 @@ class _State:
     opener: str = ""  # the marker text that opened the current call
     emitted_text: bool = False
     pending_text: list[str] = field(default_factory=list)
+    fence_checked: bool = False  # json_response: the answer's start was looked at for a ```json fence
+    fence: bool = False  # json_response: a ```json fence is open (its closing ``` is dropped)
 
 
 class Reader:
@@ -121,14 +139,18 @@ class Reader:
     ``reasoning_open``: the prompt ends inside a reasoning block (the opener's
     text, e.g. ``"<think>\\n"``), ``raw_reasoning``: keep reasoning as text.
     ``tools_enabled``: False when no tools were offered: calls are not looked for.
+    ``json_response``: the request asked for a JSON answer (a response format): a
+    ```json fence around the answer is layout, not answer (llama.cpp unwraps it).
     """
 
     def __init__(self, syntax: Syntax, tools: ToolSet | None = None, *, reasoning_open: str = "",
-                 raw_reasoning: bool = False, tools_enabled: bool = True) -> None:
+                 raw_reasoning: bool = False, tools_enabled: bool = True,
+                 json_response: bool = False) -> None:
         self.syntax = syntax
         self.tools = tools or ToolSet()
         self.raw = raw_reasoning
         self._raw_marks = raw_reasoning and syntax.raw_markers  # reasoning markers kept in the text
+        self.json_response = json_response
         self._calls = syntax.calls if tools_enabled else ()
         self._openers = tuple(c.open for c in self._calls)
         self._mid_openers = tuple(c.open for c in self._calls if not c.at_start_only)
@@ -147,6 +169,9 @@ class Reader:
                 self._st.think_open, self._st.think_close = reasoning_open, pair[1]
                 if self._raw_marks:
                     self._st.pending_text.append(reasoning_open)
+                elif not self.raw:
+                    after = reasoning_open.strip()[len(pair[0].strip()):].strip()
+                    self._buf = next((p for p in syntax.think_preludes if after and p.strip() == after), "")
 
     # ------------------------------------------------------------------ api
 
@@ -251,22 +276,20 @@ class Reader:
         """Start buffering a call; the text after the opener is its body so far."""
         st = self._st
         st.mode, st.call, st.opener = "call", call, call.open
-        self._body = []
-        self._body_len = 0
-        self._tail = ""
         self._markers = (*call.close, *call.ends)
         self._hold = max((len(m) for m in self._markers), default=1) - 1
-        self._json = JsonEnd() if call.complete is json_complete else None
+        if call.scan is not None:
+            self._complete: Callable[[str], int | None] | None = call.scan()
+        elif call.complete is json_complete:
+            self._complete = json_scan()
+        else:
+            self._complete = call.complete
         rest = buf[i:] if call.keep_open else buf[i + len(call.open):]
         self._buf = ""
-        if call.keep_open:
-            # the body starts with the opener, which an `ends` marker may equal
-            self._body, self._body_len = [rest[: len(call.open)]], len(call.open)
-            if self._json is not None:
-                self._json.feed(call.open)
-            self._tail = call.open[-self._hold:] if self._hold else ""
-            rest = rest[len(call.open):]
-        self._call_feed(rest, out, final)
+        # the body starts with the opener when it keeps it; an `ends` marker may equal it
+        self._body = rest[: len(call.open)] if call.keep_open else ""
+        self._searched = len(self._body)
+        self._call_feed(rest[len(self._body):], out, final)
 
     def _text_markers(self) -> tuple[str, ...]:
         ms = (*self._mid_openers, *self._drop)
@@ -275,8 +298,20 @@ class Reader:
         return ms
 
     def _step_text(self, out: list[Event], final: bool) -> None:
+        st = self._st
+        if self.json_response and not st.fence_checked:
+            s = self._buf.lstrip()
+            if not final and (not s or (len(s) < len(_FENCE) and _FENCE.startswith(s))):
+                return  # could still be the fence
+            # the answer's wrapper (<|START_TEXT|>, <response>) comes off first
+            if not s or not any(s.startswith(d) or (not final and d.startswith(s)) for d in self._drop):
+                st.fence_checked = True
+                if s.startswith(_FENCE):
+                    self._buf, st.fence = s[len(_FENCE):], True
         buf = self._buf
         markers = self._text_markers()
+        if st.fence:
+            markers = (*markers, "```")
         i, mk = find_first(buf, markers)
         if i < 0:
             keep = 0 if final else holdback(buf, markers)
@@ -288,7 +323,8 @@ class Reader:
         if not final and unsettled(buf, i, markers):
             self._buf = buf[i:]
             return
-        if mk in self._drop:
+        if mk in self._drop or (st.fence and mk == "```"):
+            st.fence = st.fence and mk != "```"
             self._buf = buf[i + len(mk):]
             return
         call = next((c for c in self._calls if c.open == mk), None)
@@ -304,7 +340,7 @@ class Reader:
     def _step_think(self, out: list[Event], final: bool) -> None:
         st = self._st
         buf = self._buf
-        markers: tuple[str, ...] = (st.think_close,)
+        markers: tuple[str, ...] = (st.think_close, *self.syntax.think_ends)
         if self.syntax.calls_in_reasoning:
             markers = (*markers, *self._mid_openers)
         i, mk = find_first(buf, markers)
@@ -326,102 +362,60 @@ class Reader:
             self._buf = buf[i + len(mk):]
             st.mode = "strip"
             return
+        if mk in self.syntax.think_ends:
+            self._buf = buf[i:]
+            st.mode = "strip"
+            return
         call = next(c for c in self._calls if c.open == mk)
         self._open_call(call, buf, i, out, final)
 
     def _call_feed(self, text: str, out: list[Event], final: bool) -> None:
         """More of the current call's body. It ends at a ``close``/``ends``
         marker, where ``complete`` says, or (``final``) at the end of the output.
-        Only the new text (and a marker's length before it) is searched."""
+        Searches resume where they stopped, so a long body costs linear time."""
         call = self._st.call
         assert call is not None
+        # The one reference to the body is this local while it grows: CPython then
+        # extends the string in place instead of copying it (amortised linear).
+        body, self._body = self._body, ""
+        body += text
         end = rest = -1  # offsets in the body, once it is over
-        if self._markers and text:
-            window = self._tail + text
-            base = self._body_len - len(self._tail)
-            i, mk = find_first(window, self._markers)
-            while i >= 0 and self._inside_json(base + i, window[:i]):
-                i, mk = find_first(window, self._markers, i + 1)  # a marker inside a JSON string
+        if self._markers:
+            start = max(0, self._searched - self._hold)
+            i, mk = find_first(body, self._markers, start)
+            while i >= 0 and _inside_json(body, i):
+                i, mk = find_first(body, self._markers, i + 1)  # a marker inside a JSON string
             if i >= 0:
-                end = base + i
+                end = i
                 rest = end + len(mk) if mk in call.close else end
-        if end < 0 and text and (self._json is not None or call.complete is not None):
-            if self._json is not None:
-                j = self._json.feed(text)
-                if j is not None:
-                    end = rest = self._body_len + j
-            else:
-                assert call.complete is not None
-                j = call.complete("".join(self._body) + text)
-                if j is not None:
-                    end = rest = j
-        if text:
-            self._body.append(text)
-            self._body_len += len(text)
-            if self._hold:
-                self._tail = (self._tail + text)[-self._hold:]
+        self._searched = len(body)
+        if end < 0 and self._complete is not None and text:
+            j = self._complete(body)
+            if j is not None:
+                end = rest = j
         if end < 0:
             if not final:
+                self._body = body
                 return
-            end = rest = self._body_len
-        whole = "".join(self._body)
-        self._body, self._body_len, self._tail = [], 0, ""
-        body, after = whole[:end], whole[rest:]
+            end = rest = len(body)
         st = self._st
-        st.mode, st.call = "text", None
+        st.mode, st.call, self._complete = "text", None, None
         try:
-            calls = call.parse(body, self.tools)
+            calls = call.parse(body[:end], self.tools)
         except NotACall:
-            raw = (body if call.keep_open else st.opener + body) + whole[end:rest]
+            raw = (body[:end] if call.keep_open else st.opener + body[:end]) + body[end:rest]
             self._emit_text(out, raw)
         else:
             out.extend(calls)
-        self._buf = after + self._buf
+        self._buf = body[rest:] + self._buf
 
 
-    def _inside_json(self, end: int, window_head: str) -> bool:
-        """Is offset ``end`` of the body inside an unclosed JSON value that the
-        body opens with? (A closing marker there is part of a string argument.)"""
-        head = "".join(self._body)[:end] if end <= self._body_len else "".join(self._body) + window_head[
-            len(self._tail):]
-        s = head.lstrip()
-        if not s.startswith(("{", "[")):
-            return False
-        return json_end(s, 0) is None
+def _inside_json(body: str, end: int) -> bool:
+    """Is offset ``end`` of the body inside an unclosed JSON value that the body
+    opens with? (A closing marker there is part of a string argument.)"""
+    s = body[:end].lstrip()
+    if not s.startswith(("{", "[")):
+        return False
+    return json_end(s, 0) is None
 
 
-class JsonEnd:
-    """Finds where a JSON value ends, fed a piece at a time (linear overall)."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.in_str = self.esc = False
-        self.started = False
-        self.seen = 0
-
-    def feed(self, text: str) -> int | None:
-        """Offset (from the first text fed) just past the value, once it is closed."""
-        for k, ch in enumerate(text):
-            if self.in_str:
-                if self.esc:
-                    self.esc = False
-                elif ch == "\\":
-                    self.esc = True
-                elif ch == '"':
-                    self.in_str = False
-                    if self.depth == 0 and self.started:
-                        return self.seen + k + 1
-            elif ch == '"':
-                self.in_str = True
-                self.started = True
-            elif ch in "{[":
-                self.depth += 1
-                self.started = True
-            elif ch in "}]":
-                self.depth -= 1
-                if self.depth <= 0 and self.started:
-                    return self.seen + k + 1
-            elif not self.started and ch not in " \t\r\n":
-                return self.seen + k  # not JSON: it ends here, and will not parse
-        self.seen += len(text)
-        return None

@@ -145,6 +145,7 @@ class Rendered:
     tools_enabled: bool
     reasoning_open: str = ""  # the prompt ends inside a reasoning block (its opener text on)
     tools: ToolSet = field(default_factory=ToolSet)
+    json_response: bool = False  # the request asked for a JSON answer (a fence around it is layout)
 
     @property
     def tool_format(self) -> str:
@@ -152,7 +153,8 @@ class Rendered:
 
     def new_reader(self, *, raw_reasoning: bool = False) -> Any:
         return self.family.new_reader(self.tools, reasoning_open=self.reasoning_open,
-                                      raw_reasoning=raw_reasoning, tools_enabled=self.tools_enabled)
+                                      raw_reasoning=raw_reasoning, tools_enabled=self.tools_enabled,
+                                      json_response=self.json_response)
 
 
 def _builtin_family(fmt: str) -> Family:
@@ -452,6 +454,7 @@ def render_messages(msgs: list[dict[str, Any]], tpl: Template, *, tools: list[di
         "enable_thinking": thinking,
         "date_string": now.strftime("%d %b %Y"),
         "datetime": now.strftime("%b %d %Y"),
+        "strftime_now": now.strftime,
     }
     if "reasoning_effort" in tpl.source:
         ctx["reasoning_effort"] = _effort(tpl.source, thinking, thinking_budget)
@@ -487,4 +490,4 @@ def render(req: ChatRequest, tpl: Template, *, now: datetime | None = None) -> R
     budget = req.thinking.budget_tokens if req.thinking is not None else 0
     prompt = render_messages(msgs, tpl, tools=specs, thinking=thinking, thinking_budget=budget, now=now)
     return Rendered(prompt, list(tpl.stops), tpl.family, tools_enabled, reasoning_open(tpl.family, prompt),
-                    ToolSet(specs))
+                    ToolSet(specs), req.response_format is not None)

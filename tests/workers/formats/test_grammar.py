@@ -62,7 +62,7 @@ def run(tiny_gguf: Path, family: str, tools: list[Tool], choice: ToolChoice, see
                       path=str(tiny_gguf), options={"seed": seed, "tool_format": family})
     b = create(spec)
     b.load()
-    req = ChatRequest(model="tiny", max_tokens=300, temperature=1.0, tools=tools, tool_choice=choice,
+    req = ChatRequest(model="tiny", max_tokens=700, temperature=1.0, tools=tools, tool_choice=choice,
                       messages=[Message("user", [TextPart("go")])])
     return list(b.generate("r", req, StubCtx()))
 

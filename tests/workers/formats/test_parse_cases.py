@@ -31,6 +31,7 @@ def read(case: dict[str, Any], chunks: list[str]) -> tuple[str, str, list[tuple[
         reasoning_open=formats.reasoning_open(fam, case["generation_prompt"]),
         raw_reasoning=case["reasoning_format"] == "none",
         tools_enabled=bool(case["tools"]),
+        json_response=bool(case["json_schema"]),
     )
     events = []
     for chunk in chunks:

@@ -46,6 +46,9 @@ class Family:
     this family writes it (the grammar of a forced ``tool_choice`` is built from
     it, and it is how an earlier call appears when a template cannot render one).
     ``stops``: end-of-turn strings beyond the model's own end-of-generation tokens.
+    ``prompt_open``: for a family with a reader of its own, what the end of the
+    prompt leaves open, handed to the reader as ``reasoning_open`` (functionary's
+    generation prompt ends with ``>>>``: the answer starts with a recipient).
     """
 
     name: str
@@ -57,15 +60,19 @@ class Family:
     stops: tuple[str, ...] = ()
     order: int = 100
     examples: tuple[str, ...] = field(default=())  # template files of llama.cpp's that are this family
+    prompt_open: Callable[[str], str] | None = None
 
     def new_reader(self, tools: ToolSet | None = None, *, reasoning_open: str = "",
-                   raw_reasoning: bool = False, tools_enabled: bool = True) -> Any:
+                   raw_reasoning: bool = False, tools_enabled: bool = True,
+                   json_response: bool = False) -> Any:
+        """``json_response``: the request asked for a JSON answer (see
+        :class:`~workers.formats.reader.Reader`; readers of their own ignore it)."""
         if self.reader is not None:
             return self.reader(tools or ToolSet(), reasoning_open=reasoning_open,
                                raw_reasoning=raw_reasoning, tools_enabled=tools_enabled)
         assert self.syntax is not None
         return Reader(self.syntax, tools, reasoning_open=reasoning_open, raw_reasoning=raw_reasoning,
-                      tools_enabled=tools_enabled)
+                      tools_enabled=tools_enabled, json_response=json_response)
 
 
 def has(*markers: str) -> Callable[[str], bool]:

@@ -21,9 +21,19 @@ def _bare(body: str, tools: ToolSet) -> list:  # type: ignore[type-arg]
     return calls
 
 
-def _fence_end(s: str) -> int | None:
-    i = s.find("```", 3)
-    return None if i < 0 else i + 3
+class _FenceEnd:
+    """``CallSyntax.scan`` for a ```json fenced body: its closing fence (searched
+    from where the last search stopped)."""
+
+    def __init__(self) -> None:
+        self.pos = 3
+
+    def __call__(self, s: str) -> int | None:
+        i = s.find("```", self.pos)
+        if i < 0:
+            self.pos = max(3, len(s) - 2)
+            return None
+        return i + 3
 
 
 GENERIC = Syntax(
@@ -31,7 +41,7 @@ GENERIC = Syntax(
     calls=(
         CallSyntax("{", _bare, keep_open=True, complete=json_complete, at_start_only=True),
         CallSyntax("[", _bare, keep_open=True, complete=json_complete, at_start_only=True),
-        CallSyntax("```json", _bare, keep_open=True, complete=_fence_end, at_start_only=True),
+        CallSyntax("```json", _bare, keep_open=True, scan=_FenceEnd, at_start_only=True),
         CallSyntax("<tool_call>", _bare, close=("</tool_call>",)),
     ),
 )
