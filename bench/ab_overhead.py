@@ -77,7 +77,7 @@ def main() -> int:
             ("per-token cost p50 (µs)", ("overhead", "per_token_us_turnout", "p50")),
             ("200 streams, tokens/s", ("throughput", "tokens_per_s")),
             ("cancel p99 (ms)", ("cancel", "client_close_to_worker_stop_ms", "p99"))]
-    table = []
+    table: list[dict[str, Any]] = []
     for name, path in rows:
         a, b = med("a", *path), med("b", *path)
         table.append({"measure": name, "a": a, "b": b, "b_over_a": round(b / a, 4) if a else None})

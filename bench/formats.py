@@ -177,7 +177,7 @@ def main() -> None:
 
     model = models.ensure_default_model(progress=False)
     gen = generation_s_per_token(model)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fam in formats.registry().values():
         if fam.forced_call is None:
             continue

@@ -71,7 +71,7 @@ def plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     def bars(values: list[float | None], title: str, ylabel: str, fname: str) -> None:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         xs = [i for i, v in enumerate(values) if v is not None]
-        ax.bar([names[i] for i in xs], [values[i] for i in xs], color="#4a7bb7")
+        ax.bar([names[i] for i in xs], [float(values[i] or 0) for i in xs], color="#4a7bb7")
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.tick_params(axis="x", labelrotation=15)

@@ -329,10 +329,17 @@ def test_default_model_forced_tool_call_on_claude_code_request(gemma: LlamaBacke
     req.tools = [t for t in req.tools if t.name == "Bash"]  # keep the prompt ~3k tokens
     req.tool_choice = ToolChoice(type="tool", name="Bash")
     req.max_tokens = 120
+    req.temperature = 0.0
     out = run(gemma, req)
     (name, args), = calls_of(out)
     assert name == "Bash" and isinstance(args.get("command"), str)
-    assert out[-1].stop_reason == "tool_use"
+    assert not text_of(out)  # the call's JSON is never answer text, even cut off
+    # this base model copies the tool's long description into "description" and
+    # is cut by max_tokens: the call keeps its finished arguments only (as Anthropic
+    # returns a tool_use block cut by max_tokens), and says it was cut
+    assert out[-1].stop_reason in ("tool_use", "max_tokens")
+    if out[-1].stop_reason == "max_tokens":
+        assert "description" not in args
 
 
 @pytest.mark.slow

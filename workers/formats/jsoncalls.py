@@ -219,3 +219,46 @@ def calls_from_json(body: str, tools: ToolSet | None = None, **keys: Any) -> lis
 def json_complete(s: str) -> int | None:
     """``CallSyntax.complete`` for a body that is one JSON value."""
     return json_end(s, 0)
+
+
+def close_partial_json(s: str) -> str | None:
+    """The JSON value that the unfinished ``s`` (a call cut off by max_tokens)
+    begins, closed where it stopped: only values that were finished are kept (a
+    cut string or number is dropped, never passed on shortened: a shortened shell
+    command is a different command), then open objects and arrays are closed.
+    None when ``s`` does not start a JSON object or array."""
+    t = s.lstrip()
+    if not t.startswith(("{", "[")):
+        return None
+    stack: list[str] = []
+    cuts: list[tuple[int, str]] = []  # (end offset, closers) of prefixes that may close cleanly
+    in_str = esc = False
+    for j, ch in enumerate(t):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+                cuts.append((j + 1, "".join(reversed(stack))))
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+            cuts.append((j + 1, "".join(reversed(stack))))
+        elif ch in "}]":
+            if stack:
+                stack.pop()
+            cuts.append((j + 1, "".join(reversed(stack))))
+            if not stack:
+                return t[: j + 1]
+        elif ch == ",":
+            cuts.append((j, "".join(reversed(stack))))
+    for cand in (t[:end] + closers for end, closers in reversed(cuts)):
+        try:
+            json.loads(cand)
+        except ValueError:
+            continue
+        return cand
+    return None

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.formats.events import Call, Event, NotACall, Text, Thinking
-from workers.formats.jsoncalls import json_complete, json_end, json_scan
+from workers.formats.jsoncalls import close_partial_json, json_complete, json_end, json_scan
 from workers.formats.schema import ToolSet
 
 Parse = Callable[[str, ToolSet], list[Call]]
@@ -393,21 +393,46 @@ class Reader:
             j = self._complete(body)
             if j is not None:
                 end = rest = j
+        cut = False  # the output ended inside the call (max_tokens, or a model that stopped there)
         if end < 0:
             if not final:
                 self._body = body
                 return
             end = rest = len(body)
+            # cut off, unless a closing marker was there (inside what looked like JSON: malformed)
+            cut = find_first(body, self._markers, 0)[0] < 0 if self._markers else True
         st = self._st
         st.mode, st.call, self._complete = "text", None, None
         try:
             calls = call.parse(body[:end], self.tools)
         except NotACall:
-            raw = (body[:end] if call.keep_open else st.opener + body[:end]) + body[end:rest]
-            self._emit_text(out, raw)
+            cut_calls = _cut_call(call, body, self.tools) if cut else None
+            if cut_calls is not None:
+                out.extend(cut_calls)
+            elif not cut or call.keep_open:
+                raw = (body[:end] if call.keep_open else st.opener + body[:end]) + body[end:rest]
+                self._emit_text(out, raw)
+            # else: a call cut off before its name and arguments could be read is dropped
+            # (its markers are not answer text)
         else:
             out.extend(calls)
         self._buf = body[rest:] + self._buf
+
+
+def _cut_call(call: CallSyntax, body: str, tools: ToolSet) -> list[Event] | None:
+    """The calls an output cut off inside a call's JSON arguments still makes:
+    its finished arguments only (see :func:`close_partial_json`), as Anthropic
+    returns a tool_use block cut by max_tokens. None if that does not parse."""
+    i = min((j for j in (body.find("{"), body.find("[")) if j >= 0), default=-1)
+    if i < 0:
+        return None
+    closed = close_partial_json(body[i:])
+    if closed is None:
+        return None
+    try:
+        return list(call.parse(body[:i] + closed, tools))
+    except NotACall:
+        return None
 
 
 def _inside_json(body: str, end: int) -> bool:

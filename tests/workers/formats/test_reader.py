@@ -83,6 +83,24 @@ def test_unterminated_call_at_end_of_output_still_parses() -> None:
     assert run(hermes(), text, 3) == [("call", 'Bash {"command":"ls"}')]
 
 
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_call_cut_off_keeps_only_its_finished_arguments(step: int) -> None:
+    """Output that ends inside a call (max_tokens) still makes the call, as
+    Anthropic returns a cut tool_use block: a cut string is dropped, never
+    passed on shortened (``rm -rf /tmp/x`` cut to ``rm -rf /``)."""
+    tools = formats.ToolSet([{"name": "Bash", "parameters": {"type": "object", "properties": {
+        "command": {"type": "string"}, "timeout": {"type": "integer"}, "description": {"type": "string"}}}}])
+    text = '<tool_call>{"name": "Bash", "arguments": {"command": "ls", "timeout": 5, "description": "Lists the fi'
+    reader = formats.by_name("hermes").new_reader(tools)
+    assert run(reader, text, step) == [("call", 'Bash {"command":"ls","timeout":5}')]
+    text = '<tool_call>{"name": "Bash", "arguments": {"command": "rm -rf /tmp/x'
+    assert run(formats.by_name("hermes").new_reader(tools), text, step) == [("call", "Bash {}")]
+
+
+def test_call_cut_off_before_its_name_is_dropped() -> None:
+    assert run(hermes(), 'Sure.<tool_call>{"name": "Ba', 3) == [("text", "Sure.")]
+
+
 def test_no_tools_offered_leaves_markers_as_text() -> None:
     text = '<tool_call>{"name": "Bash", "arguments": {}}</tool_call>'
     assert run(hermes(tools_enabled=False), text, 4) == [("text", text)]
