@@ -47,7 +47,7 @@ from protocol.chat import ChatRequest, Usage
 from workers import chat_templates as ct
 from workers import tool_calls as tc
 from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
-from workers.models import ModelError, gguf_info, resolve
+from workers.models import N_CTX_MAX, ModelError, gguf_info, planned_n_ctx, resolve
 from workers.signing import install_signer
 
 log = structlog.get_logger()
@@ -69,7 +69,7 @@ class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     The chat and sampling options are :class:`workers.chat_templates.ChatOptions`."""
 
     n_ctx: int = 0
-    n_ctx_max: int = 32768
+    n_ctx_max: int = N_CTX_MAX
     n_threads: int = 0
     n_threads_batch: int = 0
     n_batch: int = 512
@@ -150,6 +150,8 @@ class LlamaBackend:
         self.cache = PromptCache(self.opts.cache_capacity_mb << 20)
         self._n_swa = 0
         self._add_bos = True
+        self.base_model = False  # no chat template in the GGUF (known after load())
+        self._extra_stops: list[str] = []  # end-of-turn strings beyond the template's
         self._bos_text = ""
         self._piece_buf = ctypes.create_string_buffer(256)
         self._abort_cb: Any = None
@@ -167,10 +169,9 @@ class LlamaBackend:
             info = gguf_info(path)
         except ModelError as e:
             raise ModelLoadError(str(e)) from None
-        n_ctx = o.n_ctx or self.spec.context_window or min(info.context_length or 4096, o.n_ctx_max)
-        if info.context_length and n_ctx > info.context_length:
-            log.warning("n_ctx_capped", asked=n_ctx, trained=info.context_length)
-            n_ctx = info.context_length
+        n_ctx = planned_n_ctx(info.context_length, o.n_ctx, self.spec.context_window, o.n_ctx_max)
+        if n_ctx < (o.n_ctx or self.spec.context_window):
+            log.warning("n_ctx_capped", asked=o.n_ctx or self.spec.context_window, trained=info.context_length)
         threads = os.cpu_count() or 1
         try:
             from llama_cpp import Llama
@@ -216,6 +217,8 @@ class LlamaBackend:
             )
         except ValueError as e:
             raise ModelLoadError(f"llama_cpp options: {e}") from None
+        self.base_model = not info.chat_template
+        self._extra_stops = ct.extra_stops(o.stop, self.template.family, self.base_model)
         # Kept referenced: llama.cpp holds a raw pointer to it. Installed only while a
         # prefill runs (see _prefill): it is called once per graph node, which would
         # cost a few percent of decode speed for nothing.
@@ -227,6 +230,8 @@ class LlamaBackend:
             n_ctx=self.context_window,
             family=self.template.family,
             tool_format=self.template.tool_format,
+            base_model=self.base_model,
+            stops=self._extra_stops,
             load_s=round(time.monotonic() - t0, 2),
         )
 
@@ -459,12 +464,15 @@ class LlamaBackend:
         json_only: bool = False,
     ) -> Iterator[GenItem]:
         llm, lc = self.llm, self._lc
-        budget = min(req.max_tokens, self.context_window - n_prompt)
+        # The answer ends at max_tokens, or where the context window is full: then
+        # as Anthropic's API ends it, with model_context_window_exceeded.
+        room = self.context_window - n_prompt
+        budget = min(req.max_tokens, room)
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         # A grammar-forced call is one JSON object, whitespace and newlines included:
         # end-of-turn strings must not cut it (the grammar ends it).
         # So is a structured-output answer.
-        turn_stops = [] if forced or json_only else [*rendered.stop, *self.opts.stop]
+        turn_stops = [] if forced or json_only else [*rendered.stop, *self._extra_stops]
         out = tc.AnswerWriter(request_id, req, stops=turn_stops, tools_enabled=rendered.tools_enabled,
                               thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
         stop_reason: Any = "max_tokens"
@@ -487,9 +495,11 @@ class LlamaBackend:
             if out.stop_reason is not None:
                 stop_reason = out.stop_reason
                 break
-            if llm.n_tokens >= self.context_window:
-                break
+            if n_out >= budget:
+                break  # the last token needs no evaluation (nor a KV cell)
             llm.eval([token])  # feed it back: the next token's logits
+        if stop_reason == "max_tokens" and n_out >= room and req.max_tokens > room:
+            stop_reason = "model_context_window_exceeded"
         # What was held back as a possible stop string's start never became one.
         yield from out.finish(utf8.decode(b"", final=True))
         usage.output_tokens = n_out

@@ -210,6 +210,7 @@ class MlxBackend:
         self.model: Any = None
         self.tokenizer: Any = None
         self.template: ct.TemplateInfo | None = None
+        self._extra_stops: list[str] = []  # end-of-turn strings beyond the template's (after load())
         self.kv: KVStore | None = None
         self._eos: set[int] = set()
         self._signer = install_signer()
@@ -266,6 +267,7 @@ class MlxBackend:
             )
         except ValueError as e:
             raise ModelLoadError(f"mlx_lm options: {e}") from None
+        self._extra_stops = ct.extra_stops(o.stop, self.template.family, base_model=not template)
         self.kv = KVStore(lambda: make_prompt_cache(model), o.cache_entries, o.cache_capacity_mb << 20,
                           o.stash_min_tokens)
         # One token through the model: first-use costs (kernel setup, lazy weights)
@@ -371,11 +373,12 @@ class MlxBackend:
         mx.async_eval(y)
         detok = self.tokenizer.detokenizer
         detok.reset()
-        out = tc.AnswerWriter(request_id, req, stops=[*rendered.stop, *self.opts.stop], tools_enabled=rendered.tools_enabled,
+        out = tc.AnswerWriter(request_id, req, stops=[*rendered.stop, *self._extra_stops], tools_enabled=rendered.tools_enabled,
                               thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
         if prefix:
             yield from out.feed(prefix)  # the parser reads the call from its start
-        budget = min(req.max_tokens, self.context_window - n_prompt)
+        room = self.context_window - n_prompt
+        budget = min(req.max_tokens, room)
         stop_reason: Any = "max_tokens"
         n_out = 0
         while n_out < budget:
@@ -408,6 +411,8 @@ class MlxBackend:
                 break
             if len(kv.live_tokens) >= self.context_window:
                 break
+        if stop_reason == "max_tokens" and n_out >= room and req.max_tokens > room:
+            stop_reason = "model_context_window_exceeded"  # as Anthropic's API ends it
         detok.finalize()
         yield from out.finish(detok.last_segment)
         usage.output_tokens = n_out

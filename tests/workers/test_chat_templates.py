@@ -157,3 +157,12 @@ def test_claude_code_request_renders_completely() -> None:
     assert json.dumps({"name": "Bash", "arguments": {"command": "echo hi", "description": "Print hi"}}) in prompt
     for name in ("Agent", "Bash", "WebFetch", "Write"):
         assert f'"name": "{name}"' in prompt
+
+
+def test_base_models_get_default_end_of_turn_strings_that_stop_replaces() -> None:
+    assert ct.extra_stops(None, "gemma", base_model=True) == ct.BASE_MODEL_STOPS["gemma"] == ["\n"]
+    assert ct.extra_stops(None, "chatml", base_model=True) == ct.BASE_MODEL_STOPS_OTHER
+    assert ct.extra_stops(["User:"], "gemma", base_model=True) == ["User:"]  # replaces the defaults
+    assert ct.extra_stops([], "gemma", base_model=True) == []  # turns them off
+    assert ct.extra_stops(None, "gguf", base_model=False) == []  # a template's EOG ends an instruction model
+    assert ct.extra_stops(["###"], "gguf", base_model=False) == ["###"]

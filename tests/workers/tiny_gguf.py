@@ -53,7 +53,9 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0) -> Path:
+def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0,
+                    chat_template: str | None = CHATML_TEMPLATE) -> Path:
+    """``chat_template=None``: a base model (no template in the file)."""
     import gguf
 
     path = Path(path)
@@ -81,7 +83,8 @@ def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def t(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
