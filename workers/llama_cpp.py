@@ -475,6 +475,9 @@ class LlamaBackend:
         turn_stops = [] if forced or json_only else [*rendered.stop, *self._extra_stops]
         out = tc.AnswerWriter(request_id, req, stops=turn_stops, tools_enabled=rendered.tools_enabled,
                               thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
+        # A blank end-of-turn string (a base model's "\n") ends a turn once it has
+        # begun: blank text before the answer is dropped, not taken as its end.
+        blank_lead = any(st and not st.strip() for st in turn_stops)
         stop_reason: Any = "max_tokens"
         n_out = 0
         while n_out < budget:
@@ -489,7 +492,11 @@ class LlamaBackend:
             if lc.llama_vocab_is_eog(self._vocab, token) or token in self._stop_ids:
                 stop_reason = "end_turn"
                 break
-            msgs = out.feed(utf8.decode(self._piece_bytes(token)))
+            text = utf8.decode(self._piece_bytes(token))
+            if blank_lead:
+                text = text.lstrip()
+                blank_lead = not text
+            msgs = out.feed(text) if text else None
             if msgs:
                 yield from msgs
             if out.stop_reason is not None:

@@ -373,12 +373,19 @@ class MlxBackend:
         mx.async_eval(y)
         detok = self.tokenizer.detokenizer
         detok.reset()
-        out = tc.AnswerWriter(request_id, req, stops=[*rendered.stop, *self._extra_stops], tools_enabled=rendered.tools_enabled,
+        # A base model's end-of-turn strings do not apply to a forced call or a
+        # structured-output answer (JSON may hold line breaks): as in llama_cpp,
+        # where a grammar ends those; here the template's markers and the single
+        # call do.
+        json_answer = forced or req.response_format is not None
+        turn_stops = [*rendered.stop, *([] if json_answer else self._extra_stops)]
+        out = tc.AnswerWriter(request_id, req, stops=turn_stops, tools_enabled=rendered.tools_enabled,
                               thinking_open=rendered.thinking_open, forced=forced, sign=self._signer.sign)
         if prefix:
             yield from out.feed(prefix)  # the parser reads the call from its start
         room = self.context_window - n_prompt
         budget = min(req.max_tokens, room)
+        blank_lead = any(st and not st.strip() for st in turn_stops)  # as in workers.llama_cpp
         stop_reason: Any = "max_tokens"
         n_out = 0
         while n_out < budget:
@@ -402,6 +409,9 @@ class MlxBackend:
                 mx.async_eval(y)
             detok.add_token(token)
             text = detok.last_segment
+            if blank_lead:
+                text = text.lstrip()
+                blank_lead = not text
             if text:
                 msgs = out.feed(text)
                 if msgs:

@@ -287,6 +287,14 @@ ANSWER_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n"
                  "required": ["ok", "n", "tag"], "additionalProperties": False}
 
 
+def test_a_blank_end_of_turn_string_does_not_end_a_turn_before_it_begins(tiny_base_gguf: Path) -> None:
+    req = request(max_tokens=40, temperature=1.0)
+    free = text_of(run(backend(tiny_base_gguf, stop=[], seed=61), req))
+    assert free.startswith(" ") and free.strip(), free  # this seed's answer starts with a blank
+    out = run(backend(tiny_base_gguf, stop=[" "], seed=61), req)
+    assert text_of(out) == free.lstrip().split(" ")[0] and out[-1].stop_reason == "end_turn"
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_end_of_turn_strings_never_cut_a_forced_call_or_a_structured_answer(tiny_base_gguf: Path, seed: int) -> None:
     """A base model's end-of-turn strings (its defaults or ``stop``) do not apply

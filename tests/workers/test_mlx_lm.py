@@ -25,6 +25,7 @@ from protocol import messages as m
 from protocol.chat import (
     ChatRequest,
     Message,
+    ResponseFormat,
     TextPart,
     ThinkingConfig,
     Tool,
@@ -334,6 +335,11 @@ def test_a_base_models_turn_ends_at_its_default_line_break(tmp_path: Path) -> No
     off = backend(base, stop=[])  # defaults off: the line break is text
     scripted(off, "One line.\nthen")
     assert text_of(run(off, request(max_tokens=100))) == "One line.\nthen"
+    scripted(b, "\n \nHello.\nmore")  # blank lines before the answer do not end it
+    assert text_of(run(b, request(max_tokens=100))) == "Hello."
+    scripted(b, '{"ok":\n true}\n')  # a structured answer is not cut at its line breaks
+    out = run(b, request(max_tokens=100, response_format=ResponseFormat("json_object")))
+    assert json.loads(text_of(out)) == {"ok": True}
 
 
 def test_an_answer_that_fills_the_window_ends_with_model_context_window_exceeded(tiny_dir: Path) -> None:
