@@ -228,6 +228,7 @@ class Walk:
     setup_output: str = ""
     stderr: str = ""
     leftovers: list[str] = field(default_factory=list)  # processes or sockets left after turnout stopped
+    worker: list[dict[str, Any]] = field(default_factory=list)  # the llama_cpp worker's "generation" log lines
 
 
 def assembled_cache(where: Path) -> Path:
@@ -285,6 +286,9 @@ def walk(path: str, cache: Path, timeout: float = 900.0) -> Walk:
         except ValueError:
             w.result = {"unparsed": out.stdout[-2000:]}
         w.calls = [c.summary() for c in proxy.messages()]
+        keys = ("prompt_tokens", "cached_tokens", "prefill_s", "prefill_tps", "output_tokens", "decode_tps",
+                "stop_reason")
+        w.worker = [{k: e.get(k) for k in keys} for e in t.log_events() if e.get("event") == "generation"]
     finally:
         if proxy is not None:
             proxy.stop()
@@ -304,22 +308,26 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['date']}, {doc['host']}; command: `{doc['command']}`. Target: under {TARGET_S:.0f} s, a real text "
         "answer, exit code 0.",
         "",
-        "| path | run | wall (s) | exit | API calls | prompt tokens | TTFT (s) | prefill tok/s | output tokens "
-        "| decode tok/s | stop reason | max_tokens | answer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| path | run | wall (s) | exit | API calls | prompt tokens | TTFT (s) | worker prefill (s) "
+        "| prefill tok/s | output tokens | decode tok/s | stop reason | max_tokens | answer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["runs"]:
         c = r["calls"][-1] if r["calls"] else {}
+        g = r["worker"][-1] if r["worker"] else {}
         answer = str(r["result"].get("result", "")).replace("|", "\\|").replace("\n", " ")[:60]
         lines.append(
             f"| {r['path']} | {r['run']} | {r['wall_s']} | {r['returncode']} | {len(r['calls'])} "
-            f"| {c.get('prompt_tokens', '')} | {c.get('ttft_s', '')} | {c.get('prefill_tps', '')} "
-            f"| {c.get('output_tokens', '')} | {c.get('decode_tps', '')} | {c.get('stop_reason', '')} "
-            f"| {c.get('max_tokens', '')} | {answer} |")
+            f"| {c.get('prompt_tokens', '')} | {c.get('ttft_s', '')} | {g.get('prefill_s', '')} "
+            f"| {g.get('prefill_tps', '')} | {c.get('output_tokens', '')} | {g.get('decode_tps', '')} "
+            f"| {c.get('stop_reason', '')} | {c.get('max_tokens', '')} | {answer} |")
     limits = next((r["settings_env"] for r in doc["runs"] if r["settings_env"]), {})
     if limits:
         lines += ["", "Limits `turnout claude setup` wrote: " + ", ".join(
             f"`{k}={v}`" for k, v in limits.items() if k.startswith("CLAUDE_CODE_")) + "."]
+    lines += ["", "TTFT: at the HTTP level, request to first content block. Worker prefill: from the request "
+              "reaching the worker to the prompt evaluated (render, tokenise, prefill); prefill tok/s is the "
+              "prompt's tokens over it; decode tok/s is the worker's, output tokens over the time after prefill."]
     return "\n".join(lines) + "\n"
 
 

@@ -150,6 +150,7 @@ class LlamaBackend:
         self.cache = PromptCache(self.opts.cache_capacity_mb << 20)
         self._n_swa = 0
         self._add_bos = True
+        self._timing = (0.0, 0.0, 0)  # the running request's start, end of prefill, cached tokens
         self.base_model = False  # no chat template in the GGUF (known after load())
         self._extra_stops: list[str] = []  # end-of-turn strings beyond the template's
         self._bos_text = ""
@@ -339,6 +340,7 @@ class LlamaBackend:
     # -- generate
 
     def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]:
+        t_start = time.monotonic()
         rendered = self._render(req)
         tokens = np.asarray(self._tokenize(rendered.prompt), dtype=np.intc)
         n_prompt = len(tokens)
@@ -361,6 +363,7 @@ class LlamaBackend:
             return
 
         # ---- decode
+        self._timing = (t_start, time.monotonic(), n_cached)  # for the generation log line
         sampler = self._sampler(req, grammar)
         try:
             yield from self._decode(request_id, req, rendered, sampler, forced, n_prompt, usage, ctx, json_only)
@@ -510,7 +513,15 @@ class LlamaBackend:
         # What was held back as a possible stop string's start never became one.
         yield from out.finish(utf8.decode(b"", final=True))
         usage.output_tokens = n_out
-        yield out.done(stop_reason, usage)
+        done = out.done(stop_reason, usage)
+        t_start, t_prefilled, n_cached = self._timing
+        t_end = time.monotonic()
+        log.info("generation", request_id=request_id, prompt_tokens=n_prompt, cached_tokens=n_cached,
+                 prefill_s=round(t_prefilled - t_start, 3),
+                 prefill_tps=round((n_prompt - n_cached) / max(t_prefilled - t_start, 1e-9), 1),
+                 output_tokens=n_out, decode_tps=round(n_out / max(t_end - t_prefilled, 1e-9), 1),
+                 stop_reason=done.stop_reason)
+        yield done
 
 
 def create(spec: WorkerSpec) -> LlamaBackend:
