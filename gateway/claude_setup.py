@@ -484,6 +484,27 @@ def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     return 0  # not reached
 
 
+_OWN_OPTIONS = ("--config", "--port", "--url")  # `turnout claude`'s own, before claude's arguments
+
+
+def claude_argv(argv: list[str]) -> list[str]:
+    """What follows ``claude`` in a turnout command line, less turnout's own options
+    (argparse's REMAINDER does not take a first argument that looks like an option,
+    so ``turnout claude -p "say hello"`` needs this)."""
+    i = argv.index("claude") + 1
+    while i < len(argv):
+        a = argv[i]
+        if a in _OWN_OPTIONS:
+            i += 2
+        elif a.split("=", 1)[0] in _OWN_OPTIONS:
+            i += 1
+        elif a == "--":
+            return argv[i + 1:]
+        else:
+            break
+    return argv[i:]
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     rest = list(args.claude_args)
     if rest and rest[0] in ("setup", "remove"):

@@ -14,6 +14,7 @@ from gateway.claude_setup import (
     SetupError,
     apply_remove,
     apply_setup,
+    claude_argv,
     fitted_limits,
     local_windows,
     mcp_entry,
@@ -225,3 +226,11 @@ def test_a_later_setup_with_fewer_keys_restores_the_dropped_ones(paths: Paths) -
     assert json.loads(paths.settings.read_text())["env"]["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "9999"
     apply_remove(paths)
     assert json.loads(paths.settings.read_text()) == {"env": {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "9999"}}
+
+
+def test_claude_arguments_are_everything_after_turnouts_own_options() -> None:
+    assert claude_argv(["claude", "-p", "say hello", "--model", "x"]) == ["-p", "say hello", "--model", "x"]
+    assert claude_argv(["claude", "--url", "http://h:1", "--config=c.toml", "-p", "hi"]) == ["-p", "hi"]
+    assert claude_argv(["claude", "--port", "9", "--", "--url", "theirs"]) == ["--url", "theirs"]
+    assert claude_argv(["claude", "setup", "--opus", "o"]) == ["setup", "--opus", "o"]
+    assert claude_argv(["claude"]) == []
