@@ -53,6 +53,7 @@ from workers.signing import install_signer
 log = structlog.get_logger()
 
 HEARTBEAT_EVERY_S = 0.25  # from the abort callback, during prefill
+_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
 
 
 class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
@@ -76,6 +77,8 @@ class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     n_ubatch: int = 512
     swa_full: bool = False
     flash_attn: bool = False
+    type_k: str = "f16"  # KV cache element types: f16, q8_0, q4_0 (quantised V needs flash_attn)
+    type_v: str = "f16"
     use_mlock: bool = False
     cache_capacity_mb: int = 1024
     checkpoint_every: int = 4096
@@ -170,6 +173,9 @@ class LlamaBackend:
             info = gguf_info(path)
         except ModelError as e:
             raise ModelLoadError(str(e)) from None
+        for name, t in (("type_k", o.type_k), ("type_v", o.type_v)):
+            if t not in _KV_TYPES:
+                raise ModelLoadError(f"llama_cpp options: {name} must be one of {', '.join(_KV_TYPES)}")
         n_ctx = planned_n_ctx(info.context_length, o.n_ctx, self.spec.context_window, o.n_ctx_max)
         if n_ctx < (o.n_ctx or self.spec.context_window):
             log.warning("n_ctx_capped", asked=o.n_ctx or self.spec.context_window, trained=info.context_length)
@@ -190,6 +196,8 @@ class LlamaBackend:
                 logits_all=False,  # logits only for the last token: halves prefill
                 swa_full=o.swa_full,
                 flash_attn=o.flash_attn,
+                type_k=_KV_TYPES[o.type_k],
+                type_v=_KV_TYPES[o.type_v],
                 use_mlock=o.use_mlock,
                 verbose=False,
             )
