@@ -105,16 +105,17 @@ class ModelOption:
     window: int = 0
 
 
-def model_options(cfg: Any) -> list[ModelOption]:
+def model_options(cfg: Any, windows: dict[str, int] | None = None) -> list[ModelOption]:
     """Every name turnout routes, from the config: local chat models, cloud
-    endpoint/model names, exact routing aliases."""
+    endpoint/model names, exact routing aliases. ``windows``: local models' context
+    windows the config does not give (:func:`local_windows`)."""
     from gateway.recommend import fmt_tokens
 
     out: list[ModelOption] = []
     for mc in cfg.models:
         if mc.backend in NON_CHAT_BACKENDS:
             continue
-        win = mc.context_window or int(mc.options.get("context_window", 0) or 0)
+        win = mc.context_window or int(mc.options.get("context_window", 0) or 0) or (windows or {}).get(mc.name, 0)
         w = f", {fmt_tokens(win)} window" if win else ""
         out.append(ModelOption(mc.name, f"turnout: local {mc.backend}{w}", win))
     for ep in cfg.endpoints:
@@ -128,6 +129,47 @@ def model_options(cfg: Any) -> list[ModelOption]:
             first = target if isinstance(target, str) else (target[0] if target else "")
             win = next((o.window for o in out if o.name == first), 0)
             out.append(ModelOption(alias, f"turnout: alias of {first}", win))
+    return out
+
+
+def served_windows(url: str, token: str, timeout: float = 3.0) -> dict[str, int]:
+    """Context windows from the running gateway's ``/v1/models`` (what its workers
+    loaded); {} when it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    rq = urllib.request.Request(url.rstrip("/") + "/v1/models", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(rq, timeout=timeout) as r:
+            data = json.loads(r.read()).get("data", [])
+    except (OSError, ValueError, urllib.error.URLError):
+        return {}
+    return {d["id"]: int(d["context_window"]) for d in data
+            if isinstance(d, dict) and isinstance(d.get("id"), str) and isinstance(d.get("context_window"), int)}
+
+
+def local_windows(cfg: Any, url: str = "", token: str = "") -> dict[str, int]:
+    """The context window of each local chat model the config gives none for: read
+    from its GGUF header and capped as its llama_cpp worker will cap it (the bundled
+    model's, 32K, even before it is assembled); else what the running gateway at
+    ``url`` reports (other backends, or a model file not found here)."""
+    out: dict[str, int] = {}
+    missing = []
+    for mc in cfg.models:
+        if mc.backend in NON_CHAT_BACKENDS or mc.context_window:
+            continue
+        win = 0
+        if mc.backend == "llama_cpp":
+            from workers.models import context_window_of  # late: reads a GGUF header
+
+            win = context_window_of(mc.path, mc.options)
+        if win:
+            out[mc.name] = win
+        else:
+            missing.append(mc.name)
+    if missing and url:
+        served = served_windows(url, token)
+        out.update({n: served[n] for n in missing if served.get(n)})
     return out
 
 
@@ -167,7 +209,10 @@ def pick_models(options: list[ModelOption], cfg: Any, *, opus: str = "", sonnet:
 def fitted_limits(window: int) -> dict[str, str]:
     """Compaction window and answer limit for a model with ``window`` tokens of
     context: compact at the window (Claude Code keeps its own margin inside it) and
-    cap answers at an eighth of it (4K for a 32K local model), 32K at most."""
+    cap answers at an eighth of it (4K for a 32K local model), 32K at most.
+    (Claude Code 2.1.197 raises an auto-compact window under 100K to 100K, so for a
+    32K model it does not compact early; a conversation that outgrows the window
+    gets ``prompt is too long``, on which Claude Code compacts by itself.)"""
     if not window:
         return {}
     return {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(window),
@@ -369,8 +414,8 @@ def _context(args: argparse.Namespace) -> tuple[str, str, Any]:
 def cmd_setup(args: argparse.Namespace) -> int:
     try:
         url, token, cfg = _context(args)
-        picks = pick_models(model_options(cfg), cfg, opus=args.opus or "", sonnet=args.sonnet or "",
-                            haiku=args.haiku or "", custom=args.custom or "")
+        picks = pick_models(model_options(cfg, local_windows(cfg, url, token)), cfg, opus=args.opus or "",
+                            sonnet=args.sonnet or "", haiku=args.haiku or "", custom=args.custom or "")
         paths = Paths.for_home()
         changed = apply_setup(paths, settings_env(url, token, picks), None if args.no_mcp else mcp_entry(url, token))
     except (SetupError, RuntimeError, OSError) as e:
@@ -415,7 +460,7 @@ def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
         return 127
     try:
         url, token, cfg = _context(args)
-        picks = pick_models(model_options(cfg), cfg)
+        picks = pick_models(model_options(cfg, local_windows(cfg, url, token)), cfg)
     except Exception as e:
         print(f"turnout: {e}", file=sys.stderr)
         return 2
@@ -437,6 +482,27 @@ def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     argv += rest
     os.execvpe(exe, argv, env)
     return 0  # not reached
+
+
+_OWN_OPTIONS = ("--config", "--port", "--url")  # `turnout claude`'s own, before claude's arguments
+
+
+def claude_argv(argv: list[str]) -> list[str]:
+    """What follows ``claude`` in a turnout command line, less turnout's own options
+    (argparse's REMAINDER does not take a first argument that looks like an option,
+    so ``turnout claude -p "say hello"`` needs this)."""
+    i = argv.index("claude") + 1
+    while i < len(argv):
+        a = argv[i]
+        if a in _OWN_OPTIONS:
+            i += 2
+        elif a.split("=", 1)[0] in _OWN_OPTIONS:
+            i += 1
+        elif a == "--":
+            return argv[i + 1:]
+        else:
+            break
+    return argv[i:]
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -252,7 +252,7 @@ def parse_chat(body: bytes, headers: Any = None, *, max_tokens_limit: int = 0) -
 
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-          "refusal": "content_filter", "cancelled": "stop"}
+          "refusal": "content_filter", "cancelled": "stop", "model_context_window_exceeded": "length"}
 
 
 def new_completion_id() -> str:

@@ -238,7 +238,11 @@ def _call_item(iid: str, call_id: str, name: str, args: str, status: str) -> dic
 
 
 def _status(stop_reason: str) -> tuple[str, str]:
-    return ("incomplete", "max_output_tokens") if stop_reason == "max_tokens" else ("completed", "")
+    # The Responses API has no reason of its own for a full context window: an
+    # answer cut by it is as incomplete as one cut by max_output_tokens.
+    if stop_reason in ("max_tokens", "model_context_window_exceeded"):
+        return "incomplete", "max_output_tokens"
+    return "completed", ""
 
 
 def response_body(c: Collected, model: str, rid: str, echo: dict[str, Any]) -> dict[str, Any]:

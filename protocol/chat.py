@@ -130,8 +130,11 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     response_format: ResponseFormat | None = None
 
 
+# ``model_context_window_exceeded``: the answer filled the model's context window
+# before ``max_tokens`` (Anthropic's stop reason for that case; OpenAI's APIs call it
+# ``length`` / ``incomplete``).
 StopReason = Literal[
-    "end_turn", "max_tokens", "stop_sequence", "tool_use", "cancelled", "refusal"
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "cancelled", "refusal", "model_context_window_exceeded"
 ]
 
 

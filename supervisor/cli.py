@@ -124,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "claude_args"):  # `turnout claude ARGS`: everything after turnout's own options is claude's
+        from gateway.claude_setup import claude_argv
+
+        args.claude_args = claude_argv(argv)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 

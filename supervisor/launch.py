@@ -31,12 +31,13 @@ class TurnoutProcess:
 
     Options:
         config_toml: the config file's text (``[server]`` host/port are set by
-            --host/--port, so leave them out).
+            --host/--port, so leave them out); None: no config file at all, as a
+            new user runs it (the user's own config directory is not looked at).
         env: extra environment (e.g. TURNOUT_LOG_LEVEL).
         workdir: where the config, log and runtime dir go (a temp dir by default).
     """
 
-    def __init__(self, config_toml: str, *, env: dict[str, str] | None = None,
+    def __init__(self, config_toml: str | None, *, env: dict[str, str] | None = None,
                  workdir: str | None = None, token: str = "test-token-0123456789") -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="turnout-"))
         self.port = free_port()
@@ -45,13 +46,18 @@ class TurnoutProcess:
         # Short: ipc paths are limited to ~100 bytes.
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="to-", dir="/tmp"))
         os.rmdir(self.runtime_dir)  # turnout creates it 0700 itself
-        self.config_path = self.workdir / "config.toml"
-        self.config_path.write_text(config_toml)
+        self.config_path: Path | None = None
+        if config_toml is not None:
+            self.config_path = self.workdir / "config.toml"
+            self.config_path.write_text(config_toml)
         self.log_path = self.workdir / "turnout.log"
         self.env = dict(os.environ)
         # State (routing switches, a daemon's pidfile) under the workdir, not the user's home.
         self.env.update({"TURNOUT_TOKEN": token, "PYTHONUNBUFFERED": "1",
                          "XDG_STATE_HOME": str(self.workdir / "state")})
+        if config_toml is None:
+            self.env.pop("TURNOUT_CONFIG", None)
+            self.env["XDG_CONFIG_HOME"] = str(self.workdir / "config")  # empty: no config.toml there
         self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._descendants: list[psutil.Process] = []
@@ -59,7 +65,8 @@ class TurnoutProcess:
     def start(self, wait: bool = True, timeout: float = 60.0) -> TurnoutProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "up", "--config", str(self.config_path),
+            [sys.executable, "-m", "supervisor.cli", "up",
+             *(["--config", str(self.config_path)] if self.config_path is not None else []),
              "--host", "127.0.0.1", "--port", str(self.port), "--runtime-dir", str(self.runtime_dir)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
         )

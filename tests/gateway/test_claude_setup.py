@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,13 @@ from gateway.claude_setup import (
     SetupError,
     apply_remove,
     apply_setup,
+    claude_argv,
     fitted_limits,
+    local_windows,
     mcp_entry,
     model_options,
     pick_models,
+    served_windows,
     settings_env,
 )
 from protocol.config import Config, EndpointConfig, EndpointModel, ModelConfig, RoutingConfig
@@ -70,6 +74,52 @@ def test_env_has_every_picker_key_and_limits_fitted_to_the_main_model() -> None:
     assert e["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "25000"
     assert fitted_limits(32_768) == {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": "32768", "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "4096"}
     assert fitted_limits(0) == {}
+
+
+def test_the_default_models_window_is_read_from_its_file_before_it_is_assembled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No config file, nothing assembled yet: the bundled model's header (in its
+    first chunk package) gives 32K, capped as the llama_cpp worker caps it."""
+    from protocol.config import default_config
+
+    monkeypatch.setenv("TURNOUT_CACHE_DIR", str(tmp_path / "empty-cache"))
+    c = default_config()
+    wins = local_windows(c)
+    assert wins == {"gemma3-270m": 32_768}
+    e = settings_env(URL, TOKEN, pick_models(model_options(c, wins), c))
+    assert e["ANTHROPIC_DEFAULT_SONNET_MODEL"] == "gemma3-270m"
+    assert e["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "32768" and e["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "4096"
+    assert not (tmp_path / "empty-cache").exists()  # nothing assembled to find it out
+
+
+def test_a_local_gguf_window_follows_the_workers_caps(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
+    from tiny_gguf import write_tiny_gguf
+
+    gguf = str(write_tiny_gguf(tmp_path / "t.gguf", context_length=65_536))
+
+    def win(**kw: object) -> int:
+        c = Config(models=[ModelConfig(name="m", backend="llama_cpp", path=gguf, **kw)])  # type: ignore[arg-type]
+        return local_windows(c).get("m", 0)
+
+    assert win() == 32_768  # the worker's n_ctx_max
+    assert win(options={"n_ctx_max": 65_536}) == 65_536
+    assert win(options={"n_ctx": 8192}) == 8192
+    assert win(options={"n_ctx": 999_999}) == 65_536  # never past the trained context
+    assert win(context_window=4096) == 0  # the config says it: nothing to read
+    assert local_windows(Config(models=[ModelConfig(name="m", backend="llama_cpp", path=str(tmp_path / "no.gguf"))])) == {}
+
+
+def test_other_windows_come_from_the_running_gateway(turnout_factory: Any) -> None:
+    """A model whose file setup cannot read (here the fake backend): what the
+    gateway's /v1/models says its worker loaded."""
+    t = turnout_factory('[[models]]\nname = "fake"\nbackend = "fake"\n[models.options]\ncontext_window = 12345\n')
+    c = Config(models=[ModelConfig(name="fake", backend="fake")])
+    assert local_windows(c, t.base_url, t.token) == {"fake": 12_345}
+    assert local_windows(c, t.base_url, "wrong-token") == {}
+    assert served_windows("http://127.0.0.1:9", TOKEN, timeout=1) == {}  # nobody there
 
 
 USER_SETTINGS = """{
@@ -176,3 +226,11 @@ def test_a_later_setup_with_fewer_keys_restores_the_dropped_ones(paths: Paths) -
     assert json.loads(paths.settings.read_text())["env"]["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "9999"
     apply_remove(paths)
     assert json.loads(paths.settings.read_text()) == {"env": {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "9999"}}
+
+
+def test_claude_arguments_are_everything_after_turnouts_own_options() -> None:
+    assert claude_argv(["claude", "-p", "say hello", "--model", "x"]) == ["-p", "say hello", "--model", "x"]
+    assert claude_argv(["claude", "--url", "http://h:1", "--config=c.toml", "-p", "hi"]) == ["-p", "hi"]
+    assert claude_argv(["claude", "--port", "9", "--", "--url", "theirs"]) == ["--url", "theirs"]
+    assert claude_argv(["claude", "setup", "--opus", "o"]) == ["setup", "--opus", "o"]
+    assert claude_argv(["claude"]) == []

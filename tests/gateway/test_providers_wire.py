@@ -94,6 +94,18 @@ def test_anthropic_body_from_canonical_and_stream_parse() -> None:
     assert isinstance(err[0], m.Failed) and err[0].kind == "overloaded"
 
 
+def test_anthropic_window_end_is_kept_as_its_own_stop_reason() -> None:
+    """model_context_window_exceeded stays itself in the canonical answer (the
+    client APIs then say it in their words: tests/e2e/test_window_end.py)."""
+    p = AnthropicParser()
+    evs = [("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 7}}}),
+           ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "model_context_window_exceeded"},
+                              "usage": {"output_tokens": 3}}),
+           ("message_stop", {"type": "message_stop"})]
+    out = [x for ev, d in evs for x in p.feed(ev, json.dumps(d).encode())]
+    assert isinstance(out[-1], m.Done) and out[-1].stop_reason == "model_context_window_exceeded"
+
+
 def test_gemini_body_and_parse() -> None:
     req = convo()
     req.stream = True

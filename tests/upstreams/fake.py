@@ -10,6 +10,8 @@ What they answer is scripted by the last user text:
     ``[[slow]]``              200 tokens 10 ms apart (for cancellation)
     ``[[search]]``            (Anthropic) a web search answer first: redacted_thinking,
                               server_tool_use, web_search_tool_result, cited text
+    ``[[window]]``            (Anthropic) the answer ends with stop reason
+                              ``model_context_window_exceeded``
     anything else             "<provider> heard: <text>" in word chunks
 and by ``fail_next[provider]``: statuses to answer the next requests with.
 
@@ -222,7 +224,8 @@ class FakeUpstreams:
         if search:
             usage["server_tool_use"] = {"web_search_requests": 1}
         chunks.append(ev("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None}, "usage": usage}))
+            "stop_reason": "tool_use" if tool else "model_context_window_exceeded" if "[[window]]" in text else "end_turn",
+            "stop_sequence": None}, "usage": usage}))
         chunks.append(ev("message_stop", {"type": "message_stop"}))
         self.last_sse["anthropic"] = b"".join(chunks)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",

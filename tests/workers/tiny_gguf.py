@@ -59,10 +59,11 @@ def vocabulary(specials: tuple[str, ...] = ()) -> tuple[list[str], list[float], 
 
 
 def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0, *,
-                    chat_template: str = CHATML_TEMPLATE, specials: tuple[str, ...] = ()) -> Path:
-    """``chat_template``: the template the GGUF carries; ``specials``: its markers,
-    as control tokens (llama.cpp marks ``<|im_end|>``, ``<|return|>``, ``<|call|>``…
-    end-of-generation by their text, as for real models)."""
+                    chat_template: str | None = CHATML_TEMPLATE, specials: tuple[str, ...] = ()) -> Path:
+    """``chat_template``: the template the GGUF carries (None: a base model, no
+    template in the file); ``specials``: its markers, as control tokens (llama.cpp
+    marks ``<|im_end|>``, ``<|return|>``, ``<|call|>``… end-of-generation by their
+    text, as for real models)."""
     import gguf
 
     path = Path(path)
@@ -90,7 +91,8 @@ def write_tiny_gguf(path: str | Path, context_length: int = 2048, seed: int = 0,
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(chat_template)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def t(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
