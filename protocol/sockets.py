@@ -4,19 +4,25 @@ Bind/connect rule: long-lived parties bind (the supervisor's control ROUTER and 
 PUB, the gateway's request ROUTER and stream SUB); short-lived parties (workers, the
 CLI) connect. A worker can therefore die and come back without anyone rebinding.
 
-Endpoints are ``ipc://`` paths inside a 0700 runtime directory. Each instance of
-turnout has its own directory, so several can run side by side (tests do).
+Endpoints are ``ipc://`` paths inside a 0700 runtime directory (made and checked by
+protocol/paths.py). Each instance of turnout has its own directory, so several can
+run side by side (tests do).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+
+from protocol.paths import UnsafePathError, ensure_private_dir
+
+__all__ = ["Endpoints", "UnsafePathError", "bind", "default_runtime_dir", "default_runtime_root",
+           "ensure_runtime_dir", "make_socket", "unlink_ipc"]
 
 
 @dataclass(frozen=True)
@@ -43,28 +49,35 @@ class Endpoints:
         return self._ipc(f"{gateway_id}.str")
 
 
-def default_runtime_dir() -> Path:
+def default_runtime_root() -> tuple[Path, Path]:
+    """(the directory that holds one runtime directory per port, the first directory
+    above it that is not turnout's own). ``TURNOUT_RUNTIME_DIR``, else
+    ``$XDG_RUNTIME_DIR/turnout``, else ``$TMPDIR/turnout-UID``: a shared temp
+    directory, where :func:`ensure_runtime_dir` refuses a directory another user made."""
     base = os.environ.get("TURNOUT_RUNTIME_DIR")
     if base:
-        return Path(base)
+        p = Path(os.path.abspath(base))
+        return p, p.parent
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
-        return Path(xdg) / "turnout"
-    return Path(tempfile.gettempdir()) / f"turnout-{os.getuid()}"
+        return Path(xdg) / "turnout", Path(xdg)
+    tmp = Path(tempfile.gettempdir())
+    return tmp / f"turnout-{os.getuid()}", tmp
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` 0700 and refuse one that another user could write to."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to another user")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+def default_runtime_dir() -> Path:
+    return default_runtime_root()[0]
+
+
+def ensure_runtime_dir(path: Path, base: Path | None = None,
+                       report: Callable[[str], None] | None = None) -> Path:
+    """Create (0700) and check an instance's runtime directory and every component
+    of it that turnout owns below ``base`` (protocol/paths.py); refuses with
+    :class:`UnsafePathError` what another user made or could change."""
     # ipc:// paths are limited by sun_path (108 bytes on Linux, 104 on macOS).
-    if len(str(path)) > 80:
+    if len(os.path.abspath(path)) > 80:
         raise ValueError(f"runtime directory path too long for ipc sockets: {path}")
-    return path
+    return ensure_private_dir(path, base, report)
 
 
 def _common(sock: zmq.Socket) -> None:

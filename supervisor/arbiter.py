@@ -41,8 +41,10 @@ import zmq
 
 from protocol import messages as m
 from protocol.config import Config, ModelConfig, encode_config
-from protocol.sockets import Endpoints, bind, ensure_private_dir, make_socket, unlink_ipc
+from protocol.paths import ensure_private_dir, open_private
+from protocol.sockets import Endpoints, bind, ensure_runtime_dir, make_socket, unlink_ipc
 from supervisor import memory, policy
+from supervisor.control import instance_state_dir, state_base
 from supervisor.process import Child, kill_now, spawn, stop_ladder
 from workers.base import EXIT_MODEL_LOAD_ERROR, WorkerSpec
 
@@ -103,13 +105,25 @@ class Arbiter:
     runtime_dir: a private directory for this instance's ipc sockets.
     backoff: restart policy (default: from the config).
     pidfile: written at start, removed at exit (daemon mode).
+    runtime_base: the first directory above ``runtime_dir`` that is not turnout's
+        own (default: its parent); every directory below it is made 0700 and
+        checked, and one another user made or could change is refused
+        (UnsafePathError, raised here: before anything is bound or spawned).
     """
 
     def __init__(self, config: Config, runtime_dir: Path, backoff: policy.BackoffPolicy | None = None,
-                 pidfile: Path | None = None) -> None:
+                 pidfile: Path | None = None, runtime_base: Path | None = None) -> None:
         self.config = config
         sc = config.supervisor
-        self.runtime_dir = ensure_private_dir(runtime_dir)
+
+        def tightened(msg: str) -> None:
+            log.warning("private_dir_tightened", detail=msg)
+
+        self.runtime_dir = ensure_runtime_dir(runtime_dir, runtime_base, tightened)
+        # The state directory (pidfile, daemon log, routing.json) likewise, before
+        # the gateway writes into it.
+        if config.server.port:
+            ensure_private_dir(instance_state_dir(config.server.port), state_base(), tightened)
         self.endpoints = Endpoints(str(self.runtime_dir))
         self.backoff = backoff or policy.backoff_from_config(
             sc.restart_first_s, sc.restart_base_s, sc.restart_max_s, sc.healthy_after_s, sc.crash_loop_restarts)
@@ -150,8 +164,10 @@ class Arbiter:
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
         if self.pidfile is not None:
-            self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-            self.pidfile.write_text(f"{os.getpid()}\n")
+            ensure_private_dir(self.pidfile.parent)
+            fd = open_private(self.pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
         log.info("memory_watermarks", soft_mb=round(self.watermarks.soft_mb), hard_mb=round(self.watermarks.hard_mb),
                  total_mb=round(self.total_bytes / MB))
         gw = Slot(GATEWAY_ID, "gateway")

@@ -27,13 +27,17 @@ import psutil
 
 from protocol import messages as m
 from protocol.config import DEFAULT_PORT, ConfigError, load_config
+from protocol.paths import UnsafePathError
 from supervisor.control import (
     ControlClient,
     NoAnswer,
     NotRunning,
+    Untrusted,
+    ensure_instance_state_dir,
     logfile_path,
     pidfile_path,
     runtime_dir_for,
+    verify_supervisor,
 )
 
 MB = 1024 * 1024
@@ -55,10 +59,15 @@ def start_daemon(args: argparse.Namespace, host: str, port: int) -> int:
             st = c.request(m.Status())
         if isinstance(st, m.StatusReply):
             return _fail(f"turnout is already running on port {port} (pid {st.supervisor_pid})")
+    except Untrusted as e:
+        return _fail(str(e))
     except NotRunning:
         pass
     pidfile, logfile = pidfile_path(port), logfile_path(port)
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_instance_state_dir(port)
+    except UnsafePathError as e:
+        return _fail(str(e), 2)
     cmd = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--host", host,
            "--pidfile", str(pidfile)]
     if args.config:
@@ -98,6 +107,8 @@ def _instance(args: argparse.Namespace, config_path: Callable[[str | None], str 
 
 
 def _not_running(port: int, e: NotRunning | None = None) -> int:
+    if isinstance(e, Untrusted):
+        return _fail(str(e))
     if isinstance(e, NoAnswer):
         return _fail(f"turnout on port {port} did not answer within {e.timeout_s:g} s (busy or hung: see `turnout logs`)")
     return _fail(f"not running on port {port} (start it with `turnout up --daemon`)")
@@ -222,20 +233,28 @@ def cmd_down(args: argparse.Namespace) -> int:
     try:
         with ControlClient(runtime, timeout_s=args.timeout_s) as c:
             st = c.request(m.Status())
-            assert isinstance(st, m.StatusReply)
+            if not isinstance(st, m.StatusReply):
+                return _fail(f"unexpected answer on {runtime / 'control'}: {type(st).__name__}")
             pid = st.supervisor_pid
+            # Only a pid proven to be this instance's supervisor is ever signalled
+            # (and asked to stop): the answer alone proves nothing.
+            why = verify_supervisor(pid, runtime, c.peer_pid, port)
+            if why:
+                return _fail(f"{why}; not stopping or killing anything")
+            try:
+                # Taken now, verified: psutil remembers its start time, so a pid
+                # reused later is never signalled.
+                proc = psutil.Process(pid)
+                kids = proc.children(recursive=True)
+            except psutil.Error:
+                proc, kids = None, []
             c.request(m.Shutdown())
     except NotRunning as e:
         return _not_running(port, e)
-    try:
-        proc = psutil.Process(pid)
-        kids = proc.children(recursive=True)
-    except psutil.Error:
+    if proc is None:
         print("turnout stopped")
         return 0
-    try:
-        proc.wait(args.wait_s)
-    except psutil.TimeoutExpired:
+    if not _wait_gone(proc, args.wait_s):
         # The graceful ladder did not finish in time: kill what is left.
         for p in [proc, *kids]:
             try:
@@ -247,6 +266,21 @@ def cmd_down(args: argparse.Namespace) -> int:
     psutil.wait_procs([k for k in kids if k.is_running()], timeout=5)
     print("turnout stopped")
     return 0
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """True once ``proc`` has exited (a zombie its parent has not reaped yet counts:
+    a supervisor started by another program exits into one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -1,0 +1,226 @@
+"""Issue 14, item 2: another local user against turnout's runtime directory, and a
+fake supervisor against the CLI. Real processes and sockets; the other user is
+``nobody``, through setpriv (skipped where the tests do not run as root).
+
+The attacks, as the issue describes them: with ``XDG_RUNTIME_DIR`` unset, turnout
+falls back to ``$TMPDIR/turnout-<uid>``; another user who made that directory first
+(mode 777) got turnout's sockets inside it, could swap in a ``control`` socket of
+their own, and ``turnout down`` then SIGKILLed the process tree of whatever pid the
+fake supervisor named.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from supervisor.launch import free_port
+from tests.helpers import OTHER_UID, ROOT, other_user, other_user_python, poll_until
+
+CONFIG = """
+[[models]]
+name = "fake"
+backend = "fake"
+[models.options]
+reply_tokens = 4
+"""
+
+FAKE_SUPERVISOR = str(ROOT / "tests" / "e2e" / "fake_supervisor.py")
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A shared temp directory like /tmp (1777), short enough for ipc paths."""
+    d = Path(tempfile.mkdtemp(prefix="shared-", dir="/tmp"))
+    os.chmod(d, 0o1777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of ours that a fake supervisor names as its own pid."""
+    p = subprocess.Popen(["sleep", "300"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def _env(tmp_path: Path, tmpdir: Path) -> dict[str, str]:
+    env = dict(os.environ, TMPDIR=str(tmpdir), TURNOUT_TOKEN="test-token-0123456789",
+               XDG_STATE_HOME=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
+    env.pop("XDG_RUNTIME_DIR", None)
+    env.pop("TURNOUT_RUNTIME_DIR", None)
+    return env
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _up(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(CONFIG)
+    return subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", "--config", str(cfg),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _finish(p: subprocess.Popen[str], timeout: float) -> tuple[int | None, str]:
+    """(exit code or None if it was still running after ``timeout``, stderr)."""
+    try:
+        p.wait(timeout)
+        code: int | None = p.returncode
+    except subprocess.TimeoutExpired:
+        code = None
+        kids = psutil.Process(p.pid).children(recursive=True)
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        for k in kids:
+            try:
+                k.kill()
+            except psutil.Error:
+                pass
+    assert p.stderr is not None
+    return code, p.stderr.read()
+
+
+def _start_fake(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    fake = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+    assert fake.stdout is not None
+    line = fake.stdout.readline()
+    assert line.strip() == "ready", (line, fake.stderr.read() if fake.poll() is not None and fake.stderr else "")
+    return fake
+
+
+def _one_clear_line(err: str) -> None:
+    assert "Traceback" not in err, err
+    assert err.startswith("turnout: ") and err.count("\n") == 1, err
+
+
+def test_up_refuses_a_runtime_dir_another_user_made_first(shared: Path, tmp_path: Path) -> None:
+    trap = shared / f"turnout-{os.getuid()}"
+    subprocess.run(other_user("mkdir", "-m", "777", str(trap)), check=True)
+    port = free_port()
+    p = _up(tmp_path, _env(tmp_path, shared), port)
+    poll_until(lambda: p.poll() is not None or (trap / str(port) / "control").exists(), 30)
+    inside = [str(f) for f in trap.rglob("*")]
+    code, err = _finish(p, 5)
+    assert inside == [], "turnout created its sockets in another user's directory"
+    assert code == 2, err
+    _one_clear_line(err)
+    assert str(trap) in err and f"uid {OTHER_UID}" in err, err
+
+
+def test_an_instance_dir_another_user_made_first_is_a_clear_error(shared: Path, tmp_path: Path) -> None:
+    port = free_port()
+    trap = shared / f"turnout-{os.getuid()}"
+    subprocess.run(other_user("mkdir", "-m", "777", "-p", str(trap / str(port))), check=True)
+    code, err = _finish(_up(tmp_path, _env(tmp_path, shared), port), 20)
+    assert code == 2, err
+    _one_clear_line(err)
+    assert f"uid {OTHER_UID}" in err, err
+
+
+def test_cli_does_not_trust_a_control_socket_in_another_users_dir(
+        shared: Path, tmp_path: Path, victim: subprocess.Popen[bytes]) -> None:
+    port = free_port()
+    inst = shared / f"turnout-{os.getuid()}" / str(port)
+    subprocess.run(other_user("mkdir", "-m", "777", "-p", str(inst)), check=True)
+    argv, env = other_user_python(FAKE_SUPERVISOR, str(inst / "control"), str(victim.pid))
+    fake = _start_fake(argv, env)
+    try:
+        cli_env = _env(tmp_path, shared)
+        down = _cli("down", "--port", str(port), "--wait", "1", env=cli_env)
+        assert victim.poll() is None, "turnout down killed the process a fake supervisor named"
+        assert down.returncode == 1, down
+        _one_clear_line(down.stderr)
+        assert f"uid {OTHER_UID}" in down.stderr, down.stderr
+        st = _cli("status", "--port", str(port), env=cli_env)
+        assert st.returncode == 1 and st.stdout == "", st
+        _one_clear_line(st.stderr)
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def test_cli_checks_the_peer_not_only_the_socket_file(tmp_path: Path, victim: subprocess.Popen[bytes]) -> None:
+    # The directory and the socket file look right (ours, 0700), but the process
+    # listening on it is another user's: only its peer credentials tell.
+    d = Path(tempfile.mkdtemp(prefix="to-", dir="/tmp"))
+    try:
+        os.chown(d, OTHER_UID, OTHER_UID)
+        argv, env = other_user_python(FAKE_SUPERVISOR, str(d / "control"), str(victim.pid))
+        fake = _start_fake(argv, env)
+        try:
+            os.chown(d / "control", os.getuid(), os.getgid())
+            os.chmod(d / "control", 0o700)
+            os.chown(d, os.getuid(), os.getgid())
+            cli_env = _env(tmp_path, Path("/tmp"))
+            st = _cli("status", "--runtime-dir", str(d), env=cli_env)
+            assert st.returncode == 1 and st.stdout == "", st
+            _one_clear_line(st.stderr)
+            assert f"uid {OTHER_UID}" in st.stderr, st.stderr
+            down = _cli("down", "--runtime-dir", str(d), "--wait", "1", env=cli_env)
+            assert victim.poll() is None, "turnout down killed the process a fake supervisor named"
+            assert down.returncode == 1, down
+        finally:
+            fake.kill()
+            fake.wait()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_down_never_kills_a_pid_it_has_not_verified(tmp_path: Path, victim: subprocess.Popen[bytes]) -> None:
+    # Same user, private directory: a process that is not turnout answers on the
+    # control socket and names another process of ours as the supervisor.
+    d = Path(tempfile.mkdtemp(prefix="to-", dir="/tmp"))
+    fake = _start_fake([sys.executable, FAKE_SUPERVISOR, str(d / "control"), str(victim.pid)],
+                       dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        down = _cli("down", "--runtime-dir", str(d), "--wait", "1", env=_env(tmp_path, Path("/tmp")))
+        assert victim.poll() is None, "turnout down killed the process a fake supervisor named"
+        assert down.returncode == 1, down
+        _one_clear_line(down.stderr)
+        assert str(victim.pid) in down.stderr and "not turnout's supervisor" in down.stderr, down.stderr
+    finally:
+        fake.kill()
+        fake.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_plain_up_without_xdg_runtime_dir_makes_private_dirs_and_down_stops_it(
+        shared: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = _env(tmp_path, shared)
+    p = _up(tmp_path, env, port)
+    try:
+        base = shared / f"turnout-{os.getuid()}"
+        poll_until(lambda: (base / str(port) / "control").exists() or p.poll() is not None, 30)
+        assert p.poll() is None
+        for d in (base, base / str(port)):
+            st = d.lstat()
+            assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid(), d
+            assert stat.S_IMODE(st.st_mode) == 0o700, (d, oct(st.st_mode))
+        poll_until(lambda: _cli("status", "--port", str(port), env=env).returncode == 0, 30)
+        down = _cli("down", "--port", str(port), env=env)
+        assert down.returncode == 0 and "stopped" in down.stdout, down
+        code, err = _finish(p, 20)
+        assert code == 0, err
+    finally:
+        if p.poll() is None:
+            _finish(p, 0)
