@@ -1,4 +1,6 @@
-"""Entry point of the gateway process: ``python -m gateway.main SPEC_JSON``.
+"""Entry point of the gateway process: ``python -m gateway.main`` with its
+:class:`GatewaySpec` as JSON on stdin (protocol/spawn.py: never on the command
+line, where every local user could read the config).
 
 Started by the supervisor. Runs aiohttp on uvloop with handler cancellation on, so
 a client that disconnects cancels its handler at once (and so its worker request).
@@ -10,7 +12,6 @@ import asyncio
 import signal
 import sys
 
-import msgspec
 import structlog
 from aiohttp import web
 
@@ -21,6 +22,7 @@ from protocol import messages as m
 from protocol.config import decode_config
 from protocol.logs import setup_logging
 from protocol.sockets import Endpoints
+from protocol.spawn import read_spec
 from supervisor.arbiter import GatewaySpec
 from supervisor.control import instance_state_dir
 
@@ -73,9 +75,8 @@ async def serve(spec: GatewaySpec) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = msgspec.json.decode(argv[0], type=GatewaySpec)
+def main() -> int:
+    spec = read_spec(GatewaySpec, "gateway.main")
     setup_logging("gateway")
     try:
         import uvloop

@@ -282,7 +282,7 @@ class Arbiter:
                 port=self.config.server.port,
                 config_json=encode_config(self.config).decode(),
             )
-            slot.child = spawn(slot.id, "gateway.main", [msgspec.json.encode(spec).decode()])
+            slot.child = spawn(slot.id, "gateway.main", msgspec.json.encode(spec), spec_dir=str(self.runtime_dir))
         else:
             assert slot.model is not None
             mc = slot.model
@@ -297,7 +297,7 @@ class Arbiter:
                 context_window=mc.context_window,
                 aliases=mc.aliases,
             )
-            slot.child = spawn(slot.id, "workers.main", [msgspec.json.encode(wspec).decode()])
+            slot.child = spawn(slot.id, "workers.main", msgspec.json.encode(wspec), spec_dir=str(self.runtime_dir))
         log.info("spawned", id=slot.id, pid=slot.child.pid, kind=slot.kind)
         self._publish(slot)
 

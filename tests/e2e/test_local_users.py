@@ -224,3 +224,38 @@ def test_plain_up_without_xdg_runtime_dir_makes_private_dirs_and_down_stops_it(
     finally:
         if p.poll() is None:
             _finish(p, 0)
+
+
+# ------------------------------------------------------------------- item 3: argv
+
+SECRET_CONFIG = """
+[[models]]
+name = "fake"
+backend = "fake"
+aliases = ["fake-alias-on-argv"]
+[models.options]
+reply_tokens = 4
+
+[[endpoints]]
+name = "mine"
+provider = "openai_compatible"
+base_url = "http://alice:pw-SECRET-in-url@127.0.0.1:9/v1"
+key = ""
+[[endpoints.models]]
+name = "m"
+"""
+
+
+def test_no_config_or_spec_on_any_command_line(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    # /proc/PID/cmdline is what `ps` shows every local user.
+    t = turnout_factory(SECRET_CONFIG)
+    procs = [psutil.Process(t.proc.pid), *t.descendants()]
+    assert len(procs) >= 3  # supervisor, gateway, worker
+    for p in procs:
+        cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes()
+        assert b"SECRET" not in cmdline, cmdline
+        for leak in (b"pw-", b"base_url", b"runtime_dir", b"fake-alias-on-argv", b"{"):
+            assert leak not in cmdline, (p.pid, cmdline)
+    if os.geteuid() == 0:  # and indeed another user reads it
+        seen = subprocess.run(other_user("cat", f"/proc/{procs[1].pid}/cmdline"), capture_output=True)
+        assert seen.returncode == 0 and b"gateway.main" in seen.stdout
