@@ -42,7 +42,7 @@ def _log_cancel(st: RequestStream, done: m.Done) -> None:
 async def serve(spec: GatewaySpec) -> int:
     config = decode_config(spec.config_json)
     token = load_or_create_token()
-    bus = Bus(spec.id, Endpoints(spec.runtime_dir), config)
+    bus = Bus(spec.id, Endpoints(spec.runtime_dir), config, spec.bus_secret)
     bus.on_cancel_done = _log_cancel
     bus.start()
     # Routing switches live beside the instance's pidfile and log (one per port).

@@ -11,6 +11,7 @@ fake supervisor named.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,14 +19,20 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
+import msgspec
 import psutil
 import pytest
 
-from supervisor.launch import free_port
+from protocol import messages as m
+from supervisor.launch import TurnoutProcess, free_port
 from tests.helpers import OTHER_UID, ROOT, other_user, other_user_python, poll_until
+from tests.supervisor.helpers import command, status
 
 CONFIG = """
 [[models]]
@@ -259,3 +266,85 @@ def test_no_config_or_spec_on_any_command_line(turnout_factory) -> None:  # type
     if os.geteuid() == 0:  # and indeed another user reads it
         seen = subprocess.run(other_user("cat", f"/proc/{procs[1].pid}/cmdline"), capture_output=True)
         assert seen.returncode == 0 and b"gateway.main" in seen.stdout
+
+
+# --------------------------------------------- item 10: registering as a worker
+
+
+class Rogue:
+    """A process of the same user that speaks the worker protocol to the gateway
+    without being one of turnout's workers: connects to the gateway's ipc sockets,
+    says Hello and Ready for model ``fake``, and collects what it is sent."""
+
+    def __init__(self, t: TurnoutProcess) -> None:
+        import zmq
+
+        from protocol.sockets import Endpoints
+
+        self.zmq = zmq
+        self.ctx = zmq.Context()
+        ep = Endpoints(str(t.runtime_dir))
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.IDENTITY, b"rogue-0")
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.connect(ep.gateway_requests("gw0"))
+        self.xpub = self.ctx.socket(zmq.XPUB)
+        self.xpub.setsockopt(zmq.LINGER, 0)
+        self.xpub.connect(ep.gateway_streams("gw0"))
+        self.enc = msgspec.msgpack.Encoder()
+        self.dealer.send(self.enc.encode(m.Hello(role="worker", id="rogue-0", pid=os.getpid(), backend="fake",
+                                                 models=["fake"], max_concurrency=64)))
+        self.subscribed = bool(self.xpub.poll(3000))  # the gateway's SUB subscribes to the stream topic
+        self.dealer.send(self.enc.encode(m.Ready(id="rogue-0", context_window=4096)))
+
+    def received(self, timeout_s: float) -> list[bytes]:
+        out = []
+        while self.dealer.poll(int(timeout_s * 1000)):
+            out.append(self.dealer.recv())
+            timeout_s = 0.2
+        return out
+
+    def close(self) -> None:
+        self.dealer.close(0)
+        self.xpub.close(0)
+        self.ctx.term()
+
+
+def _healthz_ready(t: TurnoutProcess) -> int:
+    return int(t.healthz()[1]["workers_ready"])  # type: ignore[call-overload]
+
+
+def test_a_process_that_is_not_a_worker_cannot_register_and_receive_prompts(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(CONFIG)
+    rogue = Rogue(t)
+    try:
+        # Without turnout's own worker, the only one left to route to is the rogue.
+        command(t, m.EvictModel("fake"))
+        poll_until(lambda: not status(t).workers, 20)
+        got: list[bytes] = []
+
+        def ask() -> None:
+            c = anthropic.Anthropic(base_url=t.base_url, api_key=t.token, max_retries=0, timeout=15)
+            with contextlib.suppress(anthropic.APIError):
+                c.messages.create(model="fake", max_tokens=4,
+                                  messages=[{"role": "user", "content": "the launch codes are 1234"}])
+
+        th = threading.Thread(target=ask)
+        th.start()
+        got = rogue.received(5.0)
+        th.join(20)
+        assert not [g for g in got if b"launch codes" in g], "a process that is not turnout's worker got the prompt"
+        assert not rogue.subscribed, "the gateway's stream socket accepted a process without the instance's secret"
+    finally:
+        rogue.close()
+
+
+def test_a_registration_that_leaves_is_not_counted_in_healthz(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(CONFIG)
+    poll_until(lambda: _healthz_ready(t) == 1, 20)
+    rogue = Rogue(t)
+    time.sleep(0.5)  # let it register, if it can
+    rogue.close()
+    # Gone (or never there): counted neither while there nor after leaving.
+    poll_until(lambda: _healthz_ready(t) == 1, 5)
+    assert [_healthz_ready(t) for _ in range(5)] == [1] * 5
