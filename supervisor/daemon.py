@@ -1,10 +1,12 @@
 """``turnout up --daemon`` and the commands that drive a running turnout.
 
 Daemon mode re-executes ``turnout up`` as a detached child (a new session, stdin
-from /dev/null, stdout and stderr appended to the log file) instead of forking the
-CLI process: the supervisor must start from a clean interpreter, as its own
-children do (never fork). The parent waits until the new supervisor answers on its
-control socket with its gateway up, prints where things are, and exits.
+from /dev/null, stdout and stderr into a pipe read by the log writer,
+supervisor/logwriter.py: one JSON record per line whatever wrote it, 0600 in a 0700
+directory, rotated) instead of forking the CLI process: the supervisor must start
+from a clean interpreter, as its own children do (never fork). The parent waits
+until the new supervisor answers on its control socket with its gateway up, prints
+where things are, and exits.
 
 The other commands (down, status/ps, scale, load, evict) each send one typed command
 through :class:`supervisor.control.ControlClient`; ``logs`` reads the daemon's log
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -74,9 +77,23 @@ def start_daemon(args: argparse.Namespace, host: str, port: int) -> int:
         cmd += ["--config", str(Path(args.config).resolve())]
     if args.runtime_dir:
         cmd += ["--runtime-dir", str(Path(args.runtime_dir).resolve())]
-    with open(logfile, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    r, w = os.pipe()
+    try:
+        writer = subprocess.Popen([sys.executable, "-m", "supervisor.logwriter", str(logfile)], stdin=r,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                                  close_fds=True, cwd="/")
+        assert writer.stdout is not None
+        said = writer.stdout.readline().decode(errors="replace").strip()
+        writer.stdout.close()
+        if said != "ok":
+            writer.wait()
+            return _fail(said or f"the log writer exited with code {writer.returncode}", 2)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=w, stderr=w,
                                 start_new_session=True, close_fds=True, cwd="/")
+    finally:
+        # The writer sees EOF once the supervisor and every child have closed theirs.
+        os.close(r)
+        os.close(w)
     deadline = time.monotonic() + args.wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -289,23 +306,44 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not path.exists():
         return _fail(f"no log at {path}: turnout writes one only with `up --daemon` "
                      "(under systemd: journalctl --user -u turnout)")
-    with open(path, "rb") as f:
+    f = open(path, "rb")
+    try:
         lines = f.readlines()
+        # Older lines from the rotated files (turnout.log.1 the newest) when asked for more.
+        for old in sorted((p for p in path.parent.glob(path.name + ".*") if _suffix(p) > 0), key=_suffix):
+            if 0 < args.lines <= len(lines):
+                break
+            lines = old.read_bytes().splitlines(keepends=True) + lines
         for line in lines[-args.lines:] if args.lines > 0 else lines:
             sys.stdout.write(line.decode(errors="replace"))
         sys.stdout.flush()
         if not args.follow:
             return 0
         try:
-            while True:  # until Ctrl-C, as tail -f
+            while True:  # until Ctrl-C, as tail -f; across rotations
                 chunk = f.readline()
                 if chunk:
                     sys.stdout.write(chunk.decode(errors="replace"))
                     sys.stdout.flush()
+                    continue
+                try:
+                    rotated_away = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated_away = False
+                if rotated_away:
+                    f.close()
+                    f = open(path, "rb")
                 else:
                     time.sleep(0.2)
         except KeyboardInterrupt:
             return 0
+    finally:
+        f.close()
+
+
+def _suffix(p: Path) -> int:
+    tail = p.name.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def register_control_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser],
