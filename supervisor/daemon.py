@@ -31,6 +31,7 @@ import psutil
 from protocol import messages as m
 from protocol.config import DEFAULT_PORT, ConfigError, load_config
 from protocol.paths import UnsafePathError
+from protocol.sockets import ensure_runtime_dir
 from supervisor.control import (
     ControlClient,
     NoAnswer,
@@ -39,6 +40,7 @@ from supervisor.control import (
     ensure_instance_state_dir,
     logfile_path,
     pidfile_path,
+    runtime_base_for,
     runtime_dir_for,
     verify_supervisor,
 )
@@ -68,8 +70,10 @@ def start_daemon(args: argparse.Namespace, host: str, port: int) -> int:
         pass
     pidfile, logfile = pidfile_path(port), logfile_path(port)
     try:
+        # Here, not only in the child: an unsafe directory is said on this terminal.
+        ensure_runtime_dir(runtime, runtime_base_for(args.runtime_dir))
         ensure_instance_state_dir(port)
-    except UnsafePathError as e:
+    except (UnsafePathError, ValueError) as e:
         return _fail(str(e), 2)
     cmd = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--host", host,
            "--pidfile", str(pidfile)]

@@ -133,6 +133,17 @@ def test_up_refuses_a_runtime_dir_another_user_made_first(shared: Path, tmp_path
     assert str(trap) in err and f"uid {OTHER_UID}" in err, err
 
 
+def test_daemon_up_says_so_on_the_terminal(shared: Path, tmp_path: Path) -> None:
+    trap = shared / f"turnout-{os.getuid()}"
+    subprocess.run(other_user("mkdir", "-m", "777", str(trap)), check=True)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(CONFIG)
+    r = _cli("up", "--daemon", "--config", str(cfg), "--port", str(free_port()), env=_env(tmp_path, shared))
+    assert r.returncode == 2, r
+    _one_clear_line(r.stderr)
+    assert f"uid {OTHER_UID}" in r.stderr and list(trap.iterdir()) == [], r.stderr
+
+
 def test_an_instance_dir_another_user_made_first_is_a_clear_error(shared: Path, tmp_path: Path) -> None:
     port = free_port()
     trap = shared / f"turnout-{os.getuid()}"
