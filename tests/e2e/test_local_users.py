@@ -181,8 +181,8 @@ def test_cli_checks_the_peer_not_only_the_socket_file(tmp_path: Path, victim: su
     # listening on it is another user's: only its peer credentials tell.
     d = Path(tempfile.mkdtemp(prefix="to-", dir="/tmp"))
     try:
-        os.chown(d, OTHER_UID, OTHER_UID)
         argv, env = other_user_python(FAKE_SUPERVISOR, str(d / "control"), str(victim.pid))
+        os.chown(d, OTHER_UID, OTHER_UID)
         fake = _start_fake(argv, env)
         try:
             os.chown(d / "control", os.getuid(), os.getgid())
