@@ -141,10 +141,10 @@ class Pump:
 
     def feed(self, data: bytes, now: float) -> list[bytes]:
         out: list[bytes] = []
-        if not self.partial:
-            self.partial_since = now
-        buf = self.partial + data
-        *lines, self.partial = buf.split(b"\n")
+        *lines, rest = (self.partial + data).split(b"\n")
+        if lines or not self.partial:
+            self.partial_since = now  # the unterminated line (if any) began now
+        self.partial = rest
         for line in lines:
             out += self._line(line.rstrip(b"\r"), now)
         return out
