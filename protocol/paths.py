@@ -194,8 +194,11 @@ def peer_credentials(peer_address: str | None) -> tuple[int | None, int | None]:
     ZeroMQ's ``Peer-Address`` message property: libzmq appends the kernel's
     credentials of a Unix-socket peer as ``:uid:gid:pid`` (SO_PEERCRED on Linux;
     LOCAL_PEERCRED on macOS and the BSDs, which carries no pid). (None, None) where
-    the transport says nothing."""
-    if not peer_address or peer_address.count(":") < 3:
+    the transport says nothing: a tcp peer's address (an IPv6 one has colons too,
+    but never exactly three with the last-but-one two fields numeric) or an empty one."""
+    if not peer_address or peer_address.count(":") != 3:
         return None, None
-    _, uid, _gid, pid = peer_address.rsplit(":", 3)
-    return (int(uid) if uid.isdigit() else None), (int(pid) if pid.isdigit() else None)
+    _, uid, gid, pid = peer_address.split(":")
+    if not (uid.isdigit() and gid.isdigit()):
+        return None, None
+    return int(uid), (int(pid) if pid.isdigit() else None)

@@ -130,6 +130,8 @@ def test_check_own_socket_refuses_a_plain_file(tmp_path: Path) -> None:
     ("localhost:1000:1000:4242", (1000, 4242)),  # Linux, SO_PEERCRED
     (":501:20:", (501, None)),  # macOS, LOCAL_PEERCRED: no pid
     ("127.0.0.1", (None, None)),  # tcp
+    ("1:2::3", (None, None)),  # tcp, IPv6
+    ("fe80::1:2:3:4", (None, None)),
     (None, (None, None)),
 ])
 def test_peer_credentials_from_zeromq_peer_address(addr: str | None, want: tuple[int | None, int | None]) -> None:
