@@ -338,7 +338,6 @@ def expected_workers(bus: Bus) -> int:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
-    ready = sum(1 for w in bus.workers.values() if w.ready and not w.draining)
     want = expected_workers(bus)
     try:  # what the supervisor wants now: scale, evictions and idle unloads change it
         st = await bus.command(m.Status(), timeout=1.0)
@@ -346,6 +345,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
             want = sum(mi.desired for mi in st.models)
     except TimeoutError:
         pass
+    # Counted after the reply: it made the bus forget workers the supervisor does not have.
+    ready = sum(1 for w in bus.workers.values() if w.ready and not w.draining)
     ok = ready >= want
     return _json({"status": "ok" if ok else "starting", "workers_ready": ready, "workers_expected": want},
                  status=200 if ok else 503)

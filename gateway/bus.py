@@ -7,7 +7,7 @@ the ZeroMQ file descriptors, which are edge-triggered: every reader drains until
 * ROUTER, bound: workers connect their DEALER; ``Generate``/``Cancel`` go out,
   ``Hello``/``Ready`` come in.
 * SUB, bound, subscribed once to this gateway's id: every token of every stream.
-* DEALER to the supervisor's control ROUTER: hello, ready, commands.
+* DEALER to the supervisor's bus ROUTER: hello, ready, commands.
 * SUB to the supervisor's event PUB: worker state changes (a worker that exited
   fails the requests it held; a draining one gets no new request but finishes what
   it holds).
@@ -27,6 +27,17 @@ its session or longest prefix already is (:mod:`gateway.affinity`, within a load
 imbalance bound), else to the least-loaded one; ``[server] worker_routing =
 "least_loaded"`` turns the cache-aware part off. Each worker's routing counts and
 the prompt tokens its answers read from cache are kept for ``/admin/workers``.
+
+Who may be a worker (issue 14): the ROUTER and the SUB are PLAIN servers; this
+process's ZAP handler admits only connections that present the instance's bus
+secret (protocol/sockets.py), so a process that is not one of turnout's workers
+can neither register, take over a worker's identity, nor publish into a stream. A
+Hello must also come from the pid it names, where the kernel tells (SO_PEERCRED).
+A registered worker the supervisor does not list (by id and pid) in its answers
+to commands sent after it registered is forgotten (:meth:`Bus.reconcile`): one
+that left, or was killed, is no longer routed to or counted by /healthz, even if
+no event said so. The report loop asks for that list every ``RECONCILE_EVERY``
+reports.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import psutil
 import structlog
 import zmq
 
@@ -50,7 +62,16 @@ from gateway.streams import MessageQueue
 from protocol import messages as m
 from protocol.chat import ChatRequest
 from protocol.config import Config, ModelConfig
-from protocol.sockets import Endpoints, bind, make_socket, unlink_ipc
+from protocol.paths import peer_credentials
+from protocol.sockets import (
+    Endpoints,
+    ZapHandler,
+    bind,
+    join_bus,
+    make_socket,
+    serve_bus,
+    unlink_ipc,
+)
 
 log = structlog.get_logger()
 
@@ -69,6 +90,7 @@ DRAIN_BATCH = 256
 # client does not read (its handler waits on a full socket) stops growing here, and
 # its generation is stopped. A model at 100 tokens/s fills it in under three minutes.
 MAX_UNREAD = 16_384
+RECONCILE_EVERY = 5  # reports: a ListWorkers to the supervisor every 5 s
 
 
 @dataclass
@@ -88,6 +110,8 @@ class WorkerRef:
     routed: dict[str, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     cache_read_tokens: int = 0
+    registered_at: float = field(default_factory=time.monotonic)
+    unlisted: int = 0  # supervisor tables in a row that did not hold it (reconcile)
 
 
 class _Route:
@@ -168,12 +192,15 @@ class Bus:
     gateway_id: this gateway's id; the stream subscription topic.
     endpoints: where the sockets live.
     config: worker wait time, cancel deadline, queue bound.
+    secret: the instance's bus secret (the gateway's spec); needed by :meth:`start`.
     """
 
-    def __init__(self, gateway_id: str, endpoints: Endpoints, config: Config) -> None:
+    def __init__(self, gateway_id: str, endpoints: Endpoints, config: Config, secret: str = "") -> None:
         self.gateway_id = gateway_id
         self.endpoints = endpoints
         self.config = config
+        self._secret = secret
+        self._cmd_sent_at = 0.0
         self.ctx = zmq.Context()
         self.workers: dict[str, WorkerRef] = {}
         self.streams: dict[str, RequestStream] = {}
@@ -201,14 +228,21 @@ class Bus:
         loop = asyncio.get_running_loop()
         self._worker_changed = asyncio.Event()
         self._cmd_lock = asyncio.Lock()
+        # Before anything binds: every connection is authenticated from the first.
+        self.zap = ZapHandler(self.ctx, self._secret)
+        self.zap.start()
         self.router = make_socket(self.ctx, zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its id
+        # A restarted worker reuses its id (only workers with the secret get here).
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        serve_bus(self.router)
         bind(self.router, self.endpoints.gateway_requests(self.gateway_id))
         self.sub = make_socket(self.ctx, zmq.SUB)
+        serve_bus(self.sub)
         bind(self.sub, self.endpoints.gateway_streams(self.gateway_id))
         self.sub.setsockopt(zmq.SUBSCRIBE, self.gateway_id.encode())  # once, never per request
         self.sup = make_socket(self.ctx, zmq.DEALER, identity=self.gateway_id.encode())
-        self.sup.connect(self.endpoints.control)
+        join_bus(self.sup, self.gateway_id, self._secret)
+        self.sup.connect(self.endpoints.bus)
         self.events = make_socket(self.ctx, zmq.SUB)
         self.events.connect(self.endpoints.events)
         self.events.setsockopt(zmq.SUBSCRIBE, m.EVENTS_TOPIC)
@@ -225,9 +259,16 @@ class Bus:
         task.add_done_callback(self._tasks.discard)
 
     async def _report_loop(self) -> None:
+        n = 0
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             self.report()
+            n += 1
+            if n % RECONCILE_EVERY == 0 and self.workers:
+                try:  # the reply reconciles (_drain_sup)
+                    await self.command(m.ListWorkers(), timeout=2.0)
+                except TimeoutError:
+                    pass
 
     def report(self) -> None:
         """Tell the supervisor what the gateway holds on each worker."""
@@ -250,6 +291,7 @@ class Bus:
             except Exception:
                 pass
             sock.close(0)
+        self.zap.stop()
         self.ctx.term()
         unlink_ipc(self.endpoints.gateway_requests(self.gateway_id))
         unlink_ipc(self.endpoints.gateway_streams(self.gateway_id))
@@ -266,11 +308,12 @@ class Bus:
     def _drain_router(self) -> None:
         while True:
             try:
-                ident, raw = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            except ValueError:
+            if len(frames) != 2:
                 continue
+            ident, raw = frames[0].bytes, frames[1].bytes
             try:
                 msg = self._dec_hello.decode(raw)
             except msgspec.DecodeError:
@@ -280,6 +323,10 @@ class Bus:
             if isinstance(msg, m.Hello):
                 if msg.protocol_version != m.PROTOCOL_VERSION:
                     log.error("worker_protocol_mismatch", worker=wid, version=msg.protocol_version)
+                    continue
+                _, peer_pid = peer_credentials(_peer_address(frames[1]))
+                if peer_pid is not None and peer_pid != msg.pid:
+                    log.warning("worker_hello_refused", worker=wid, pid=msg.pid, peer_pid=peer_pid)
                     continue
                 old = self.workers.get(wid)
                 if old is not None and old.pid != msg.pid:
@@ -354,6 +401,8 @@ class Bus:
             if isinstance(msg, m.Refused):
                 log.error("supervisor_refused", message=msg.message)
                 continue
+            if isinstance(msg, m.StatusReply | m.WorkersReply):
+                self.reconcile(msg.workers, self._cmd_sent_at)
             fut = self._cmd_reply
             if fut is not None and not fut.done():
                 if not isinstance(msg, self._cmd_expect):
@@ -431,6 +480,33 @@ class Bus:
             if st is not None:
                 self._terminate(st, m.Failed(rid, st.expected_seq, "worker_died", reason))
         w.in_flight.clear()
+
+    def reconcile(self, listed: list[m.WorkerInfo], asked_at: float) -> None:
+        """Forget the workers registered before ``asked_at`` that the supervisor's
+        table (``listed``, its answer to a command sent then) does not hold with the
+        same pid: they left, or were killed, and no event told (module docstring).
+
+        Replies carry no request id, so an answer that came too late for its own
+        command can be taken for the next one's, and be older than ``asked_at``
+        says. A worker is therefore forgotten at once only if its process is gone
+        too, else after two tables in a row without it (a late one is followed by
+        a current one)."""
+        known = {(w.id, w.pid) for w in listed if w.pid}
+        gone = []
+        for w in self.workers.values():
+            if (w.id, w.pid) in known:
+                w.unlisted = 0
+            elif w.registered_at < asked_at:
+                w.unlisted += 1
+                if w.unlisted >= 2 or not _alive(w.pid):
+                    gone.append(w)
+        for w in gone:
+            log.warning("worker_forgotten", worker=w.id, pid=w.pid, reason="not in the supervisor's table")
+            w.ready = False
+            self._fail_worker_requests(w, f"worker {w.id} is gone")
+            del self.workers[w.id]
+        if gone:
+            self._notify()
 
     def ready_workers(self, model: str) -> list[WorkerRef]:
         return [w for w in self.workers.values() if w.ready and not w.draining and model in w.models]
@@ -638,6 +714,7 @@ class Bus:
         async with self._cmd_lock:
             self._cmd_reply = asyncio.get_running_loop().create_future()
             self._cmd_expect = (*_REPLIES.get(type(cmd), (m.Ack,)), m.ErrorReply)
+            self._cmd_sent_at = time.monotonic()
             self._send_sup(cmd)
             try:
                 return await asyncio.wait_for(self._cmd_reply, timeout)
@@ -652,3 +729,18 @@ class Bus:
 
     def model_config(self, name: str) -> ModelConfig | None:
         return self.config.resolve_model(name)
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    try:
+        addr = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return None
+    return addr if isinstance(addr, str) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -20,7 +20,12 @@ value (a key the user changed since is left alone); when nothing else changed,
 the original file comes back byte for byte, and a file setup created is deleted.
 
 The API token is written where Claude Code expects it (the user's own settings)
-and is never printed or logged.
+and is never printed or logged. Both files that get it (settings.json and
+~/.claude.json) are written 0600, whatever mode they had: one that was readable
+by other users is tightened, and the user is told (issue 14). ``~/.claude``, when
+setup creates it, and the backup directory are 0700, the backups 0600. ``remove``
+puts the content back and leaves the mode at 0600: never loosened again (the file
+may hold other secrets of the user's).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -36,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from protocol.config import NON_CHAT_BACKENDS
+from protocol.paths import ensure_private_dir, open_private
 
 MCP_NAME = "turnout"
 FAMILIES = ("OPUS", "SONNET", "HAIKU")
 _MISSING = {"__turnout_missing__": True}  # a key that was absent (JSON-safe marker)
+PRIVATE = 0o600  # every file turnout writes here may hold the token or the user's secrets
 
 
 class SetupError(Exception):
@@ -68,22 +76,48 @@ def read_json_object(path: Path) -> tuple[dict[str, Any], bool]:
     return val, True
 
 
-def write_json_atomic(path: Path, data: dict[str, Any], mode: int | None = None) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any], mode: int = PRIVATE) -> None:
     """Write ``data`` as Claude Code does (2-space indent, UTF-8), atomically: a
-    reader never sees half a file, and a running Claude Code never sees none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode is None:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    reader never sees half a file, and a running Claude Code never sees none.
+    The file is ``mode`` (0600) from its first byte: made by mkstemp (0600)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"), mode)
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int = PRIVATE) -> None:
+    if not path.parent.exists():
+        _mkdir_private(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with_suppress_unlink(tmp)
         raise
+
+
+def _mkdir_private(d: Path) -> None:
+    """A directory setup makes (``~/.claude``, and any missing parent): 0700."""
+    for p in reversed([d, *d.parents]):
+        if not p.exists():
+            p.mkdir(mode=0o700)
+            os.chmod(p, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def tighten(path: Path, notes: list[str] | None) -> None:
+    """A file that holds (or will hold) the token, made 0600 if it was looser,
+    with a note for the user."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        os.chmod(path, PRIVATE)
+        if notes is not None:
+            who = "readable by other users" if mode & 0o044 else "open to other users"
+            notes.append(f"{path} was mode {mode:o} ({who}): now 600")
 
 
 def with_suppress_unlink(p: str) -> None:
@@ -260,14 +294,19 @@ class Paths:
 
 
 def _backup(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.copyfile(src, dst)
-    os.chmod(dst, 0o600)
+    """A copy of the user's file, 0600 from its first byte (it may hold secrets)."""
+    ensure_private_dir(dst.parent)
+    fd = open_private(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as f:
+        f.write(src.read_bytes())
 
 
-def apply_setup(paths: Paths, env: dict[str, str], mcp: dict[str, Any] | None) -> list[str]:
+def apply_setup(paths: Paths, env: dict[str, str], mcp: dict[str, Any] | None,
+                notes: list[str] | None = None) -> list[str]:
     """Merge ``env`` into settings.json and ``mcp`` into ~/.claude.json, recording
-    what was there first. Returns what changed, one line each (no values)."""
+    what was there first. Returns what changed, one line each (no values).
+    ``notes`` gets a line for each file that was readable by other users and is
+    0600 now (both files get the token)."""
     settings, s_exists = read_json_object(paths.settings)
     cj, c_exists = read_json_object(paths.claude_json) if mcp is not None else ({}, False)
     cur_env = settings.get("env", {})
@@ -282,7 +321,7 @@ def apply_setup(paths: Paths, env: dict[str, str], mcp: dict[str, Any] | None) -
         state = {"version": 1, "settings": {"existed": s_exists, "had_env": "env" in settings, "previous": {}},
                  "claude_json": {"existed": c_exists, "had_servers": "mcpServers" in cj, "previous": {}},
                  "created_dir": not paths.settings.parent.exists()}
-        paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(paths.state_dir)
         if s_exists:
             _backup(paths.settings, paths.state_dir / "settings.json.orig")
         if c_exists and mcp is not None:
@@ -309,10 +348,12 @@ def apply_setup(paths: Paths, env: dict[str, str], mcp: dict[str, Any] | None) -
     settings["env"] = cur_env
     # Write the state first: a crash between the two writes must not lose the
     # user's previous values.
-    write_json_atomic(paths.state, state, 0o600)
+    write_json_atomic(paths.state, state, PRIVATE)
+    tighten(paths.settings, notes)
     if changed or not s_exists:
         write_json_atomic(paths.settings, settings)
     if mcp is not None:
+        tighten(paths.claude_json, notes)
         cjs = state["claude_json"]
         if "previous" not in cjs or MCP_NAME not in cjs["previous"]:
             cjs.setdefault("previous", {})[MCP_NAME] = servers.get(MCP_NAME, _MISSING)
@@ -320,11 +361,11 @@ def apply_setup(paths: Paths, env: dict[str, str], mcp: dict[str, Any] | None) -
         if servers.get(MCP_NAME) != mcp:
             servers[MCP_NAME] = mcp
             cj["mcpServers"] = servers
-            write_json_atomic(paths.state, state, 0o600)
+            write_json_atomic(paths.state, state, PRIVATE)
             write_json_atomic(paths.claude_json, cj)
             changed.append(f"{paths.claude_json.name} mcpServers.{MCP_NAME}")
         else:
-            write_json_atomic(paths.state, state, 0o600)
+            write_json_atomic(paths.state, state, PRIVATE)
     return changed
 
 
@@ -334,7 +375,7 @@ def _restore_file(path: Path, data: dict[str, Any], existed: bool, orig: Path, d
     if orig.exists():
         original, _ = read_json_object(orig)
         if original == data:
-            shutil.copyfile(orig, path)
+            write_bytes_atomic(path, orig.read_bytes())
             return "restored byte for byte"
     if not existed and drop_if_empty and not data:
         if path.exists():
@@ -417,7 +458,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
         picks = pick_models(model_options(cfg, local_windows(cfg, url, token)), cfg, opus=args.opus or "",
                             sonnet=args.sonnet or "", haiku=args.haiku or "", custom=args.custom or "")
         paths = Paths.for_home()
-        changed = apply_setup(paths, settings_env(url, token, picks), None if args.no_mcp else mcp_entry(url, token))
+        notes: list[str] = []
+        changed = apply_setup(paths, settings_env(url, token, picks), None if args.no_mcp else mcp_entry(url, token),
+                              notes)
     except (SetupError, RuntimeError, OSError) as e:
         print(f"turnout: {e}", file=sys.stderr)
         return 2
@@ -430,6 +473,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
               f"  ({picks[fam].description})")
     if not args.no_mcp:
         print(f"  MCP server '{MCP_NAME}' registered for all projects: {url}/mcp")
+    for note in notes:  # the token must not sit in a file other users can read
+        print(note)
     print("nothing changed (already set up)" if not changed else f"{len(changed)} setting(s) written; "
           "`turnout claude remove` undoes it")
     return 0

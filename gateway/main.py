@@ -1,4 +1,6 @@
-"""Entry point of the gateway process: ``python -m gateway.main SPEC_JSON``.
+"""Entry point of the gateway process: ``python -m gateway.main`` with its
+:class:`GatewaySpec` as JSON on stdin (protocol/spawn.py: never on the command
+line, where every local user could read the config).
 
 Started by the supervisor. Runs aiohttp on uvloop with handler cancellation on, so
 a client that disconnects cancels its handler at once (and so its worker request).
@@ -11,7 +13,6 @@ import resource
 import signal
 import sys
 
-import msgspec
 import structlog
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from protocol import messages as m
 from protocol.config import decode_config
 from protocol.logs import setup_logging
 from protocol.sockets import Endpoints
+from protocol.spawn import read_spec
 from supervisor.arbiter import GatewaySpec
 from supervisor.control import instance_state_dir
 
@@ -60,7 +62,7 @@ def connection_cap(configured: int) -> int:
 async def serve(spec: GatewaySpec) -> int:
     config = decode_config(spec.config_json)
     token = load_or_create_token()
-    bus = Bus(spec.id, Endpoints(spec.runtime_dir), config)
+    bus = Bus(spec.id, Endpoints(spec.runtime_dir), config, spec.bus_secret)
     bus.on_cancel_done = _log_cancel
     bus.start()
     # Routing switches live beside the instance's pidfile and log (one per port).
@@ -97,9 +99,8 @@ async def serve(spec: GatewaySpec) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = msgspec.json.decode(argv[0], type=GatewaySpec)
+def main() -> int:
+    spec = read_spec(GatewaySpec, "gateway.main")
     setup_logging("gateway")
     try:
         import uvloop

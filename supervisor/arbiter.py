@@ -14,7 +14,11 @@ Roles:
       routing to it, the arbiter waits for its in-flight requests to finish
       (bounded), then SIGTERM, grace, SIGKILL of its tree, reap (never blocking the
       loop);
-    * answers typed commands on its control ROUTER (workers, gateway, CLI);
+    * answers typed commands on two ROUTERs: ``bus`` for the gateway and the
+      workers (a ZeroMQ PLAIN handshake with the instance's bus secret, which it
+      makes at start and hands each child in its spec: protocol/sockets.py), and
+      ``control``, the CLI's door (no secret; a peer of another uid is refused, and
+      only commands are taken there, never a worker's Hello, Ready or Heartbeat);
     * publishes worker state and memory events on its PUB socket;
     * on SIGINT/SIGTERM (or ``turnout down``) stops everything with a timed ladder
       and removes its socket files and pidfile.
@@ -41,8 +45,20 @@ import zmq
 
 from protocol import messages as m
 from protocol.config import Config, ModelConfig, encode_config
-from protocol.sockets import Endpoints, bind, ensure_private_dir, make_socket, unlink_ipc
+from protocol.paths import ensure_private_dir, open_private, peer_credentials
+from protocol.sockets import (
+    Endpoints,
+    ZapHandler,
+    bind,
+    ensure_runtime_dir,
+    make_socket,
+    new_bus_secret,
+    serve_bus,
+    serve_local,
+    unlink_ipc,
+)
 from supervisor import memory, policy
+from supervisor.control import instance_state_dir, state_base
 from supervisor.process import Child, kill_now, spawn, stop_ladder
 from workers.base import EXIT_MODEL_LOAD_ERROR, WorkerSpec
 
@@ -59,6 +75,7 @@ class GatewaySpec(msgspec.Struct):
     host: str
     port: int
     config_json: str
+    bus_secret: str = ""  # the instance's bus secret (protocol/sockets.py)
 
 
 @dataclass
@@ -103,13 +120,25 @@ class Arbiter:
     runtime_dir: a private directory for this instance's ipc sockets.
     backoff: restart policy (default: from the config).
     pidfile: written at start, removed at exit (daemon mode).
+    runtime_base: the first directory above ``runtime_dir`` that is not turnout's
+        own (default: its parent); every directory below it is made 0700 and
+        checked, and one another user made or could change is refused
+        (UnsafePathError, raised here: before anything is bound or spawned).
     """
 
     def __init__(self, config: Config, runtime_dir: Path, backoff: policy.BackoffPolicy | None = None,
-                 pidfile: Path | None = None) -> None:
+                 pidfile: Path | None = None, runtime_base: Path | None = None) -> None:
         self.config = config
         sc = config.supervisor
-        self.runtime_dir = ensure_private_dir(runtime_dir)
+
+        def tightened(msg: str) -> None:
+            log.warning("private_dir_tightened", detail=msg)
+
+        self.runtime_dir = ensure_runtime_dir(runtime_dir, runtime_base, tightened)
+        # The state directory (pidfile, daemon log, routing.json) likewise, before
+        # the gateway writes into it.
+        if config.server.port:
+            ensure_private_dir(instance_state_dir(config.server.port), state_base(), tightened)
         self.endpoints = Endpoints(str(self.runtime_dir))
         self.backoff = backoff or policy.backoff_from_config(
             sc.restart_first_s, sc.restart_base_s, sc.restart_max_s, sc.healthy_after_s, sc.crash_loop_restarts)
@@ -135,8 +164,15 @@ class Arbiter:
         self._last_sample = 0.0
         self._last_eviction = -1e9
         self.ctx = zmq.Context()
-        self.control = make_socket(self.ctx, zmq.ROUTER)
+        self.bus_secret = new_bus_secret()
+        self.zap = ZapHandler(self.ctx, self.bus_secret)
+        self.control = make_socket(self.ctx, zmq.ROUTER)  # the CLI's door
+        serve_local(self.control)
+        self.bus = make_socket(self.ctx, zmq.ROUTER)  # the gateway's and the workers'
+        serve_bus(self.bus)
         self.events = make_socket(self.ctx, zmq.PUB)
+        serve_local(self.events)
+        self._replying_on = self.control  # the socket the message being handled came in on
         self._sig_r, self._sig_w = socket.socketpair()
         self._sig_r.setblocking(False)
         self._sig_w.setblocking(False)
@@ -144,14 +180,18 @@ class Arbiter:
     # ------------------------------------------------------------------ lifecycle
 
     def setup(self) -> None:
+        self.zap.start()  # before binding: connections are authenticated from the first
         bind(self.control, self.endpoints.control)
+        bind(self.bus, self.endpoints.bus)
         bind(self.events, self.endpoints.events)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
         if self.pidfile is not None:
-            self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-            self.pidfile.write_text(f"{os.getpid()}\n")
+            ensure_private_dir(self.pidfile.parent)
+            fd = open_private(self.pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
         log.info("memory_watermarks", soft_mb=round(self.watermarks.soft_mb), hard_mb=round(self.watermarks.hard_mb),
                  total_mb=round(self.total_bytes / MB))
         gw = Slot(GATEWAY_ID, "gateway")
@@ -168,6 +208,7 @@ class Arbiter:
         self.setup()
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
+        poller.register(self.bus, zmq.POLLIN)
         poller.register(self._sig_r.fileno(), zmq.POLLIN)
         try:
             while not self.stopping:
@@ -185,8 +226,10 @@ class Arbiter:
                         pass
                 while self.signals:
                     self._dispatch_signal(self.signals.popleft())
+                if self.bus in events:
+                    self._drain_control(self.bus)
                 if self.control in events:
-                    self._drain_control()
+                    self._drain_control(self.control)
                 self._reap()
                 self._check_heartbeats()
                 self._restart_due()
@@ -228,11 +271,13 @@ class Arbiter:
             stop_ladder([gw.child], grace_s=min(3.0, grace))
         stop_ladder([s.child for s in self.slots.values() if s.child and s.kind == "worker"], grace_s=grace)
         self.control.close(0)
+        self.bus.close(0)
         self.events.close(0)
+        self.zap.stop()
         self.ctx.term()
         self._sig_r.close()
         self._sig_w.close()
-        for ep in (self.endpoints.control, self.endpoints.events,
+        for ep in (self.endpoints.control, self.endpoints.bus, self.endpoints.events,
                    self.endpoints.gateway_requests(GATEWAY_ID), self.endpoints.gateway_streams(GATEWAY_ID)):
             unlink_ipc(ep)
         try:
@@ -265,8 +310,9 @@ class Arbiter:
                 host=self.config.server.host,
                 port=self.config.server.port,
                 config_json=encode_config(self.config).decode(),
+                bus_secret=self.bus_secret,
             )
-            slot.child = spawn(slot.id, "gateway.main", [msgspec.json.encode(spec).decode()])
+            slot.child = spawn(slot.id, "gateway.main", msgspec.json.encode(spec), spec_dir=str(self.runtime_dir))
         else:
             assert slot.model is not None
             mc = slot.model
@@ -280,8 +326,9 @@ class Arbiter:
                 path=mc.path,
                 context_window=mc.context_window,
                 aliases=mc.aliases,
+                bus_secret=self.bus_secret,
             )
-            slot.child = spawn(slot.id, "workers.main", [msgspec.json.encode(wspec).decode()])
+            slot.child = spawn(slot.id, "workers.main", msgspec.json.encode(wspec), spec_dir=str(self.runtime_dir))
         log.info("spawned", id=slot.id, pid=slot.child.pid, kind=slot.kind)
         self._publish(slot)
 
@@ -568,25 +615,50 @@ class Arbiter:
 
     # --------------------------------------------------------------------- control
 
-    def _drain_control(self) -> None:
+    def _drain_control(self, sock: zmq.Socket) -> None:
+        """Every message waiting on ``sock`` (``bus`` or ``control``), handled and
+        answered on the same socket."""
+        self._replying_on = sock
         while True:
             try:
-                ident, raw = self.control.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            except ValueError:
+            if len(frames) != 2:
                 continue  # wrong frame count: not one of ours
+            ident, raw = frames[0].bytes, frames[1].bytes
             try:
                 msg = self._dec.decode(raw)
             except msgspec.DecodeError:
                 log.warning("bad_control_message", size=len(raw))
                 self._reply(ident, m.ErrorReply("undecodable message"))
                 continue
+            if sock is self.control and not isinstance(msg, m.Command):
+                # Registration and liveness are the bus's, behind the secret: a
+                # Hello, Ready or Heartbeat on the CLI's door is nobody's.
+                log.warning("control_message_refused", type=type(msg).__name__)
+                continue
+            if isinstance(msg, m.Hello) and not self._hello_from_its_process(ident, msg, frames[1]):
+                continue
             self._handle(ident, msg)
+
+    def _hello_from_its_process(self, ident: bytes, msg: m.Hello, frame: zmq.Frame) -> bool:
+        """A child's Hello must come from the process spawned for that slot, where
+        the kernel says which process is at the other end (Linux: SO_PEERCRED)."""
+        slot = self.slots.get(ident.decode(errors="replace"))
+        try:
+            addr = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            return True
+        _, peer_pid = peer_credentials(addr if isinstance(addr, str) else None)
+        if slot is None or slot.child is None or peer_pid is None or peer_pid == slot.child.pid:
+            return True
+        log.warning("hello_from_another_process", id=slot.id, pid=slot.child.pid, peer_pid=peer_pid)
+        return False
 
     def _reply(self, ident: bytes, msg: m.FromSupervisor) -> None:
         try:
-            self.control.send_multipart([ident, self._enc.encode(msg)], zmq.NOBLOCK)
+            self._replying_on.send_multipart([ident, self._enc.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the peer went away
 

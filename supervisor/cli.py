@@ -24,7 +24,6 @@ from pathlib import Path
 
 from protocol.config import ConfigError, load_config
 from protocol.logs import setup_logging
-from protocol.sockets import default_runtime_dir
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -73,9 +72,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"turnout: {e}", file=sys.stderr)
         return 2
-    runtime = Path(args.runtime_dir) if args.runtime_dir else default_runtime_dir() / str(cfg.server.port)
+    from protocol.paths import UnsafePathError
+    from supervisor.control import runtime_base_for, runtime_dir_for
+
+    runtime = runtime_dir_for(cfg.server.port, args.runtime_dir)
     pidfile = Path(args.pidfile) if getattr(args, "pidfile", None) else None
-    return Arbiter(cfg, runtime, pidfile=pidfile).run()
+    try:
+        arbiter = Arbiter(cfg, runtime, pidfile=pidfile, runtime_base=runtime_base_for(args.runtime_dir))
+    except (UnsafePathError, ValueError) as e:
+        print(f"turnout: {e}", file=sys.stderr)
+        return 2
+    return arbiter.run()
 
 
 def cmd_token(args: argparse.Namespace) -> int:

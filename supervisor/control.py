@@ -11,6 +11,14 @@ several instances on different ports coexist.
 thread), sends one typed command at a time and waits for its reply with a deadline.
 A supervisor that is not there (no socket file, or no answer) raises
 :class:`NotRunning`, which the CLI turns into one clear line and exit code 1.
+
+Before it trusts an answer, the client checks who gave it (issue 14: another user
+could otherwise plant a ``control`` socket and have ``turnout down`` kill a pid of
+their choosing): the runtime directory and its ancestors (protocol/paths.py), the
+socket file (a socket, ours), and the kernel's credentials of the process that
+answered (SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS, through ZeroMQ's
+``Peer-Address``): same uid. :func:`verify_supervisor` is what ``turnout down``
+asks before it signals a pid. Each failure raises :class:`Untrusted`.
 """
 
 from __future__ import annotations
@@ -20,14 +28,27 @@ import secrets
 from pathlib import Path
 
 import msgspec
+import psutil
 import zmq
 
 from protocol import messages as m
-from protocol.sockets import Endpoints, default_runtime_dir, make_socket
+from protocol.paths import (
+    UnsafePathError,
+    check_own_socket,
+    check_private_dir,
+    ensure_private_dir,
+    peer_credentials,
+)
+from protocol.sockets import Endpoints, default_runtime_dir, default_runtime_root, make_socket
 
 
 class NotRunning(Exception):
     pass
+
+
+class Untrusted(NotRunning):
+    """Something answers (or could) for the instance, but it is not provably ours:
+    another user's directory, socket or process. The message says which."""
 
 
 class NoAnswer(NotRunning):
@@ -38,10 +59,20 @@ class NoAnswer(NotRunning):
         self.timeout_s = timeout_s
 
 
-def state_dir() -> Path:
+def state_base() -> Path:
+    """``$XDG_STATE_HOME``, else ``~/.local/state``: the directory above turnout's own."""
     xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg else Path(os.path.expanduser("~")) / ".local" / "state"
-    return base / "turnout"
+    return Path(xdg) if xdg else Path(os.path.expanduser("~")) / ".local" / "state"
+
+
+def state_dir() -> Path:
+    return state_base() / "turnout"
+
+
+def ensure_instance_state_dir(port: int) -> Path:
+    """The instance's state directory, made 0700 (``turnout`` and ``PORT`` both) and
+    checked (protocol/paths.py). Raises UnsafePathError."""
+    return ensure_private_dir(instance_state_dir(port), state_base())
 
 
 def instance_state_dir(port: int) -> Path:
@@ -60,6 +91,55 @@ def runtime_dir_for(port: int, runtime_dir: str | None = None) -> Path:
     return Path(runtime_dir) if runtime_dir else default_runtime_dir() / str(port)
 
 
+def runtime_base_for(runtime_dir: str | None = None) -> Path:
+    """The first directory above an instance's runtime directory that is not
+    turnout's own (the parent of an explicit ``--runtime-dir``)."""
+    if runtime_dir:
+        return Path(os.path.abspath(runtime_dir)).parent
+    return default_runtime_root()[1]
+
+
+def _is_supervisor_cmdline(cmd: list[str]) -> bool:
+    """``python -m supervisor.cli up ...`` or the ``turnout up ...`` entry point."""
+    if "up" not in cmd:
+        return False
+    head = cmd[: cmd.index("up")]
+    return any(a == "supervisor.cli" or os.path.basename(a) == "turnout" for a in head)
+
+
+def verify_supervisor(pid: int, runtime_dir: Path, peer_pid: int | None, port: int = 0) -> str | None:
+    """Why ``pid`` is not provably this instance's supervisor, or None when it is:
+    it runs as us, its command line is ``turnout up``, and it is the process that
+    answered on the control socket (the kernel's peer pid), or holds that socket,
+    or is the one the instance's pidfile names."""
+    why = f"pid {pid}, named by the process answering on {runtime_dir / 'control'}, is not turnout's supervisor"
+    if pid <= 0 or pid == os.getpid():
+        return why
+    try:
+        proc = psutil.Process(pid)
+        if proc.uids().real != os.getuid():
+            return f"{why}: it runs as uid {proc.uids().real}"
+        if not _is_supervisor_cmdline(proc.cmdline()):
+            return f"{why}: it runs {' '.join(proc.cmdline())[:120]!r}"
+    except psutil.Error as e:
+        return f"{why}: {type(e).__name__}"
+    if peer_pid is not None:
+        return None if peer_pid == pid else f"{why}: pid {peer_pid} answered"
+    control = str(runtime_dir / "control")
+    try:
+        if any(c.laddr == control for c in proc.net_connections(kind="unix")):
+            return None
+    except (psutil.Error, NotImplementedError):
+        pass
+    if port:
+        try:
+            if pidfile_path(port).read_text().strip() == str(pid):
+                return None
+        except OSError:
+            pass
+    return f"{why}: it neither answered on nor holds that socket"
+
+
 class ControlClient:
     """Options:
     runtime_dir: the instance's runtime directory (where ``control`` is).
@@ -74,6 +154,7 @@ class ControlClient:
         self._dec = msgspec.msgpack.Decoder(m.FromSupervisor)
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
+        self.peer_pid: int | None = None  # the kernel's pid of the process that answered
 
     def __enter__(self) -> ControlClient:
         return self
@@ -94,6 +175,13 @@ class ControlClient:
             path = self.endpoints.control[len("ipc://"):]
             if not os.path.exists(path):
                 raise NotRunning(f"no control socket at {path}")
+            try:
+                check_private_dir(self.runtime_dir)
+                check_own_socket(Path(path))
+            except UnsafePathError as e:
+                raise Untrusted(str(e)) from None
+            except FileNotFoundError:
+                raise NotRunning(f"no control socket at {path}") from None
             self._ctx = zmq.Context()
             # A fresh identity per client: the supervisor's ROUTER tells peers apart
             # by it, and a CLI id never collides with a worker's or the gateway's.
@@ -107,4 +195,19 @@ class ControlClient:
         wait = timeout_s or self.timeout_s
         if not sock.poll(int(1000 * wait), zmq.POLLIN):
             raise NoAnswer(f"no answer on {self.endpoints.control}", wait)
-        return self._dec.decode(sock.recv())
+        frame = sock.recv(copy=False)
+        self._check_peer(frame)
+        return self._dec.decode(frame.buffer)
+
+    def _check_peer(self, frame: zmq.Frame) -> None:
+        try:
+            addr = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            addr = None
+        uid, pid = peer_credentials(addr if isinstance(addr, str) else None)
+        if uid is not None and uid != os.getuid():
+            raise Untrusted(f"the process answering on {self.endpoints.control} (pid {pid or '?'}) runs as "
+                            f"uid {uid}, not as you (uid {os.getuid()}): refusing to trust it")
+        # No credentials from the transport (not a Unix socket): the socket file's
+        # owner, checked before connecting, is what there is.
+        self.peer_pid = pid

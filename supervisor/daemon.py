@@ -1,10 +1,12 @@
 """``turnout up --daemon`` and the commands that drive a running turnout.
 
 Daemon mode re-executes ``turnout up`` as a detached child (a new session, stdin
-from /dev/null, stdout and stderr appended to the log file) instead of forking the
-CLI process: the supervisor must start from a clean interpreter, as its own
-children do (never fork). The parent waits until the new supervisor answers on its
-control socket with its gateway up, prints where things are, and exits.
+from /dev/null, stdout and stderr into a pipe read by the log writer,
+supervisor/logwriter.py: one JSON record per line whatever wrote it, 0600 in a 0700
+directory, rotated) instead of forking the CLI process: the supervisor must start
+from a clean interpreter, as its own children do (never fork). The parent waits
+until the new supervisor answers on its control socket with its gateway up, prints
+where things are, and exits.
 
 The other commands (down, status/ps, scale, load, evict) each send one typed command
 through :class:`supervisor.control.ControlClient`; ``logs`` reads the daemon's log
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,13 +30,19 @@ import psutil
 
 from protocol import messages as m
 from protocol.config import DEFAULT_PORT, ConfigError, load_config
+from protocol.paths import UnsafePathError
+from protocol.sockets import ensure_runtime_dir
 from supervisor.control import (
     ControlClient,
     NoAnswer,
     NotRunning,
+    Untrusted,
+    ensure_instance_state_dir,
     logfile_path,
     pidfile_path,
+    runtime_base_for,
     runtime_dir_for,
+    verify_supervisor,
 )
 
 MB = 1024 * 1024
@@ -55,19 +64,40 @@ def start_daemon(args: argparse.Namespace, host: str, port: int) -> int:
             st = c.request(m.Status())
         if isinstance(st, m.StatusReply):
             return _fail(f"turnout is already running on port {port} (pid {st.supervisor_pid})")
+    except Untrusted as e:
+        return _fail(str(e))
     except NotRunning:
         pass
     pidfile, logfile = pidfile_path(port), logfile_path(port)
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Here, not only in the child: an unsafe directory is said on this terminal.
+        ensure_runtime_dir(runtime, runtime_base_for(args.runtime_dir))
+        ensure_instance_state_dir(port)
+    except (UnsafePathError, ValueError) as e:
+        return _fail(str(e), 2)
     cmd = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--host", host,
            "--pidfile", str(pidfile)]
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
     if args.runtime_dir:
         cmd += ["--runtime-dir", str(Path(args.runtime_dir).resolve())]
-    with open(logfile, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    r, w = os.pipe()
+    try:
+        writer = subprocess.Popen([sys.executable, "-m", "supervisor.logwriter", str(logfile)], stdin=r,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                                  close_fds=True, cwd="/")
+        assert writer.stdout is not None
+        said = writer.stdout.readline().decode(errors="replace").strip()
+        writer.stdout.close()
+        if said != "ok":
+            writer.wait()
+            return _fail(said or f"the log writer exited with code {writer.returncode}", 2)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=w, stderr=w,
                                 start_new_session=True, close_fds=True, cwd="/")
+    finally:
+        # The writer sees EOF once the supervisor and every child have closed theirs.
+        os.close(r)
+        os.close(w)
     deadline = time.monotonic() + args.wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -98,6 +128,8 @@ def _instance(args: argparse.Namespace, config_path: Callable[[str | None], str 
 
 
 def _not_running(port: int, e: NotRunning | None = None) -> int:
+    if isinstance(e, Untrusted):
+        return _fail(str(e))
     if isinstance(e, NoAnswer):
         return _fail(f"turnout on port {port} did not answer within {e.timeout_s:g} s (busy or hung: see `turnout logs`)")
     return _fail(f"not running on port {port} (start it with `turnout up --daemon`)")
@@ -222,20 +254,28 @@ def cmd_down(args: argparse.Namespace) -> int:
     try:
         with ControlClient(runtime, timeout_s=args.timeout_s) as c:
             st = c.request(m.Status())
-            assert isinstance(st, m.StatusReply)
+            if not isinstance(st, m.StatusReply):
+                return _fail(f"unexpected answer on {runtime / 'control'}: {type(st).__name__}")
             pid = st.supervisor_pid
+            # Only a pid proven to be this instance's supervisor is ever signalled
+            # (and asked to stop): the answer alone proves nothing.
+            why = verify_supervisor(pid, runtime, c.peer_pid, port)
+            if why:
+                return _fail(f"{why}; not stopping or killing anything")
+            try:
+                # Taken now, verified: psutil remembers its start time, so a pid
+                # reused later is never signalled.
+                proc = psutil.Process(pid)
+                kids = proc.children(recursive=True)
+            except psutil.Error:
+                proc, kids = None, []
             c.request(m.Shutdown())
     except NotRunning as e:
         return _not_running(port, e)
-    try:
-        proc = psutil.Process(pid)
-        kids = proc.children(recursive=True)
-    except psutil.Error:
+    if proc is None:
         print("turnout stopped")
         return 0
-    try:
-        proc.wait(args.wait_s)
-    except psutil.TimeoutExpired:
+    if not _wait_gone(proc, args.wait_s):
         # The graceful ladder did not finish in time: kill what is left.
         for p in [proc, *kids]:
             try:
@@ -249,29 +289,65 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """True once ``proc`` has exited (a zombie its parent has not reaped yet counts:
+    a supervisor started by another program exits into one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     port, _ = _instance(args, args.config_path)
     path = logfile_path(port)
     if not path.exists():
         return _fail(f"no log at {path}: turnout writes one only with `up --daemon` "
                      "(under systemd: journalctl --user -u turnout)")
-    with open(path, "rb") as f:
+    f = open(path, "rb")
+    try:
         lines = f.readlines()
+        # Older lines from the rotated files (turnout.log.1 the newest) when asked for more.
+        for old in sorted((p for p in path.parent.glob(path.name + ".*") if _suffix(p) > 0), key=_suffix):
+            if 0 < args.lines <= len(lines):
+                break
+            lines = old.read_bytes().splitlines(keepends=True) + lines
         for line in lines[-args.lines:] if args.lines > 0 else lines:
             sys.stdout.write(line.decode(errors="replace"))
         sys.stdout.flush()
         if not args.follow:
             return 0
         try:
-            while True:  # until Ctrl-C, as tail -f
+            while True:  # until Ctrl-C, as tail -f; across rotations
                 chunk = f.readline()
                 if chunk:
                     sys.stdout.write(chunk.decode(errors="replace"))
                     sys.stdout.flush()
+                    continue
+                try:
+                    rotated_away = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated_away = False
+                if rotated_away:
+                    f.close()
+                    f = open(path, "rb")
                 else:
                     time.sleep(0.2)
         except KeyboardInterrupt:
             return 0
+    finally:
+        f.close()
+
+
+def _suffix(p: Path) -> int:
+    tail = p.name.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def register_control_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser],

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from protocol.spawn import spec_file
+
 CHILDREN_RESCAN_S = 10.0
 
 
@@ -65,17 +67,22 @@ class Child:
         return total
 
 
-def spawn(child_id: str, module: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+def spawn(child_id: str, module: str, spec: bytes, *, env: dict[str, str] | None = None,
+          spec_dir: str | None = None) -> Child:
+    """Start ``python -m MODULE`` with ``spec`` (JSON) on its stdin, never on its
+    command line (protocol/spawn.py). ``spec_dir``: where the spec's unnamed 0600
+    file is made (the instance's 0700 runtime directory)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    popen = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        # stdout/stderr are inherited: every process logs to the supervisor's stderr
-        close_fds=True,
-    )
+    with spec_file(spec, spec_dir) as stdin:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=full_env,
+            stdin=stdin,
+            # stdout/stderr are inherited: every process logs to the supervisor's stderr
+            close_fds=True,
+        )
     return Child(child_id, popen)
 
 

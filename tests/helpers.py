@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +43,50 @@ def tool_bin(name: str, what: str) -> str:
 
 def claude_bin() -> str:
     return tool_bin("claude", "Claude Code CLI")
+
+
+# ------------------------------------------------------------ a second local user
+
+OTHER_UID = OTHER_GID = 65534  # nobody: the other local user of the attack tests
+
+
+def other_user(*argv: str) -> list[str]:
+    """``argv`` run as another local user (nobody) through setpriv. Skips the test
+    where that cannot be done (not root, no setpriv)."""
+    if os.geteuid() != 0:
+        pytest.skip("acting as a second local user needs root (setpriv --reuid)")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    return ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_GID}", "--clear-groups", *argv]
+
+
+_OTHER_PYTHON: list[str] = []
+
+
+def other_user_python(*args: str) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) running ``python ARGS`` as the other user with pyzmq, msgspec and
+    this tree importable. The venv's interpreter may live under a home the other user
+    cannot enter (here /root), so the same CPython version installed system-wide runs
+    with the venv's site-packages on PYTHONPATH; skips the test if there is none."""
+    if not _OTHER_PYTHON:
+        ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        env = _other_env()
+        for cand in (f"/usr/bin/{ver}", f"/usr/local/bin/{ver}", shutil.which(ver) or ""):
+            if not cand or not os.path.exists(cand):
+                continue
+            probe = subprocess.run(other_user(cand, "-c", "import zmq, msgspec, protocol.messages"),
+                                   env=env, capture_output=True, cwd="/")
+            if probe.returncode == 0:
+                _OTHER_PYTHON.append(cand)
+                break
+        else:
+            pytest.skip(f"no {ver} the other user can run with this venv's packages")
+    return other_user(_OTHER_PYTHON[0], *args), _other_env()
+
+
+def _other_env() -> dict[str, str]:
+    import sysconfig
+
+    paths = [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    return {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
+            "PYTHONDONTWRITEBYTECODE": "1"}

@@ -4,8 +4,9 @@ Roles (one owner per socket):
 
 * **I/O thread** (:class:`IOThread`) owns every ZeroMQ socket: the DEALER to the
   gateway (requests in), the XPUB to the gateway (streams out), the DEALER to the
-  supervisor (hello, heartbeats) and the inproc PULL that carries what the compute
-  loop produces. It marks a ``Cancel`` in the shared abort set the moment it arrives.
+  supervisor's bus (hello, heartbeats), each presenting the instance's bus secret
+  (protocol/sockets.py), and the inproc PULL that carries what the compute loop
+  produces. It marks a ``Cancel`` in the shared abort set the moment it arrives.
 * **Compute loop** (:class:`ComputeLoop`, the main thread) runs the backend. It
   interleaves up to ``backend.max_concurrency`` requests, checks the abort set
   between steps, and sends heartbeats, so a live heartbeat means a live loop.
@@ -49,7 +50,7 @@ import zmq
 
 from protocol import messages as m
 from protocol.chat import ChatRequest
-from protocol.sockets import Endpoints, make_socket
+from protocol.sockets import Endpoints, join_bus, make_socket
 
 log = structlog.get_logger()
 
@@ -144,6 +145,9 @@ class WorkerSpec(msgspec.Struct):
     path: str = ""
     context_window: int = 0
     aliases: list[str] = msgspec.field(default_factory=list)
+    # The instance's bus secret: presented on every connection (protocol/sockets.py).
+    # In the spec on stdin, never on the command line or in the environment.
+    bus_secret: str = ""
 
 
 # ------------------------------------------------------------------------ I/O thread
@@ -179,16 +183,22 @@ class IOThread(threading.Thread):
         enc = msgspec.msgpack.Encoder()
         dec_in = msgspec.msgpack.Decoder(m.ToWorker)
         ident = self.spec.id.encode()
+        secret = self.spec.bus_secret
         pull = make_socket(self.ctx, zmq.PULL)
         pull.bind(f"inproc://out-{self.spec.id}")
         self.bound.set()
+        # Every connection presents the bus secret: the supervisor and the gateway
+        # accept no other (protocol/sockets.py).
         sup = make_socket(self.ctx, zmq.DEALER, identity=ident)
-        sup.connect(self.endpoints.control)
+        join_bus(sup, self.spec.id, secret)
+        sup.connect(self.endpoints.bus)
         sup.send(enc.encode(self.hello()))
         gw_dealers: dict[str, zmq.Socket] = {}
         xpub = make_socket(self.ctx, zmq.XPUB)
+        join_bus(xpub, self.spec.id, secret)
         for gid in self.spec.gateway_ids:
             d = make_socket(self.ctx, zmq.DEALER, identity=ident)
+            join_bus(d, self.spec.id, secret)
             d.connect(self.endpoints.gateway_requests(gid))
             d.send(enc.encode(self.hello()))
             gw_dealers[gid] = d

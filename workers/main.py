@@ -1,6 +1,7 @@
-"""Entry point of a worker process: ``python -m workers.main SPEC_JSON``.
+"""Entry point of a worker process: ``python -m workers.main``, its
+:class:`WorkerSpec` as JSON on stdin (protocol/spawn.py: never on the command line).
 
-The supervisor starts it (spawn, never fork) with a :class:`WorkerSpec`; the backend
+The supervisor starts it (spawn, never fork); the backend
 module is ``workers.<backend>`` and must provide ``create(spec) -> Backend``.
 """
 
@@ -10,18 +11,17 @@ import importlib
 import os
 import sys
 
-import msgspec
 import structlog
 
 from protocol.logs import setup_logging
+from protocol.spawn import read_spec
 from workers.base import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR, ModelLoadError, WorkerSpec, run_worker
 
 BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = msgspec.json.decode(argv[0], type=WorkerSpec)
+def main() -> int:
+    spec = read_spec(WorkerSpec, "workers.main")
     # numpy/BLAS threads fight the model runtime for the same cores (MEASURED.md),
     # except where BLAS is the runtime: the embed worker's encoder is its GEMMs.
     blas = str(spec.options.get("threads") or os.cpu_count() or 1) if spec.backend == "embed" else "1"

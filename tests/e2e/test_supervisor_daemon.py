@@ -4,17 +4,25 @@ daemon is running."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
 
 from supervisor.control import logfile_path, pidfile_path
 from supervisor.launch import free_port
+from tests.helpers import other_user, poll_until
 
 CONFIG = """
 [[models]]
@@ -113,3 +121,82 @@ def test_daemon_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
         if pid and psutil.pid_exists(pid):  # a failed test must not leave a daemon
             for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
                 p.kill()
+
+
+# ------------------------------------------- issue 14: the daemon's log
+
+CAP = 20_000  # bytes per log file in this test (TURNOUT_LOG_MAX_BYTES)
+
+
+def _json_lines(path: Path) -> list[dict[str, object]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        rec = json.loads(line)  # every line, whatever wrote it
+        assert isinstance(rec, dict), line
+        out.append(rec)
+    return out
+
+
+def test_daemon_log_is_private_rotates_and_every_line_is_json_even_a_crash(tmp_path: Path) -> None:
+    home = Path(tempfile.mkdtemp(prefix="home-", dir="/tmp"))
+    os.chmod(home, 0o755)  # a home other users may enter, as many are
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(CONFIG)
+    port = free_port()
+    runtime = Path(tempfile.mkdtemp(prefix="to-", dir="/tmp"))
+    os.rmdir(runtime)
+    inst = ["--port", str(port), "--runtime-dir", str(runtime)]
+    env = dict(os.environ, TURNOUT_TOKEN="test-token-0123456789", XDG_STATE_HOME=str(home / "state"),
+               TURNOUT_LOG_MAX_BYTES=str(CAP))
+    # What an older turnout left: a 0755 state dir and a 0644 log.
+    logdir = home / "state" / "turnout" / str(port)
+    logdir.mkdir(parents=True, mode=0o755)
+    os.chmod(logdir, 0o755)
+    os.chmod(logdir.parent, 0o755)
+    log = logdir / "turnout.log"
+    log.write_text('{"event":"old"}\n')
+    os.chmod(log, 0o644)
+    pid = 0
+    try:
+        up = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--daemon", "--config", str(cfg), *inst],
+                            capture_output=True, text=True, timeout=60, env=env)
+        assert up.returncode == 0, up.stderr
+        pid = int((logdir / "turnout.pid").read_text())
+        for d in (logdir.parent, logdir):
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        if os.geteuid() == 0:  # another local user cannot read it
+            r = subprocess.run(other_user("cat", str(log)), capture_output=True)
+            assert r.returncode != 0 and b"spawned" not in r.stdout
+        # A native crash of a worker: Python's fault handler writes a multi-line dump.
+        worker = next(p for p in psutil.Process(pid).children(recursive=True)
+                      if "workers.main" in " ".join(p.cmdline()))
+        os.kill(worker.pid, signal.SIGSEGV)
+        poll_until(lambda: "Fatal Python error" in log.read_text(errors="replace"), 20)
+        # A request whose header holds a NUL (aiohttp's parser refuses it).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: a\x00b\r\n\r\n")
+            s.recv(4096)
+        # Enough lines to rotate a few times.
+        for _ in range(400):
+            with contextlib.suppress(urllib.error.URLError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+        down = turnout("down", *inst)
+        assert down.returncode == 0, down
+        pid = 0
+        poll_until(lambda: "stopped" in log.read_text(errors="replace"), 10)
+        files = sorted(logdir.glob("turnout.log*"))
+        assert [f.name for f in files] == ["turnout.log", "turnout.log.1", "turnout.log.2", "turnout.log.3"]
+        records = []
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+            assert f.stat().st_size <= CAP + 70_000, f  # the cap, plus at most one record
+            records += _json_lines(f)
+        crash = [r for r in records if "Fatal Python error" in str(r.get("text", ""))]
+        assert len(crash) == 1 and crash[0]["level"] == "error", crash
+        assert 'File "' in str(crash[0]["text"])  # the traceback is in the one record
+    finally:
+        if pid and psutil.pid_exists(pid):
+            for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                p.kill()
+        shutil.rmtree(home, ignore_errors=True)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from gateway.claude_setup import (
     settings_env,
 )
 from protocol.config import Config, EndpointConfig, EndpointModel, ModelConfig, RoutingConfig
+from tests.helpers import other_user
 
 URL = "http://127.0.0.1:8765"
 TOKEN = "tt-secret-token-value"
@@ -234,3 +241,78 @@ def test_claude_arguments_are_everything_after_turnouts_own_options() -> None:
     assert claude_argv(["claude", "--port", "9", "--", "--url", "theirs"]) == ["--url", "theirs"]
     assert claude_argv(["claude", "setup", "--opus", "o"]) == ["setup", "--opus", "o"]
     assert claude_argv(["claude"]) == []
+
+
+# ------------------------------------------------- issue 14, item 4: file modes
+
+
+@pytest.fixture
+def open_home() -> Iterator[Path]:
+    """A home directory other users may enter (0755, as many are), in /tmp."""
+    home = Path(tempfile.mkdtemp(prefix="home-", dir="/tmp"))
+    os.chmod(home, 0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_setup_makes_world_readable_files_that_get_the_token_private_and_says_so(open_home: Path) -> None:
+    paths = Paths(open_home / ".claude" / "settings.json", open_home / ".claude.json",
+                  open_home / ".local" / "state" / "turnout" / "claude")
+    paths.settings.parent.mkdir(mode=0o755)
+    paths.settings.write_text('{"theme": "dark"}')
+    paths.claude_json.write_text('{"numStartups": 1}')
+    for p in (paths.settings, paths.claude_json):
+        os.chmod(p, 0o644)
+    notes: list[str] = []
+    apply_setup(paths, env(), mcp_entry(URL, TOKEN), notes)
+    assert TOKEN in paths.settings.read_text() and TOKEN in paths.claude_json.read_text()
+    assert _mode(paths.settings) == 0o600 and _mode(paths.claude_json) == 0o600
+    for backup in paths.state_dir.iterdir():
+        assert _mode(backup) == 0o600, backup
+    assert _mode(paths.state_dir) == 0o700 and _mode(paths.state_dir.parent) == 0o700
+    assert notes == [f"{paths.settings} was mode 644 (readable by other users): now 600",
+                     f"{paths.claude_json} was mode 644 (readable by other users): now 600"]
+    if os.geteuid() == 0:  # another local user tries to read the token
+        for p in (paths.settings, paths.claude_json):
+            r = subprocess.run(other_user("cat", str(p)), capture_output=True, text=True)
+            assert r.returncode != 0 and TOKEN not in r.stdout, p
+    # a second run has nothing left to tighten
+    again: list[str] = []
+    assert apply_setup(paths, env(), mcp_entry(URL, TOKEN), again) == [] and again == []
+    # remove puts the content back byte for byte and never loosens the mode again
+    apply_remove(paths)
+    assert json.loads(paths.settings.read_text()) == {"theme": "dark"}
+    assert _mode(paths.settings) == 0o600 and _mode(paths.claude_json) == 0o600
+
+
+def test_files_setup_creates_are_private(paths: Paths) -> None:
+    old = os.umask(0o022)
+    try:
+        apply_setup(paths, env(), mcp_entry(URL, TOKEN))
+    finally:
+        os.umask(old)
+    assert _mode(paths.settings) == 0o600 and _mode(paths.claude_json) == 0o600
+    assert _mode(paths.settings.parent) == 0o700  # ~/.claude, made by setup
+
+
+def test_cli_setup_tells_the_user_what_it_tightened(open_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.claude_setup import cmd_setup
+
+    monkeypatch.setenv("HOME", str(open_home))
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(open_home / ".local" / "state"))
+    monkeypatch.setenv("TURNOUT_TOKEN", TOKEN)
+    (open_home / ".claude").mkdir()
+    (open_home / ".claude" / "settings.json").write_text("{}")
+    os.chmod(open_home / ".claude" / "settings.json", 0o644)
+    args = argparse.Namespace(config=None, url=URL, port=None, opus=None, sonnet=None, haiku=None, custom=None,
+                              no_mcp=True)
+    assert cmd_setup(args) == 0
+    out = capsys.readouterr().out
+    assert f"{open_home / '.claude' / 'settings.json'} was mode 644 (readable by other users): now 600" in out
+    assert TOKEN not in out
