@@ -85,7 +85,12 @@ def cmd_parse(args: argparse.Namespace) -> int:
     req = ChatRequest(model="m", max_tokens=1, tools=tools, messages=[Message("user", [TextPart("hi")])],
                       thinking=ThinkingConfig("enabled" if args.thinking else "disabled", 1024 if args.thinking else 0))
     rendered = ct.render(req, tpl)
-    reader = rendered.new_reader()
+    if tools:
+        reader = rendered.new_reader()
+    else:  # no --tools: read calls of any name (a bare JSON answer stays text)
+        from workers.formats.schema import ToolSet
+
+        reader = rendered.family.new_reader(ToolSet(), reasoning_open=rendered.reasoning_open, tools_enabled=True)
     output = sys.stdin.read()
     events = reader.feed(output) + reader.finish()
     result = {

@@ -40,6 +40,13 @@ def test_parse_reads_a_qwen3_coder_call_typed_by_the_tools(tmp_path: Path) -> No
                                     "tool_calls": [{"name": "Bash", "arguments": {"command": "ls -la", "timeout": 5}}]}
 
 
+def test_parse_without_tools_reads_calls_of_any_name() -> None:
+    output = "Sure.<tool_call>\n<function=Bash>\n<parameter=command>\nls\n</parameter>\n</function>\n</tool_call>"
+    r = turnout("parse", "--template", str(TEMPLATES / "Qwen3-Coder.jinja"), stdin=output)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tool_calls"] == [{"name": "Bash", "arguments": {"command": "ls"}}]
+
+
 def test_render_prints_the_prompt_for_a_captured_claude_code_request() -> None:
     r = turnout("render", "--template", str(TEMPLATES / "Qwen3-Coder.jinja"),
                 "--request", str(CLAUDE_CODE / "03-tool-bash-request-3.json"))
