@@ -71,6 +71,7 @@ class Call:
     status: int = 0
     seconds: float = 0.0
     ttft_s: float | None = None  # request -> first content block
+    client_closed: bool = False  # Claude Code gave up on it (its stream watchdog: no content for 300 s)
     body: dict[str, Any] = field(default_factory=dict)
     response: bytes = b""
 
@@ -124,7 +125,7 @@ class Call:
             "path": self.path, "status": self.status, "model": b.get("model"), "max_tokens": b.get("max_tokens"),
             "tools": len(b.get("tools", [])), "stop_reason": a["stop_reason"], "error": a["error"],
             "input_tokens": a["input_tokens"], "cache_read_input_tokens": a["cache_read_input_tokens"],
-            "output_tokens": a["output_tokens"], "seconds": round(self.seconds, 2),
+            "output_tokens": a["output_tokens"], "seconds": round(self.seconds, 2), "client_closed": self.client_closed,
             "ttft_s": round(self.ttft_s, 2) if self.ttft_s is not None else None,
             "prefill_tps": round(a["input_tokens"] / self.ttft_s, 1) if self.ttft_s and a["input_tokens"] else None,
             "decode_tps": round(a["output_tokens"] / (self.seconds - self.ttft_s), 1)
@@ -172,13 +173,16 @@ class Proxy:
             await resp.prepare(request)
             chunks = []
             streamed = "event-stream" in up.headers.get("Content-Type", "")
-            async for chunk in up.content.iter_any():
-                if call.ttft_s is None and streamed and b"event: content_block_start" in chunk:
-                    call.ttft_s = time.monotonic() - t0
-                chunks.append(chunk)
-                await resp.write(chunk)
+            try:
+                async for chunk in up.content.iter_any():
+                    if call.ttft_s is None and streamed and b"event: content_block_start" in chunk:
+                        call.ttft_s = time.monotonic() - t0
+                    chunks.append(chunk)
+                    await resp.write(chunk)
+                await resp.write_eof()
+            except ConnectionResetError:
+                call.client_closed = True
             call.response = b"".join(chunks)
-            await resp.write_eof()
         call.seconds = time.monotonic() - t0
         return resp
 
