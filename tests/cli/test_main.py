@@ -67,11 +67,11 @@ def test_every_command_names_an_implementation_that_exists() -> None:
     assert {words[0] for words in handlers} == set(COMMANDS)
     lazies = {words: h for words, h in handlers.items() if isinstance(h, Lazy)}
     assert set(handlers) - set(lazies) == {("up",), ("token",), ("claude",)}  # these import as they go
-    for words, h in lazies.items():
-        impl = getattr(importlib.import_module(h.module), h.func, None)
-        assert callable(impl), (words, h)
-    for words, h in handlers.items():
-        assert callable(h), words
+    for words, lz in lazies.items():
+        impl = getattr(importlib.import_module(lz.module), lz.func, None)
+        assert callable(impl), (words, lz)
+    for words, handler in handlers.items():
+        assert callable(handler), words
 
 
 @pytest.mark.parametrize(("argv", "module"), [
