@@ -28,7 +28,6 @@ from bench import prompts
 from bench.stats import summary
 from bench.targets import StreamResult, Target
 
-WORKLOADS = ("single_2k", "multi_20k_tools", "tool_heavy_50k", "cancel", "concurrency")
 CONCURRENCY_LEVELS = (1, 4, 16)
 OVERFLOW = "context_overflow"
 

@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 import zmq
 
 from protocol.paths import UnsafePathError, ensure_private_dir, peer_credentials
@@ -49,8 +48,6 @@ from protocol.paths import UnsafePathError, ensure_private_dir, peer_credentials
 __all__ = ["Endpoints", "UnsafePathError", "ZapHandler", "bind", "default_runtime_dir", "default_runtime_root",
            "ensure_runtime_dir", "join_bus", "make_socket", "new_bus_secret", "serve_bus", "serve_local",
            "unlink_ipc"]
-
-log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -257,7 +254,9 @@ class ZapHandler(threading.Thread):
             now = time.monotonic()
             if now - self._last_log > 1.0:  # a peer retrying every few ms must not flood the log
                 self._last_log = now
-                log.warning("bus_connection_refused", reason=why, user=user.decode(errors="replace")[:64],
+                import structlog  # here: the CLI imports this module and must start fast
+
+                structlog.get_logger().warning("bus_connection_refused", reason=why, user=user.decode(errors="replace")[:64],
                             peer_uid=uid, peer_pid=pid, refused_total=self.refused)
             return [b"1.0", rid, b"400", why.encode(), b"", b""]
         return [b"1.0", rid, b"200", b"OK", user, b""]

@@ -100,11 +100,11 @@ def runtime_base_for(runtime_dir: str | None = None) -> Path:
 
 
 def _is_supervisor_cmdline(cmd: list[str]) -> bool:
-    """``python -m supervisor.cli up ...`` or the ``turnout up ...`` entry point."""
+    """``python -m supervisor.cli up ...``, ``python -m cli up ...`` or the ``turnout up ...`` entry point."""
     if "up" not in cmd:
         return False
     head = cmd[: cmd.index("up")]
-    return any(a == "supervisor.cli" or os.path.basename(a) == "turnout" for a in head)
+    return any(a in ("supervisor.cli", "cli") or os.path.basename(a) == "turnout" for a in head)
 
 
 def verify_supervisor(pid: int, runtime_dir: Path, peer_pid: int | None, port: int = 0) -> str | None:

@@ -465,23 +465,6 @@ def resolve(path_or_name: str) -> Path:
 # ---------------------------------------------------------------- CLI
 
 
-def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``models list|add PATH|pull hf://...|remove NAME`` to a CLI."""
-    p = subparsers.add_parser("models", help="list, add, pull and remove local models")
-    sub = p.add_subparsers(dest="models_cmd", required=True)
-    ls = sub.add_parser("list", help="list local models")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
-    add = sub.add_parser("add", help="register a local GGUF file")
-    add.add_argument("path")
-    add.add_argument("--name")
-    pl = sub.add_parser("pull", help="download hf://org/repo/file.gguf[@revision]")
-    pl.add_argument("url")
-    pl.add_argument("--name")
-    rm = sub.add_parser("remove", help="forget a model (deletes files turnout downloaded)")
-    rm.add_argument("name")
-    p.set_defaults(func=run_cli)
-
-
 def run_cli(args: argparse.Namespace) -> int:
     try:
         if args.models_cmd == "list":

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.workers.tiny_gguf import write_tiny_gguf
+
+pytestmark = pytest.mark.slow  # llama_cpp.server and in-process llama.cpp peers
 
 
 def test_short_bench_against_fake_and_tiny_gguf(tmp_path: Path) -> None:

@@ -7,8 +7,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from supervisor.launch import TurnoutProcess
 from tests.helpers import claude_bin
+
+pytestmark = pytest.mark.slow  # the real Claude Code CLI
 
 
 def claude(t: TurnoutProcess, tmp_path: Path, *args: str, **env: str) -> dict[str, object]:

@@ -11,8 +11,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from bench.plain_path import Proxy, claude_bin
 from supervisor.launch import TurnoutProcess
+
+pytestmark = pytest.mark.slow  # the real Claude Code CLI
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = """

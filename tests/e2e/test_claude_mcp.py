@@ -12,9 +12,13 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from supervisor.launch import TurnoutProcess
 from tests.e2e.test_claude_code import claude_bin
 from tests.e2e.test_mcp import TWO_FAKES
+
+pytestmark = pytest.mark.slow  # the real Claude Code CLI
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,6 +19,8 @@ from supervisor.launch import TurnoutProcess, free_port
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 from tiny_gguf import write_tiny_gguf
 
+pytestmark = pytest.mark.slow  # a llama_cpp.server peer
+
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -9,8 +9,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from supervisor.launch import TurnoutProcess
 from tests.helpers import tool_bin
+
+pytestmark = pytest.mark.slow  # the real Codex CLI
 
 
 def codex(t: TurnoutProcess, home: Path, prompt: str) -> subprocess.CompletedProcess[str]:

@@ -231,6 +231,7 @@ def test_stdio_says_how_to_start_turnout_when_it_is_down(t: TurnoutProcess) -> N
     assert r.is_error and "start it with `turnout up`" in r.content[0].text
 
 
+@pytest.mark.slow  # the external MCP Inspector CLI
 def test_mcp_inspector_cli_lists_the_tools(t: TurnoutProcess) -> None:
     exe = ROOT / ".tools/node_modules/.bin/mcp-inspector"
     if not exe.exists():

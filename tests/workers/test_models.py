@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import pytest
 
+from cli import models as cli_models
 from workers import models
 
 
@@ -201,7 +202,7 @@ def test_pull_of_a_missing_file_says_so(hub: type[HubHandler]) -> None:
 
 def test_cli_list_and_add(tiny_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="turnout")
-    models.register_cli(parser.add_subparsers(dest="cmd"))
+    cli_models.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["models", "add", str(tiny_gguf), "--name", "t1"])
     assert args.func(args) == 0
     args = parser.parse_args(["models", "list"])
