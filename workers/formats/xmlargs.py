@@ -160,3 +160,42 @@ def parse_arg_key_value(body: str, tools: ToolSet) -> list[Call]:
     if leftover:
         raise NotACall("text between arguments")
     return [_call(tools, name, pairs)]
+
+
+def open_args(call: Call, pending_key: str | None) -> str:
+    """A call's arguments as a prefix: the object left open, and the key of the
+    parameter being written (``{"a":1,"b":``)."""
+    args = call.arguments[:-1]
+    if pending_key is not None:
+        args += ("," if len(args) > 1 else "") + dumps(pending_key) + ":"
+    return args
+
+
+def partial_function_tags(body: str, tools: ToolSet) -> list[Call]:
+    """:data:`~workers.formats.jsoncalls.PartialFn` for ``<function=NAME>`` tags:
+    a function is known once its tag is closed; a parameter counts once its
+    ``</parameter>`` is written (its value typed by the schema, as at the end)."""
+    starts = list(_FUNCTION.finditer(body))
+    if not starts:
+        return []
+    last = starts[-1]
+    done: list[Call] = []
+    if last.start() > 0:
+        try:
+            done = parse_function_tags(body[: last.start()], tools)
+        except NotACall:
+            return []
+    cut = body.rfind("</parameter>", last.end())
+    upto = last.end() if cut < 0 else cut + len("</parameter>")
+    try:
+        current = parse_function_tags(body[:upto][last.start():], tools)[-1]
+    except NotACall:
+        return done
+    tail = body[upto:]
+    if "</function>" in tail:  # complete (an unclosed parameter runs to the function's end)
+        try:
+            return [*done, parse_function_tags(body[last.start():], tools)[-1]]
+        except NotACall:
+            return done
+    pm = _PARAM.match(tail.lstrip(" \t\r\n"))
+    return [*done, Call(current.name, open_args(current, pm.group(1).strip() if pm else None))]

@@ -19,7 +19,7 @@ import re
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonAfter, args_object, loads
+from workers.formats.jsoncalls import HeadThenJson, JsonAfter, args_object, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, coerce, dumps
 
@@ -55,12 +55,30 @@ def parse_k2(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
+def _k2_head(head: str) -> tuple[str, str] | None:
+    call_id = head.strip()
+    name = _k2_name(call_id)
+    if not name or any(c.isspace() or c in "<>{" for c in name):
+        return None
+    return name, call_id
+
+
+def _k2_parts(body: str) -> list[str]:
+    parts = body.split(CALL_BEGIN)
+    return parts[1:] if not parts[0].strip() else []
+
+
+def _k2_so_far() -> HeadThenJson:
+    return HeadThenJson(ARGS_BEGIN, _k2_parts, _k2_head, lambda part, tools: parse_k2(CALL_BEGIN + part, tools),
+                        end=CALL_END)
+
+
 K2 = Syntax(
     think=(("<think>", "</think>"),),
     calls=(
-        CallSyntax(SECTION_BEGIN, parse_k2, close=(SECTION_END,)),
+        CallSyntax(SECTION_BEGIN, parse_k2, close=(SECTION_END,), partial=_k2_so_far),
         # a bare call ends with its arguments' JSON object
-        CallSyntax(CALL_BEGIN, parse_k2, keep_open=True, scan=lambda: JsonAfter(ARGS_BEGIN)),
+        CallSyntax(CALL_BEGIN, parse_k2, keep_open=True, scan=lambda: JsonAfter(ARGS_BEGIN), partial=_k2_so_far),
     ),
     drop=(CALL_END, SECTION_END, IM_END),
 )

@@ -12,6 +12,7 @@ from workers.formats.events import Call, NotACall
 from workers.formats.families import Family
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
+from workers.formats.xmlargs import open_args
 
 _NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -161,9 +162,61 @@ def parse_python_calls(body: str, tools: ToolSet) -> list[Call]:
     return [Call(name, dumps(args)) for name, args in _Py(body).calls()]
 
 
+def partial_python_calls(body: str, tools: ToolSet) -> list[Call]:
+    """The calls so far (``CallSyntax.partial``): a call is known once ``name(``
+    is written; an argument counts once the ``,`` or ``)`` after its value is."""
+    p = _Py(body)
+    out: list[Call] = []
+    p.eat("[")
+    while True:
+        p.ws()
+        m = _NAME.match(body, p.i)
+        if m is None:
+            break
+        p.i = m.end()
+        if not p.eat("("):
+            break
+        args: dict[str, Any] = {}
+        pending: str | None = None
+        closed = False
+        try:
+            closed = p.eat(")")
+            while not closed:
+                p.ws()
+                km = _NAME.match(body, p.i)
+                if km is None:
+                    break
+                p.i = km.end()
+                if not p.eat("="):
+                    break
+                pending = km.group(0)
+                value = p.value(0)
+                p.ws()
+                if p.i >= len(body):
+                    break  # a value at the end may go on
+                args[pending], pending = value, None
+                if p.eat(")"):
+                    closed = True
+                elif not p.eat(","):
+                    break
+                else:
+                    closed = p.eat(")")  # a trailing comma
+        except NotACall:
+            pass
+        call = Call(m.group(0), dumps(args))
+        if not closed:
+            out.append(Call(call.name, open_args(call, pending)))
+            break
+        out.append(call)
+        if not p.eat(","):
+            break
+    return out
+
+
 LFM = Syntax(
     think=(("<think>", "</think>"),),
-    calls=(CallSyntax("<|tool_call_start|>", parse_python_calls, close=("<|tool_call_end|>",)),),
+    calls=(CallSyntax("<|tool_call_start|>", parse_python_calls, close=("<|tool_call_end|>",),
+                      partial=lambda: partial_python_calls),),
     drop=("<|tool_call_end|>",),
     calls_in_reasoning=False,
 )

@@ -18,8 +18,15 @@ from typing import Any
 
 from workers.formats.events import Call, Event, NotACall, Text
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonEnd, args_object, calls_from_json, json_scan, loads
-from workers.formats.reader import CallSyntax, Syntax, holdback
+from workers.formats.jsoncalls import (
+    JsonCallsSoFar,
+    JsonEnd,
+    args_object,
+    calls_from_json,
+    json_scan,
+    loads,
+)
+from workers.formats.reader import CallSyntax, Syntax, finished_call, holdback
 from workers.formats.schema import ToolSet, dumps
 
 PYTHON_TAG, EOM, EOT = "<|python_tag|>", "<|eom_id|>", "<|eot_id|>"
@@ -64,7 +71,7 @@ def python_tag_body(body: str, tools: ToolSet) -> list[Call]:
 
 LLAMA3 = Syntax(
     calls=(
-        CallSyntax("{", offered_calls, keep_open=True, scan=json_scan, at_start_only=True),
+        CallSyntax("{", offered_calls, keep_open=True, scan=json_scan, at_start_only=True, partial=JsonCallsSoFar),
         CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT)),
     ),
     drop=(EOM, EOT),
@@ -126,6 +133,19 @@ class FunctionaryReader:
         self._json: JsonEnd | None = None  # where the current call's JSON arguments end
         self._searched = 0  # how far the current call's body was searched for the next ">>>"
         self._mode = "text" if reasoning_open.startswith(RECIPIENT + "all\n") else "recipient"
+        self._committed = False
+
+    def partial_calls(self) -> list[Call]:
+        """The call being written, once its JSON arguments begin (see
+        :meth:`~workers.formats.reader.Reader.partial_calls`)."""
+        if self._mode != "call" or (self.tools and self._name not in self.tools.schemas):
+            return []
+        s = self._buf.lstrip()
+        return [Call(self._name, s)] if s.startswith("{") else []
+
+    def commit(self) -> None:
+        if self._mode == "call":
+            self._committed = True
 
     def feed(self, text: str) -> list[Event]:
         self._buf += text
@@ -198,10 +218,14 @@ class FunctionaryReader:
                 return
         body = buf[:end]
         self._buf, self._mode = buf[end:], "after_call"
+        committed, self._committed = self._committed, False
         try:
             out.append(self._parse(self._name, body))
         except NotACall:
-            self._text(out, body)
+            if committed:  # announced: made with its finished arguments
+                out.append(finished_call(Call(self._name, body.lstrip())))
+            else:
+                self._text(out, body)
 
     def _step_after_call(self, out: list[Event], final: bool) -> None:
         """Between a call and the next message: layout."""

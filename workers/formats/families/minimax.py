@@ -11,7 +11,7 @@ from typing import Any
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import calls_from_json
+from workers.formats.jsoncalls import JsonCallsSoFar, calls_from_json
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, allows, coerce, dumps
 from workers.formats.xmlargs import invoke_parser
@@ -20,7 +20,7 @@ THINK = (("<think>", "</think>"),)
 
 M1 = Syntax(
     think=THINK,
-    calls=(CallSyntax("<tool_calls>", calls_from_json, close=("</tool_calls>",)),),
+    calls=(CallSyntax("<tool_calls>", calls_from_json, close=("</tool_calls>",), partial=JsonCallsSoFar),),
     drop=("</tool_calls>",),
     calls_in_reasoning=False,
 )
