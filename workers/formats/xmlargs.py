@@ -180,7 +180,7 @@ def partial_function_tags(body: str, tools: ToolSet) -> list[Call]:
         return []
     last = starts[-1]
     done: list[Call] = []
-    if last.start() > 0:
+    if len(starts) > 1:
         try:
             done = parse_function_tags(body[: last.start()], tools)
         except NotACall:

@@ -103,8 +103,8 @@ class ChannelReader:
         if self._mode != "body" or self._kind != "call" or (self.tools and self._tool not in self.tools.schemas):
             return []
         buf = self._buf
-        body = buf[: len(buf) - holdback(buf, self._boundary)]
-        return [Call(self._tool, body.lstrip() if body.lstrip().startswith("{") else "")]
+        body = buf[: len(buf) - holdback(buf, self._boundary)].lstrip()
+        return [Call(self._tool, body)] if body.startswith("{") else []
 
     def commit(self) -> None:
         if self._mode == "body" and self._kind == "call":
