@@ -303,6 +303,7 @@ class JsonCallsSoFar:
         self.obj: JsonEnd | None = None  # the object being written
         self.start = 0
         self.failed = False
+        self.head: tuple[str, str, int] | None = None  # the current call's (name, id, arguments offset)
 
     def __call__(self, body: str, tools: ToolSet) -> list[Call]:
         n = len(body)
@@ -331,9 +332,12 @@ class JsonCallsSoFar:
             except NotACall:
                 self.failed = True
                 break
-            self.pos, self.obj = end, None
+            self.pos, self.obj, self.head = end, None, None
         if self.failed or self.obj is None:
             return list(self.done)
+        if self.head is not None:  # its arguments have begun: only they grow
+            name, call_id, at = self.head
+            return [*self.done, Call(name, body[at:], call_id)]
         current = self._current(body[self.start:])
         return [*self.done, current] if current is not None else list(self.done)
 
@@ -359,6 +363,8 @@ class JsonCallsSoFar:
             im = _STRING.match(head, id_m.end())
             if im is not None:
                 call_id = str(loads(im.group(0)))
+        if args_m is not None:
+            self.head = (name, call_id, self.start + args_m.end())
         return Call(name, "" if args_m is None else obj[args_m.end():], call_id)
 
 
@@ -555,9 +561,7 @@ class HeadThenJson:
             named = self.head(head)
             if named is None:
                 break
-            if self.end and self.end in args:
-                args = args[: args.index(self.end)]
-            if not last or JsonEnd()(args) is not None:
+            if not last or (self.end and self.end in part):  # complete
                 try:
                     out.extend(self.parse(part, tools))
                 except NotACall:

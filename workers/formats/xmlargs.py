@@ -171,31 +171,45 @@ def open_args(call: Call, pending_key: str | None) -> str:
     return args
 
 
-def partial_function_tags(body: str, tools: ToolSet) -> list[Call]:
+class FunctionTagsSoFar:
     """:data:`~workers.formats.jsoncalls.PartialFn` for ``<function=NAME>`` tags:
     a function is known once its tag is closed; a parameter counts once its
-    ``</parameter>`` is written (its value typed by the schema, as at the end)."""
-    starts = list(_FUNCTION.finditer(body))
-    if not starts:
-        return []
-    last = starts[-1]
-    done: list[Call] = []
-    if len(starts) > 1:
-        try:
-            done = parse_function_tags(body[: last.start()], tools)
-        except NotACall:
+    ``</parameter>`` is written (its value typed by the schema, as at the end).
+    One per body (handed the same body, grown): the finished parameters are read
+    again only when one more is finished."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] = (-1, -1)
+        self.calls: list[Call] = []
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        last = None
+        i = body.rfind("<function=")
+        while i >= 0:
+            last = _FUNCTION.match(body, i)
+            if last is not None:
+                break
+            i = body.rfind("<function=", 0, i)
+        if last is None:
             return []
-    cut = body.rfind("</parameter>", last.end())
-    upto = last.end() if cut < 0 else cut + len("</parameter>")
-    try:
-        current = parse_function_tags(body[:upto][last.start():], tools)[-1]
-    except NotACall:
-        return done
-    tail = body[upto:]
-    if "</function>" in tail:  # complete (an unclosed parameter runs to the function's end)
-        try:
-            return [*done, parse_function_tags(body[last.start():], tools)[-1]]
-        except NotACall:
-            return done
-    pm = _PARAM.match(tail.lstrip(" \t\r\n"))
-    return [*done, Call(current.name, open_args(current, pm.group(1).strip() if pm else None))]
+        close = body.rfind("</parameter>", last.end())
+        upto = last.end() if close < 0 else close + len("</parameter>")
+        if (last.start(), upto) != self.key:
+            self.key = (last.start(), upto)
+            try:
+                done = parse_function_tags(body[: last.start()], tools) if _FUNCTION.search(body, 0, last.start()) else []
+                self.calls = [*done, parse_function_tags(body[last.start():upto], tools)[-1]]
+            except NotACall:
+                self.key, self.calls = (-1, -1), []
+                return []
+        if not self.calls:
+            return []
+        *done, current = self.calls
+        tail = body[upto:]
+        if "</function>" in tail:  # complete (an unclosed parameter runs to the function's end)
+            try:
+                return [*done, parse_function_tags(body[last.start():], tools)[-1]]
+            except NotACall:
+                return done
+        pm = _PARAM.match(tail.lstrip(" \t\r\n"))
+        return [*done, Call(current.name, open_args(current, pm.group(1).strip() if pm else None))]

@@ -12,7 +12,7 @@ from workers.formats.families import Family, has
 from workers.formats.jsoncalls import JsonCallsSoFar, PartialFn, calls_from_json
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
-from workers.formats.xmlargs import parse_function_tags, partial_function_tags
+from workers.formats.xmlargs import FunctionTagsSoFar, parse_function_tags
 
 
 def tool_call_body(body: str, tools: ToolSet) -> list[Call]:
@@ -39,7 +39,7 @@ class ToolCallSoFar:
             if s[0] in "{[`":
                 self.inner = JsonCallsSoFar()
             elif s[0] == "<":
-                self.inner = partial_function_tags
+                self.inner = FunctionTagsSoFar()
             else:
                 return []
         return self.inner(body, tools)
@@ -53,7 +53,7 @@ QWEN = Syntax(
         CallSyntax("<tool_call>", tool_call_body, close=("</tool_call>",), partial=ToolCallSoFar),
         # Qwen3-Coder often leaves out the first <tool_call>
         CallSyntax("<function=", parse_function_tags, close=("</function>",), keep_open=True,
-                   partial=lambda: partial_function_tags),
+                   partial=FunctionTagsSoFar),
     ),
     drop=("</tool_call>",),
 )
@@ -66,7 +66,7 @@ SEED = Syntax(
     calls=(
         CallSyntax("<seed:tool_call>", tool_call_body, close=("</seed:tool_call>",), partial=ToolCallSoFar),
         CallSyntax("<function=", parse_function_tags, close=("</function>",), keep_open=True,
-                   partial=lambda: partial_function_tags),
+                   partial=FunctionTagsSoFar),
     ),
     drop=("</seed:tool_call>",),
 )
