@@ -125,7 +125,6 @@ class AnswerWriter:
         self.stop_sequence = ""
         self._thought: list[str] = []  # the open thinking block's text, for its signature
         self._live: list[ArgsPrefix] = []  # the announced calls of the call being read, in order
-        self._streams = hasattr(self.reader, "partial_calls")
 
     def _close_thinking(self, out: list[m.StreamMsg]) -> None:
         if self._thought:
@@ -161,6 +160,16 @@ class AnswerWriter:
                     out.append(m.ToolCallStart(rid, 0, index=self.n_calls, id=new_call_id(), name=ev.name))
                 self._args(out, self.n_calls, ev.arguments[len(sent):])
                 self.n_calls += 1
+        if self._live and any(isinstance(ev, Call) for ev in events):
+            self._end_live(out)  # the body was read: an announced call it did not make is closed as sent
+
+    def _end_live(self, out: list[m.StreamMsg]) -> None:
+        """Close announced calls that were never made (cannot happen: an
+        announced call is made; kept so a stream stays well formed)."""
+        for live in self._live:
+            self._args(out, self.n_calls, live.closers())
+            self.n_calls += 1
+        self._live.clear()
 
     def _args(self, out: list[m.StreamMsg], index: int, text: str) -> None:
         for i in range(0, len(text), ARGS_CHUNK):
@@ -194,8 +203,7 @@ class AnswerWriter:
         emit, hit = self.stops.feed(text)
         if emit:
             self._convert(self.reader.feed(emit), out)
-            if self._streams:
-                self._stream_calls(out)
+            self._stream_calls(out)
         if hit is not None:
             if hit in self.stops.client:
                 self.stop_reason, self.stop_sequence = "stop_sequence", hit
@@ -212,10 +220,7 @@ class AnswerWriter:
         if rest:
             self._convert(self.reader.feed(rest), out)
         self._convert(self.reader.finish(), out)
-        for live in self._live:  # announced, never completed (cannot happen: an announced call is made)
-            self._args(out, self.n_calls, live.closers())
-            self.n_calls += 1
-        self._live.clear()
+        self._end_live(out)
         self._close_thinking(out)
         return out
 

@@ -337,7 +337,7 @@ class JsonCallsSoFar:
             return list(self.done)
         if self.head is not None:  # its arguments have begun: only they grow
             name, call_id, at = self.head
-            return [*self.done, Call(name, body[at:], call_id)]
+            return [*self.done, Call(name, body[at:].lstrip(_WS), call_id)]
         current = self._current(body[self.start:])
         return [*self.done, current] if current is not None else list(self.done)
 
@@ -365,7 +365,7 @@ class JsonCallsSoFar:
                 call_id = str(loads(im.group(0)))
         if args_m is not None:
             self.head = (name, call_id, self.start + args_m.end())
-        return Call(name, "" if args_m is None else obj[args_m.end():], call_id)
+        return Call(name, "" if args_m is None else obj[args_m.end():].lstrip(_WS), call_id)
 
 
 def _first(patterns: list[re.Pattern[str]], s: str) -> re.Match[str] | None:
