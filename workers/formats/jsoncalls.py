@@ -310,11 +310,15 @@ class JsonCallsSoFar:
         while not self.failed:
             if self.obj is None:
                 i = self.pos
-                if i == 0 and body.lstrip(_WS).startswith("```"):
-                    nl = body.find("\n")
-                    if nl < 0:
+                if i == 0:  # a ```json fence around the calls is layout
+                    s = body.lstrip(_WS)
+                    if len(s) < 3 and "```".startswith(s):
                         return list(self.done)
-                    i = nl + 1
+                    if s.startswith("```"):
+                        nl = body.find("\n", body.index("```"))
+                        if nl < 0:
+                            return list(self.done)
+                        i = nl + 1
                 while i < n and body[i] in _WS + "[,;":
                     i += 1
                 self.pos = i

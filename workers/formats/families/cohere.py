@@ -72,7 +72,7 @@ class _ActionEnd:
 
 
 R_PLUS = Syntax(
-    calls=(CallSyntax("Action:", parse_action, scan=_ActionEnd),),
+    calls=(CallSyntax("Action:", parse_action, scan=_ActionEnd, partial=json_calls_so_far(**_KEYS)),),
     drop=("<|CHATBOT_TOKEN|>", END_TURN),
 )
 

@@ -89,9 +89,21 @@ def function_json(body: str, tools: ToolSet) -> list[Call]:
     return [Call(m.group(1).strip(), dumps(args_object(loads(args) if args else {})))]
 
 
+def function_json_so_far(body: str, tools: ToolSet) -> list[Call]:
+    """``CallSyntax.partial`` for :func:`function_json`."""
+    m = _FUNCTION_TAG.match(body)
+    if m is None:
+        return []
+    args = body[m.end():].lstrip()
+    return [Call(m.group(1).strip(), args)] if args.startswith("{") else []
+
+
+_FUNCTION_TAG = re.compile(r"\s*<function=([^>\n]+)>")
+
 FUNCTIONARY_V31 = Syntax(
     calls=(
-        CallSyntax("<function=", function_json, close=("</function>",), keep_open=True),
+        CallSyntax("<function=", function_json, close=("</function>",), keep_open=True,
+                   partial=lambda: function_json_so_far),
         CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT)),
     ),
     drop=(EOM, EOT),
@@ -104,9 +116,19 @@ def functools_calls(body: str, tools: ToolSet) -> list[Call]:
     return calls_from_json(body.removeprefix(FUNCTOOLS), tools)
 
 
+class _FunctoolsSoFar:
+    """``CallSyntax.partial`` for :func:`functools_calls`."""
+
+    def __init__(self) -> None:
+        self.inner = JsonCallsSoFar()
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        return self.inner(body.removeprefix(FUNCTOOLS), tools)
+
+
 FIREFUNCTION = Syntax(
     calls=(CallSyntax(FUNCTOOLS + "[", functools_calls, keep_open=True,
-                      scan=lambda: JsonEnd(len(FUNCTOOLS))),),
+                      scan=lambda: JsonEnd(len(FUNCTOOLS)), partial=_FunctoolsSoFar),),
     drop=(EOT,),
 )
 
