@@ -138,12 +138,13 @@ STREAMING = {"gpt-oss", "seed-oss", "command-a", "command-r7b", "functionary-v3.
              "ministral-3", "mistral-small-3.2", "devstral", "mistral-nemo", "qwen3-coder", "apriel-1.6",
              "gigachat-3.1", "granite-3.3", "nemotron-nano-v2", "apriel-1.5", "gigachat-3", "llama3", "minimax-m1",
              "hermes", "generic", "gemma", "deepseek-r1", "deepseek-v3.1", "firefunction-v2",
-             "functionary-v3.1", "command-r-plus"}
+             "functionary-v3.1", "command-r-plus", "deepseek-v3.2", "deepseek-v4", "minimax-m2", "minicpm5", "glm",
+             "laguna", "ling"}
 
 
 # an XML parameter cut off before its closing tag is read to the output's end (the
 # reader's rule for tag formats); what was streamed is still a prefix
-XML_CUT = {"qwen3-coder", "seed-oss"}
+XML_CUT = {"qwen3-coder", "seed-oss", "deepseek-v3.2", "deepseek-v4", "minimax-m2", "minicpm5"}
 
 
 def family_output(fam: formats.Family) -> str:

@@ -213,3 +213,57 @@ class FunctionTagsSoFar:
                 return done
         pm = _PARAM.match(tail.lstrip(" \t\r\n"))
         return [*done, Call(current.name, open_args(current, pm.group(1).strip() if pm else None))]
+
+
+def invoke_so_far(prefix: str = "", typed_attr: str = "string", *, invoke_tag: str = "invoke",
+                  param_tag: str = "parameter", cdata: bool = False) -> Any:
+    """``CallSyntax.partial`` for :func:`invoke_parser` (same options): an invoke
+    is known once its tag is closed; a parameter counts once its closing tag is
+    written (typed as at the end)."""
+    parse = invoke_parser(prefix, typed_attr, invoke_tag=invoke_tag, param_tag=param_tag, cdata=cdata)
+    p = re.escape(prefix)
+    invoke = re.compile(rf'<{p}{invoke_tag}\s+name="([^"]*)"\s*>')
+    param = re.compile(rf'<{p}{param_tag}\s+name="([^"]*)"((?:\s+\w+="[^"]*")*)\s*>')
+    close_param = f"</{prefix}{param_tag}>"
+    close_invoke = f"</{prefix}{invoke_tag}>"
+
+    def so_far(body: str, tools: ToolSet) -> list[Call]:
+        starts = list(invoke.finditer(body))
+        if not starts:
+            return []
+        last = starts[-1]
+        try:
+            done: list[Call] = parse(body[: last.start()], tools) if len(starts) > 1 else []
+            chunk = body[last.end():]
+            if close_invoke in chunk:
+                return [*done, parse(body[last.start():], tools)[-1]]
+            cp = chunk.rfind(close_param)
+            finished = chunk[: cp + len(close_param)] if cp >= 0 else ""
+            current: Call = parse(body[last.start(): last.end() + len(finished)], tools)[-1]
+        except NotACall:
+            return []
+        pm = param.search(chunk, len(finished))
+        return [*done, Call(current.name, open_args(current, pm.group(1) if pm else None))]
+
+    return lambda: so_far
+
+
+_KEY_OPEN = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>", re.S)
+
+
+def arg_key_value_so_far(body: str, tools: ToolSet) -> list[Call]:
+    """``CallSyntax.partial`` for :func:`parse_arg_key_value`: the call is known
+    once its first ``<arg_key>`` follows its name; an argument counts once its
+    ``</arg_value>`` is written."""
+    i = body.find("<arg_key>")
+    name = body[:i].strip()
+    if i < 0 or not name or "<" in name or "\n" in name:
+        return []
+    end = body.rfind("</arg_value>")
+    finished = body[: end + len("</arg_value>")] if end > i else body[:i]
+    try:
+        current = parse_arg_key_value(finished, tools)[-1]
+    except NotACall:
+        return []
+    pm = _KEY_OPEN.match(body, len(finished))
+    return [Call(current.name, open_args(current, pm.group(1).strip() if pm else None))]

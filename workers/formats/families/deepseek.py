@@ -18,7 +18,7 @@ from workers.formats.families import Family, has
 from workers.formats.jsoncalls import args_object, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
-from workers.formats.xmlargs import invoke_parser
+from workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
@@ -111,7 +111,7 @@ _invoke = invoke_parser(DSML)
 def _dsml(block: str) -> Syntax:
     return Syntax(
         think=THINK,
-        calls=(CallSyntax(f"<{DSML}{block}>", _invoke, close=(f"</{DSML}{block}>",)),),
+        calls=(CallSyntax(f"<{DSML}{block}>", _invoke, close=(f"</{DSML}{block}>",), partial=invoke_so_far(DSML)),),
         drop=(EOS,),
     )
 

@@ -14,7 +14,7 @@ from workers.formats.families import Family, has
 from workers.formats.jsoncalls import JsonCallsSoFar, calls_from_json
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, allows, coerce, dumps
-from workers.formats.xmlargs import invoke_parser
+from workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 THINK = (("<think>", "</think>"),)
 
@@ -27,7 +27,8 @@ M1 = Syntax(
 
 M2 = Syntax(
     think=THINK,
-    calls=(CallSyntax("<minimax:tool_call>", invoke_parser(), close=("</minimax:tool_call>",)),),
+    calls=(CallSyntax("<minimax:tool_call>", invoke_parser(), close=("</minimax:tool_call>",),
+                      partial=invoke_so_far()),),
     drop=("</minimax:tool_call>",),
     calls_in_reasoning=False,
 )
