@@ -282,6 +282,7 @@ def _key_string(key: str) -> re.Pattern[str]:
 
 
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+_NAME_KEY = re.compile(r'\{\s*("(?:[^"\\]|\\.)+")\s*:\s*', re.S)
 
 
 class JsonCallsSoFar:
@@ -293,7 +294,8 @@ class JsonCallsSoFar:
     objects are found by a :class:`JsonEnd` that scans only what is new."""
 
     def __init__(self, name_keys: Iterable[str] = ("name",), args_keys: Iterable[str] = ("arguments", "parameters"),
-                 id_keys: Iterable[str] = ("id",)) -> None:
+                 id_keys: Iterable[str] = ("id",), *, name_keyed: bool = False) -> None:
+        self.name_keyed = name_keyed  # a call is {NAME: {arguments}} (Apertus)
         self.keys = {"name_keys": tuple(name_keys), "args_keys": tuple(args_keys), "id_keys": tuple(id_keys)}
         self._name = [_key_string(k) for k in self.keys["name_keys"]]
         self._args = [_key_string(k) for k in self.keys["args_keys"]]
@@ -332,7 +334,14 @@ class JsonCallsSoFar:
             if end is None:
                 break
             try:
-                self.done.append(call_from_obj(loads(body[self.start:end]), **self.keys))
+                obj = loads(body[self.start:end])
+                if self.name_keyed:
+                    if not isinstance(obj, dict) or len(obj) != 1:
+                        raise NotACall("a call is {NAME: {arguments}}")
+                    (name, args), = obj.items()
+                    self.done.append(Call(name, dumps(args_object(args))))
+                else:
+                    self.done.append(call_from_obj(obj, **self.keys))
             except NotACall:
                 self.failed = True
                 break
@@ -346,6 +355,13 @@ class JsonCallsSoFar:
         return [*self.done, current] if current is not None else list(self.done)
 
     def _current(self, obj: str) -> Call | None:
+        if self.name_keyed:
+            m = _NAME_KEY.match(obj)
+            if m is None:
+                return None
+            name = loads(m.group(1))
+            self.head = (name, "", self.start + m.end())
+            return Call(name, obj[m.end():])
         # an OpenAI-shaped {"id", "type", "function": {"name", "arguments"}} has its keys one level down
         args_m = _first(self._args, obj)
         name_m = _first(self._name, obj)

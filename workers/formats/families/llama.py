@@ -69,10 +69,21 @@ def python_tag_body(body: str, tools: ToolSet) -> list[Call]:
     return [Call("python", dumps({"code": s}))]
 
 
+class _PythonTagSoFar:
+    """``CallSyntax.partial`` for :func:`python_tag_body`: its JSON calls (code
+    for the interpreter is sent whole)."""
+
+    def __init__(self) -> None:
+        self.inner = JsonCallsSoFar()
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        return self.inner(body, tools) if body.lstrip().startswith("{") else []
+
+
 LLAMA3 = Syntax(
     calls=(
         CallSyntax("{", offered_calls, keep_open=True, scan=json_scan, at_start_only=True, partial=JsonCallsSoFar),
-        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT)),
+        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT), partial=_PythonTagSoFar),
     ),
     drop=(EOM, EOT),
 )
@@ -104,7 +115,7 @@ FUNCTIONARY_V31 = Syntax(
     calls=(
         CallSyntax("<function=", function_json, close=("</function>",), keep_open=True,
                    partial=lambda: function_json_so_far),
-        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT)),
+        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT), partial=_PythonTagSoFar),
     ),
     drop=(EOM, EOT),
 )

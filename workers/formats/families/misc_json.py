@@ -57,7 +57,8 @@ def name_keyed_calls(body: str, tools: ToolSet) -> list[Call]:
 
 APERTUS = Syntax(
     think=(("<|inner_prefix|>", "<|inner_suffix|>"),),
-    calls=(CallSyntax("<|tools_prefix|>", name_keyed_calls, close=("<|tools_suffix|>",)),),
+    calls=(CallSyntax("<|tools_prefix|>", name_keyed_calls, close=("<|tools_suffix|>",),
+                      partial=lambda: JsonCallsSoFar(name_keyed=True)),),
     drop=("<|assistant_end|>",),
 )
 
