@@ -139,7 +139,7 @@ STREAMING = {"gpt-oss", "seed-oss", "command-a", "command-r7b", "functionary-v3.
              "gigachat-3.1", "granite-3.3", "nemotron-nano-v2", "apriel-1.5", "gigachat-3", "llama3", "minimax-m1",
              "hermes", "generic", "gemma", "deepseek-r1", "deepseek-v3.1", "firefunction-v2",
              "functionary-v3.1", "command-r-plus", "deepseek-v3.2", "deepseek-v4", "minimax-m2", "minicpm5", "glm",
-             "laguna", "ling", "apertus", "gemma4"}
+             "laguna", "ling", "apertus", "gemma4", "kimi-k3"}
 
 
 # an XML parameter cut off before its closing tag is read to the output's end (the

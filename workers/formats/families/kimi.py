@@ -22,6 +22,7 @@ from workers.formats.families import Family, has
 from workers.formats.jsoncalls import HeadThenJson, JsonAfter, args_object, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, coerce, dumps
+from workers.formats.xmlargs import open_args
 
 # ---------------------------------------------------------------- K2
 
@@ -133,12 +134,43 @@ def parse_k3(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
+_CALL_HEAD = re.compile(r'<\|open\|>call tool="([^"]*)"[^<]*?<\|sep\|>')
+_ARG_HEAD = re.compile(r'<\|open\|>argument key="([^"]*)"[^<]*?<\|sep\|>')
+_JSON_HEAD = re.compile(r"\s*<\|open\|>json[^<]*?<\|sep\|>")
+
+
+def k3_so_far(body: str, tools: ToolSet) -> list[Call]:
+    """``CallSyntax.partial`` for :func:`parse_k3`: a call is known once its
+    ``call`` tag is written; an argument counts once its closing tag is (a
+    ``json`` block's arguments are its JSON so far)."""
+    heads = list(_CALL_HEAD.finditer(body))
+    if not heads:
+        return []
+    last = heads[-1]
+    inner = body[last.end():]
+    try:
+        done = parse_k3(body[: last.start()], tools) if len(heads) > 1 else []
+        if _close("call") in inner:
+            return [*done, parse_k3(body[last.start():], tools)[-1]]
+        name = html.unescape(last.group(1))
+        jm = _JSON_HEAD.match(inner)
+        if jm is not None:
+            return [*done, Call(name, inner[jm.end():].split(CLOSE, 1)[0].lstrip())]
+        end = inner.rfind(_close("argument"))
+        finished = inner[: end + len(_close("argument"))] if end >= 0 else ""
+        current = parse_k3(body[last.start(): last.end() + len(finished)], tools)[-1]
+    except NotACall:
+        return []
+    am = _ARG_HEAD.search(inner, len(finished))
+    return [*done, Call(name, open_args(current, html.unescape(am.group(1)) if am else None))]
+
+
 K3 = Syntax(
     think=((_open("think"), _close("think")),),
     think_ends=(_open("response"),),
     think_anywhere=True,
     raw_markers=False,
-    calls=(CallSyntax(_open("tools"), parse_k3, close=(_close("tools"),)),),
+    calls=(CallSyntax(_open("tools"), parse_k3, close=(_close("tools"),), partial=lambda: k3_so_far),),
     drop=(f'{OPEN}message role="assistant"{SEP}', _open("response"), _close("response"), _close("message"), EOM),
 )
 
