@@ -227,43 +227,70 @@ def invoke_so_far(prefix: str = "", typed_attr: str = "string", *, invoke_tag: s
     close_param = f"</{prefix}{param_tag}>"
     close_invoke = f"</{prefix}{invoke_tag}>"
 
-    def so_far(body: str, tools: ToolSet) -> list[Call]:
-        starts = list(invoke.finditer(body))
-        if not starts:
-            return []
-        last = starts[-1]
-        try:
-            done: list[Call] = parse(body[: last.start()], tools) if len(starts) > 1 else []
-            chunk = body[last.end():]
-            if close_invoke in chunk:
-                return [*done, parse(body[last.start():], tools)[-1]]
-            cp = chunk.rfind(close_param)
-            finished = chunk[: cp + len(close_param)] if cp >= 0 else ""
-            current: Call = parse(body[last.start(): last.end() + len(finished)], tools)[-1]
-        except NotACall:
-            return []
-        pm = param.search(chunk, len(finished))
-        return [*done, Call(current.name, open_args(current, pm.group(1) if pm else None))]
+    class SoFar:
+        """One per body: the finished parameters are read again only when one
+        more is finished."""
 
-    return lambda: so_far
+        def __init__(self) -> None:
+            self.key: tuple[int, int] = (-1, -1)
+            self.calls: list[Call] = []
+
+        def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+            at = body.rfind(f"<{prefix}{invoke_tag}")
+            last = invoke.match(body, at) if at >= 0 else None
+            if last is None:  # (an invoke tag being written: the one before it, if any)
+                starts = list(invoke.finditer(body))
+                if not starts:
+                    return []
+                last = starts[-1]
+            try:
+                close = body.find(close_invoke, last.end())
+                if close >= 0:
+                    done = parse(body[: last.start()], tools) if invoke.search(body, 0, last.start()) else []
+                    return [*done, parse(body[last.start():], tools)[-1]]
+                cp = body.rfind(close_param, last.end())
+                upto = last.end() if cp < 0 else cp + len(close_param)
+                if (last.start(), upto) != self.key:
+                    done = parse(body[: last.start()], tools) if invoke.search(body, 0, last.start()) else []
+                    self.calls = [*done, parse(body[last.start():upto], tools)[-1]]
+                    self.key = (last.start(), upto)
+            except NotACall:
+                self.key, self.calls = (-1, -1), []
+                return []
+            *done, current = self.calls
+            pm = param.search(body, upto)
+            return [*done, Call(current.name, open_args(current, pm.group(1) if pm else None))]
+
+    return SoFar
 
 
 _KEY_OPEN = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>", re.S)
 
 
-def arg_key_value_so_far(body: str, tools: ToolSet) -> list[Call]:
+class ArgKeyValueSoFar:
     """``CallSyntax.partial`` for :func:`parse_arg_key_value`: the call is known
     once its first ``<arg_key>`` follows its name; an argument counts once its
-    ``</arg_value>`` is written."""
-    i = body.find("<arg_key>")
-    name = body[:i].strip()
-    if i < 0 or not name or "<" in name or "\n" in name:
-        return []
-    end = body.rfind("</arg_value>")
-    finished = body[: end + len("</arg_value>")] if end > i else body[:i]
-    try:
-        current = parse_arg_key_value(finished, tools)[-1]
-    except NotACall:
-        return []
-    pm = _KEY_OPEN.match(body, len(finished))
-    return [Call(current.name, open_args(current, pm.group(1).strip() if pm else None))]
+    ``</arg_value>`` is written. One per body: the finished arguments are read
+    again only when one more is finished."""
+
+    def __init__(self) -> None:
+        self.upto = -1
+        self.current: Call | None = None
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        i = body.find("<arg_key>")
+        name = body[:i].strip()
+        if i < 0 or not name or "<" in name or "\n" in name:
+            return []
+        end = body.rfind("</arg_value>")
+        upto = end + len("</arg_value>") if end > i else i
+        if upto != self.upto:
+            try:
+                self.current = parse_arg_key_value(body[:upto], tools)[-1]
+            except NotACall:
+                self.current = None
+            self.upto = upto
+        if self.current is None:
+            return []
+        pm = _KEY_OPEN.match(body, upto)
+        return [Call(self.current.name, open_args(self.current, pm.group(1).strip() if pm else None))]

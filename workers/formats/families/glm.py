@@ -11,7 +11,7 @@ import json
 
 from workers.formats.families import Family, has
 from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.xmlargs import arg_key_value_so_far, parse_arg_key_value
+from workers.formats.xmlargs import ArgKeyValueSoFar, parse_arg_key_value
 
 THINK = (("<think>", "</think>"),)
 SPARK_END = "<\uff5cend\u2581of\u2581sentence\uff5c>"  # Spark 2.5 ends its turn with DeepSeek's marker
@@ -19,7 +19,7 @@ SPARK_END = "<\uff5cend\u2581of\u2581sentence\uff5c>"  # Spark 2.5 ends its turn
 GLM = Syntax(
     think=THINK,
     calls=(CallSyntax("<tool_call>", parse_arg_key_value, close=("</tool_call>",),
-                      partial=lambda: arg_key_value_so_far),),
+                      partial=ArgKeyValueSoFar),),
     drop=("</tool_call>",),
     # the reasoning of these models talks about calls; only one after it counts
     calls_in_reasoning=False,

@@ -139,30 +139,45 @@ _ARG_HEAD = re.compile(r'<\|open\|>argument key="([^"]*)"[^<]*?<\|sep\|>')
 _JSON_HEAD = re.compile(r"\s*<\|open\|>json[^<]*?<\|sep\|>")
 
 
-def k3_so_far(body: str, tools: ToolSet) -> list[Call]:
+class K3SoFar:
     """``CallSyntax.partial`` for :func:`parse_k3`: a call is known once its
     ``call`` tag is written; an argument counts once its closing tag is (a
-    ``json`` block's arguments are its JSON so far)."""
-    heads = list(_CALL_HEAD.finditer(body))
-    if not heads:
-        return []
-    last = heads[-1]
-    inner = body[last.end():]
-    try:
-        done = parse_k3(body[: last.start()], tools) if len(heads) > 1 else []
-        if _close("call") in inner:
-            return [*done, parse_k3(body[last.start():], tools)[-1]]
-        name = html.unescape(last.group(1))
-        jm = _JSON_HEAD.match(inner)
-        if jm is not None:
-            return [*done, Call(name, inner[jm.end():].split(CLOSE, 1)[0].lstrip())]
-        end = inner.rfind(_close("argument"))
-        finished = inner[: end + len(_close("argument"))] if end >= 0 else ""
-        current = parse_k3(body[last.start(): last.end() + len(finished)], tools)[-1]
-    except NotACall:
-        return []
-    am = _ARG_HEAD.search(inner, len(finished))
-    return [*done, Call(name, open_args(current, html.unescape(am.group(1)) if am else None))]
+    ``json`` block's arguments are its JSON so far). One per body: the finished
+    arguments are read again only when one more is finished."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] = (-1, -1)
+        self.calls: list[Call] = []
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        at = body.rfind(OPEN + "call ")
+        last = _CALL_HEAD.match(body, at) if at >= 0 else None
+        if last is None:
+            heads = list(_CALL_HEAD.finditer(body))
+            if not heads:
+                return []
+            last = heads[-1]
+        try:
+            if body.find(_close("call"), last.end()) >= 0:
+                done = parse_k3(body[: last.start()], tools) if _CALL_HEAD.search(body, 0, last.start()) else []
+                return [*done, parse_k3(body[last.start():], tools)[-1]]
+            jm = _JSON_HEAD.match(body, last.end())
+            if jm is not None:
+                done = parse_k3(body[: last.start()], tools) if _CALL_HEAD.search(body, 0, last.start()) else []
+                name = html.unescape(last.group(1))
+                return [*done, Call(name, body[jm.end():].split(CLOSE, 1)[0].lstrip())]
+            end = body.rfind(_close("argument"), last.end())
+            upto = last.end() if end < 0 else end + len(_close("argument"))
+            if (last.start(), upto) != self.key:
+                done = parse_k3(body[: last.start()], tools) if _CALL_HEAD.search(body, 0, last.start()) else []
+                self.calls = [*done, parse_k3(body[last.start():upto], tools)[-1]]
+                self.key = (last.start(), upto)
+        except NotACall:
+            self.key, self.calls = (-1, -1), []
+            return []
+        *done, current = self.calls
+        am = _ARG_HEAD.search(body, upto)
+        return [*done, Call(current.name, open_args(current, html.unescape(am.group(1)) if am else None))]
 
 
 K3 = Syntax(
@@ -170,7 +185,7 @@ K3 = Syntax(
     think_ends=(_open("response"),),
     think_anywhere=True,
     raw_markers=False,
-    calls=(CallSyntax(_open("tools"), parse_k3, close=(_close("tools"),), partial=lambda: k3_so_far),),
+    calls=(CallSyntax(_open("tools"), parse_k3, close=(_close("tools"),), partial=K3SoFar),),
     drop=(f'{OPEN}message role="assistant"{SEP}', _open("response"), _close("response"), _close("message"), EOM),
 )
 
