@@ -7,7 +7,9 @@ Roles:
   stop strings, for a backend's decode loop: decoded text in, wire stream messages
   out (``ThinkingDelta`` with a signature when the block ends, ``TextDelta``,
   ``ToolCallStart`` + ``ToolArgsDelta``), and the stop reason. Every local
-  backend (llama.cpp, MLX) shares it, so they behave alike.
+  backend (llama.cpp, MLX) shares it, so they behave alike. A tool call streams
+  while the model writes it: its start as soon as its name is known, its
+  arguments as they come (see :class:`AnswerWriter`).
 * :func:`effective_choice`: the ``force_tool`` test knob (grammars: :mod:`workers.formats.grammar`).
 """
 
@@ -27,6 +29,7 @@ from protocol.chat import (
 )
 from protocol.ids import hex_id
 from workers.formats.events import Call, Text, Thinking
+from workers.formats.jsoncalls import ArgsPrefix
 from workers.formats.reader import holdback
 from workers.formats.render import Rendered
 
@@ -92,7 +95,20 @@ class AnswerWriter:
     ``feed`` returns the messages to send and sets :attr:`stop_reason` when the
     answer is over (a stop string, or the single forced call is complete); the
     backend then calls ``finish``, then ``done``. Reasoning the client did not ask
-    for is read (so its markers never show) and dropped."""
+    for is read (so its markers never show) and dropped.
+
+    Tool calls stream while they are written, for the families whose reader
+    tells the call in progress (:meth:`~workers.formats.reader.Reader.partial_calls`):
+    ``ToolCallStart`` as soon as the call's name is known (the reader is then
+    told to :meth:`~workers.formats.reader.Reader.commit`: an announced call is
+    always made), then its arguments as ``ToolArgsDelta`` chunks as they come
+    (:class:`~workers.formats.jsoncalls.ArgsPrefix`: in the final arguments'
+    exact form, each string once it is closed, each number once the ``,`` after
+    it is written), the rest when the call is complete. The deltas concatenate
+    to the final arguments exactly; a call cut off by max_tokens (finished
+    arguments only) never loses what was sent. Formats whose arguments are
+    converted (XML parameters typed by schema, Python calls) stream at the end of
+    each parameter. A call that was not announced goes out whole."""
 
     def __init__(self, request_id: str, req: ChatRequest, rendered: Rendered, *, stops: list[str] | None = None,
                  forced: bool = False, turn_stops: bool = True,
@@ -108,6 +124,7 @@ class AnswerWriter:
         self.stop_reason: StopReason | None = None
         self.stop_sequence = ""
         self._thought: list[str] = []  # the open thinking block's text, for its signature
+        self._live: list[ArgsPrefix] = []  # the announced calls of the call being read, in order
 
     def _close_thinking(self, out: list[m.StreamMsg]) -> None:
         if self._thought:
@@ -131,16 +148,62 @@ class AnswerWriter:
             if isinstance(ev, Text):
                 out.append(m.TextDelta(rid, 0, ev.text))
             elif isinstance(ev, Call):
-                out.append(m.ToolCallStart(rid, 0, index=self.n_calls, id=new_call_id(), name=ev.name))
-                for i in range(0, len(ev.arguments), ARGS_CHUNK):
-                    out.append(m.ToolArgsDelta(rid, 0, index=self.n_calls, partial_json=ev.arguments[i : i + ARGS_CHUNK]))
+                sent = ""
+                if self._live:  # announced while it was written: the rest of its arguments
+                    live = self._live.pop(0)
+                    sent = live.text
+                    if not ev.arguments.startswith(sent):
+                        # cannot happen for arguments that are JSON objects without repeated
+                        # keys; close what was sent rather than send broken JSON
+                        ev = Call(ev.name, sent + live.closers(), ev.id)
+                else:
+                    out.append(m.ToolCallStart(rid, 0, index=self.n_calls, id=new_call_id(), name=ev.name))
+                self._args(out, self.n_calls, ev.arguments[len(sent):])
                 self.n_calls += 1
+        if self._live and any(isinstance(ev, Call) for ev in events):
+            self._end_live(out)  # the body was read: an announced call it did not make is closed as sent
+
+    def _end_live(self, out: list[m.StreamMsg]) -> None:
+        """Close announced calls that were never made (cannot happen: an
+        announced call is made; kept so a stream stays well formed)."""
+        for live in self._live:
+            self._args(out, self.n_calls, live.closers())
+            self.n_calls += 1
+        self._live.clear()
+
+    def _args(self, out: list[m.StreamMsg], index: int, text: str) -> None:
+        for i in range(0, len(text), ARGS_CHUNK):
+            out.append(m.ToolArgsDelta(self.request_id, 0, index=index, partial_json=text[i : i + ARGS_CHUNK]))
+
+    def _stream_calls(self, out: list[m.StreamMsg]) -> None:
+        """The calls being written: announce each once its name is known, send
+        its arguments as far as they are certain."""
+        if self.single_call and self.n_calls:
+            return
+        partial = self.reader.partial_calls()
+        if self.single_call:
+            partial = partial[:1]
+        for k, call in enumerate(partial):
+            if k == len(self._live):
+                if k:  # the one before is complete: all of it goes before this one starts
+                    prev = partial[k - 1]
+                    self._args(out, self.n_calls + k - 1, self._live[k - 1].feed(prev.arguments))
+                    if not self._live[k - 1].closed:
+                        return  # its arguments were not streamable: the next call waits for its end
+                self._close_thinking(out)
+                out.append(m.ToolCallStart(self.request_id, 0, index=self.n_calls + k, id=new_call_id(),
+                                           name=call.name))
+                self._live.append(ArgsPrefix())
+                self.reader.commit()
+            if k == len(partial) - 1 or k == len(self._live) - 1:
+                self._args(out, self.n_calls + k, self._live[k].feed(call.arguments))
 
     def feed(self, text: str) -> list[m.StreamMsg]:
         out: list[m.StreamMsg] = []
         emit, hit = self.stops.feed(text)
         if emit:
             self._convert(self.reader.feed(emit), out)
+            self._stream_calls(out)
         if hit is not None:
             if hit in self.stops.client:
                 self.stop_reason, self.stop_sequence = "stop_sequence", hit
@@ -157,6 +220,7 @@ class AnswerWriter:
         if rest:
             self._convert(self.reader.feed(rest), out)
         self._convert(self.reader.finish(), out)
+        self._end_live(out)
         self._close_thinking(out)
         return out
 

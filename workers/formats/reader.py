@@ -12,6 +12,12 @@ one to text as it streams:
 * A tool call is buffered from its opener until it is complete, then read by the
   family's parser into :class:`Call` events; a body that does not parse is given
   back as text (markers included), never as a broken call.
+* While a call is being written, :meth:`Reader.partial_calls` tells what is known
+  of it so far (its name, the model's id, its arguments so far as JSON text), for
+  families whose calls name their function before their arguments. A consumer
+  that sends the call's start on the strength of that calls
+  :meth:`Reader.commit`: the call is then made whatever follows (a body that
+  turns out not to parse makes the call with its finished arguments, never text).
 
 Work is linear in the output: every scan resumes where the last one stopped, and a
 call body is parsed once, when it is complete.
@@ -22,12 +28,19 @@ Families whose output is not "markers in text" (harmony's channels, functionary'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.formats.events import Call, Event, NotACall, Text, Thinking
-from workers.formats.jsoncalls import close_partial_json, json_complete, json_end, json_scan
-from workers.formats.schema import ToolSet
+from workers.formats.jsoncalls import (
+    PartialFn,
+    close_partial_json,
+    json_complete,
+    json_end,
+    json_scan,
+)
+from workers.formats.schema import ToolSet, dumps
 
 Parse = Callable[[str, ToolSet], list[Call]]
 
@@ -45,7 +58,10 @@ class CallSyntax:
     body is not a call after all. ``scan``, instead of ``complete``: makes a
     ``complete`` for one call that keeps its place between calls (it is handed the
     same body, grown), so finding a long body's end stays linear
-    (:func:`~workers.formats.jsoncalls.json_scan`).
+    (:func:`~workers.formats.jsoncalls.json_scan`). ``partial``: makes a reader
+    of the body while it is written (handed the same body, grown): the calls in
+    it so far, the last one in progress once its name is known, with its
+    arguments so far as JSON text (:data:`~workers.formats.jsoncalls.PartialFn`).
     """
 
     open: str
@@ -56,6 +72,7 @@ class CallSyntax:
     complete: Callable[[str], int | None] | None = None
     at_start_only: bool = False  # only recognised before any text (a bare JSON call)
     scan: Callable[[], Callable[[str], int | None]] | None = None
+    partial: Callable[[], PartialFn] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +177,10 @@ class Reader:
         self._think_opens = tuple(o for o, _ in syntax.think)
         self._st = _State()
         self._buf = ""
+        self._partial: PartialFn | None = None
+        self._partial_at = -1  # the body length partial_calls last read
+        self._partial_last: list[Call] = []
+        self._committed = False
         if reasoning_open:
             pair = next(((o, c) for o, c in syntax.think if reasoning_open.strip().startswith(o.strip())), None)
             if pair is None and syntax.think:
@@ -194,6 +215,33 @@ class Reader:
             self._emit_text(out, self._buf)
             self._buf = ""
         return out
+
+    def partial_calls(self) -> list[Call]:
+        """The calls of the call body being written, so far: complete ones with
+        their final arguments, then the one in progress, once its name is known,
+        with its arguments so far as JSON text (a prefix, "" before they begin;
+        converted formats (XML parameters, Python calls) give their finished
+        parameters and the name of the one being written: ``{"a":1,"b":``). The
+        model's id where it writes one. Empty when no call is being written or
+        the family does not name a call before its arguments. A name that is not
+        an offered tool is not reported. Same answer however the output was split."""
+        if self._st.mode != "call" or self._partial is None:
+            return []
+        if len(self._body) != self._partial_at:
+            self._partial_at = len(self._body)
+            calls = self._partial(self._body, self.tools)
+            if self.tools:
+                known = [c.name in self.tools.schemas for c in calls]
+                calls = calls[: known.index(False)] if False in known else calls
+            self._partial_last = calls
+        return list(self._partial_last)
+
+    def commit(self) -> None:
+        """The call being written was announced (its start sent): it will be made,
+        even if its body turns out not to parse (then with the finished arguments
+        of the calls :meth:`partial_calls` last reported)."""
+        if self._st.mode == "call":
+            self._committed = True
 
     # ------------------------------------------------------------------ engine
 
@@ -289,6 +337,8 @@ class Reader:
         # the body starts with the opener when it keeps it; an `ends` marker may equal it
         self._body = rest[: len(call.open)] if call.keep_open else ""
         self._searched = len(self._body)
+        self._partial = call.partial() if call.partial is not None else None
+        self._partial_at, self._partial_last, self._committed = -1, [], False
         self._call_feed(rest[len(self._body):], out, final)
 
     def _text_markers(self) -> tuple[str, ...]:
@@ -402,13 +452,19 @@ class Reader:
             # cut off, unless a closing marker was there (inside what looked like JSON: malformed)
             cut = find_first(body, self._markers, 0)[0] < 0 if self._markers else True
         st = self._st
+        if self._committed and len(body) != self._partial_at:
+            self._body = body
+            self.partial_calls()  # what was announced, read to the end of the body
         st.mode, st.call, self._complete = "text", None, None
+        committed, self._committed, self._partial = self._committed, False, None
         try:
             calls = call.parse(body[:end], self.tools)
         except NotACall:
             cut_calls = _cut_call(call, body, self.tools) if cut else None
             if cut_calls is not None:
                 out.extend(cut_calls)
+            elif committed:
+                out.extend(finished_call(c) for c in self._partial_last)
             elif not cut or call.keep_open:
                 raw = (body[:end] if call.keep_open else st.opener + body[:end]) + body[end:rest]
                 self._emit_text(out, raw)
@@ -433,6 +489,17 @@ def _cut_call(call: CallSyntax, body: str, tools: ToolSet) -> list[Event] | None
         return list(call.parse(body[:i] + closed, tools))
     except NotACall:
         return None
+
+
+def finished_call(call: Call) -> Call:
+    """A call in progress with its finished arguments only (as :func:`_cut_call`)."""
+    closed = close_partial_json(call.arguments) if call.arguments.strip() else None
+    try:
+        value = json.loads(closed, strict=False) if closed is not None else {}
+        args = dumps(value if isinstance(value, dict) else {})
+    except ValueError:
+        args = "{}"
+    return Call(call.name, args, call.id)
 
 
 def _inside_json(body: str, end: int) -> bool:

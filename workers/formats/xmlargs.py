@@ -160,3 +160,137 @@ def parse_arg_key_value(body: str, tools: ToolSet) -> list[Call]:
     if leftover:
         raise NotACall("text between arguments")
     return [_call(tools, name, pairs)]
+
+
+def open_args(call: Call, pending_key: str | None) -> str:
+    """A call's arguments as a prefix: the object left open, and the key of the
+    parameter being written (``{"a":1,"b":``)."""
+    args = call.arguments[:-1]
+    if pending_key is not None:
+        args += ("," if len(args) > 1 else "") + dumps(pending_key) + ":"
+    return args
+
+
+class FunctionTagsSoFar:
+    """:data:`~workers.formats.jsoncalls.PartialFn` for ``<function=NAME>`` tags:
+    a function is known once its tag is closed; a parameter counts once its
+    ``</parameter>`` is written (its value typed by the schema, as at the end).
+    One per body (handed the same body, grown): the finished parameters are read
+    again only when one more is finished."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] = (-1, -1)
+        self.calls: list[Call] = []
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        last = None
+        i = body.rfind("<function=")
+        while i >= 0:
+            last = _FUNCTION.match(body, i)
+            if last is not None:
+                break
+            i = body.rfind("<function=", 0, i)
+        if last is None:
+            return []
+        close = body.rfind("</parameter>", last.end())
+        upto = last.end() if close < 0 else close + len("</parameter>")
+        if (last.start(), upto) != self.key:
+            self.key = (last.start(), upto)
+            try:
+                done = parse_function_tags(body[: last.start()], tools) if _FUNCTION.search(body, 0, last.start()) else []
+                self.calls = [*done, parse_function_tags(body[last.start():upto], tools)[-1]]
+            except NotACall:
+                self.key, self.calls = (-1, -1), []
+                return []
+        if not self.calls:
+            return []
+        *done, current = self.calls
+        tail = body[upto:]
+        if "</function>" in tail:  # complete (an unclosed parameter runs to the function's end)
+            try:
+                return [*done, parse_function_tags(body[last.start():], tools)[-1]]
+            except NotACall:
+                return done
+        pm = _PARAM.match(tail.lstrip(" \t\r\n"))
+        return [*done, Call(current.name, open_args(current, pm.group(1).strip() if pm else None))]
+
+
+def invoke_so_far(prefix: str = "", typed_attr: str = "string", *, invoke_tag: str = "invoke",
+                  param_tag: str = "parameter", cdata: bool = False) -> Any:
+    """``CallSyntax.partial`` for :func:`invoke_parser` (same options): an invoke
+    is known once its tag is closed; a parameter counts once its closing tag is
+    written (typed as at the end)."""
+    parse = invoke_parser(prefix, typed_attr, invoke_tag=invoke_tag, param_tag=param_tag, cdata=cdata)
+    p = re.escape(prefix)
+    invoke = re.compile(rf'<{p}{invoke_tag}\s+name="([^"]*)"\s*>')
+    param = re.compile(rf'<{p}{param_tag}\s+name="([^"]*)"((?:\s+\w+="[^"]*")*)\s*>')
+    close_param = f"</{prefix}{param_tag}>"
+    close_invoke = f"</{prefix}{invoke_tag}>"
+
+    class SoFar:
+        """One per body: the finished parameters are read again only when one
+        more is finished."""
+
+        def __init__(self) -> None:
+            self.key: tuple[int, int] = (-1, -1)
+            self.calls: list[Call] = []
+
+        def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+            at = body.rfind(f"<{prefix}{invoke_tag}")
+            last = invoke.match(body, at) if at >= 0 else None
+            if last is None:  # (an invoke tag being written: the one before it, if any)
+                starts = list(invoke.finditer(body))
+                if not starts:
+                    return []
+                last = starts[-1]
+            try:
+                close = body.find(close_invoke, last.end())
+                if close >= 0:
+                    done = parse(body[: last.start()], tools) if invoke.search(body, 0, last.start()) else []
+                    return [*done, parse(body[last.start():], tools)[-1]]
+                cp = body.rfind(close_param, last.end())
+                upto = last.end() if cp < 0 else cp + len(close_param)
+                if (last.start(), upto) != self.key:
+                    done = parse(body[: last.start()], tools) if invoke.search(body, 0, last.start()) else []
+                    self.calls = [*done, parse(body[last.start():upto], tools)[-1]]
+                    self.key = (last.start(), upto)
+            except NotACall:
+                self.key, self.calls = (-1, -1), []
+                return []
+            *done, current = self.calls
+            pm = param.search(body, upto)
+            return [*done, Call(current.name, open_args(current, pm.group(1) if pm else None))]
+
+    return SoFar
+
+
+_KEY_OPEN = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>", re.S)
+
+
+class ArgKeyValueSoFar:
+    """``CallSyntax.partial`` for :func:`parse_arg_key_value`: the call is known
+    once its first ``<arg_key>`` follows its name; an argument counts once its
+    ``</arg_value>`` is written. One per body: the finished arguments are read
+    again only when one more is finished."""
+
+    def __init__(self) -> None:
+        self.upto = -1
+        self.current: Call | None = None
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        i = body.find("<arg_key>")
+        name = body[:i].strip()
+        if i < 0 or not name or "<" in name or "\n" in name:
+            return []
+        end = body.rfind("</arg_value>")
+        upto = end + len("</arg_value>") if end > i else i
+        if upto != self.upto:
+            try:
+                self.current = parse_arg_key_value(body[:upto], tools)[-1]
+            except NotACall:
+                self.current = None
+            self.upto = upto
+        if self.current is None:
+            return []
+        pm = _KEY_OPEN.match(body, upto)
+        return [Call(self.current.name, open_args(self.current, pm.group(1).strip() if pm else None))]

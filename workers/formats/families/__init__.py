@@ -31,6 +31,14 @@ class StreamReader:
     def finish(self) -> list[Event]:
         raise NotImplementedError
 
+    def partial_calls(self) -> list[Any]:
+        """The calls being written, so far (:meth:`~workers.formats.reader.Reader.partial_calls`)."""
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        """The call being written was announced (:meth:`~workers.formats.reader.Reader.commit`)."""
+        raise NotImplementedError
+
 
 ReaderFactory = Callable[..., Any]
 

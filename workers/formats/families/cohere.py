@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from workers.formats.events import Call
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonEnd, calls_from_json
+from workers.formats.jsoncalls import JsonEnd, calls_from_json, json_calls_so_far
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
 
@@ -18,20 +18,25 @@ THINK = (("<|START_THINKING|>", "<|END_THINKING|>"),)
 END_TURN = "<|END_OF_TURN_TOKEN|>"
 
 
+_KEYS = {"name_keys": ("tool_name", "name"), "args_keys": ("parameters", "arguments"), "id_keys": ("tool_call_id", "id")}
+
+
 def parse_action(body: str, tools: ToolSet) -> list[Call]:
-    return calls_from_json(body, tools, name_keys=("tool_name", "name"), args_keys=("parameters", "arguments"),
-                           id_keys=("tool_call_id", "id"))
+    return calls_from_json(body, tools, **_KEYS)
+
+
+ACTION = CallSyntax(START_ACTION, parse_action, close=(END_ACTION,), partial=json_calls_so_far(**_KEYS))
 
 
 R7B = Syntax(
     think=THINK,
-    calls=(CallSyntax(START_ACTION, parse_action, close=(END_ACTION,)),),
+    calls=(ACTION,),
     drop=("<|START_RESPONSE|>", "<|END_RESPONSE|>", END_TURN),
 )
 COMMAND_A = Syntax(
     think=THINK,
     think_ends=("<|START_TEXT|>",),  # the model may go on to its answer without closing its reasoning
-    calls=(CallSyntax(START_ACTION, parse_action, close=(END_ACTION,)),),
+    calls=(ACTION,),
     drop=("<|START_TEXT|>", "<|END_TEXT|>", END_TURN),
 )
 
@@ -67,7 +72,7 @@ class _ActionEnd:
 
 
 R_PLUS = Syntax(
-    calls=(CallSyntax("Action:", parse_action, scan=_ActionEnd),),
+    calls=(CallSyntax("Action:", parse_action, scan=_ActionEnd, partial=json_calls_so_far(**_KEYS)),),
     drop=("<|CHATBOT_TOKEN|>", END_TURN),
 )
 

@@ -18,7 +18,7 @@ from workers.formats.families import Family, has
 from workers.formats.jsoncalls import args_object, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
-from workers.formats.xmlargs import invoke_parser
+from workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
@@ -61,10 +61,46 @@ def parse_calls(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
+def calls_so_far(body: str, tools: ToolSet) -> list[Call]:
+    """``CallSyntax.partial`` for :func:`parse_calls`: a call is known once its
+    name is written (R1: its line ended; V3.1: ``<｜tool▁sep｜>`` after it) and
+    its arguments are the JSON after it."""
+    parts = body.split(CALL_BEGIN)
+    if parts[0].strip():
+        return []
+    out: list[Call] = []
+    for part in parts[1:]:
+        if CALL_END in part:
+            try:
+                out.append(_one_call(part.split(CALL_END, 1)[0]))
+            except NotACall:
+                break
+            continue
+        head, sep, rest = part.partition(SEP)
+        if not sep:
+            break
+        if head.strip() == "function":
+            name, nl, args = rest.partition("\n")
+            if not nl:
+                break
+            brace = args.find("{")
+            args = args[brace:] if brace >= 0 else ""
+        else:
+            name, args = head, rest.lstrip()
+            if args and not args.startswith("{"):
+                break
+        name = name.strip()
+        if not name or any(c in name for c in "<>\n{"):
+            break
+        out.append(Call(name, args))
+        break
+    return out
+
+
 R1_CALLS = (
-    CallSyntax(CALLS_BEGIN, parse_calls, close=(CALLS_END,)),
+    CallSyntax(CALLS_BEGIN, parse_calls, close=(CALLS_END,), partial=lambda: calls_so_far),
     # a call without the section around it
-    CallSyntax(CALL_BEGIN, parse_calls, close=(CALL_END,), keep_open=True),
+    CallSyntax(CALL_BEGIN, parse_calls, close=(CALL_END,), keep_open=True, partial=lambda: calls_so_far),
 )
 R1 = Syntax(think=THINK, calls=R1_CALLS, drop=(CALLS_END, EOS))
 
@@ -75,7 +111,7 @@ _invoke = invoke_parser(DSML)
 def _dsml(block: str) -> Syntax:
     return Syntax(
         think=THINK,
-        calls=(CallSyntax(f"<{DSML}{block}>", _invoke, close=(f"</{DSML}{block}>",)),),
+        calls=(CallSyntax(f"<{DSML}{block}>", _invoke, close=(f"</{DSML}{block}>",), partial=invoke_so_far(DSML)),),
         drop=(EOS,),
     )
 

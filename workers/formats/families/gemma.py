@@ -16,6 +16,7 @@ from workers.formats.families import Family, has
 from workers.formats.families.generic import GENERIC, json_call
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
+from workers.formats.xmlargs import open_args
 
 Q = '<|"|>'  # Gemma 4's string quote
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -144,9 +145,67 @@ def parse_gemma4_call(body: str, tools: ToolSet) -> list[Call]:
     return [Call(name, dumps(args))]
 
 
+class Gemma4SoFar:
+    """``CallSyntax.partial`` for :func:`parse_gemma4_call`: the call is known once
+    ``call:NAME{`` is written; an argument counts once the ``,`` or ``}`` after
+    its value is. Resumes after the last finished argument; a string being
+    written is searched for its closing quote only where it grew."""
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.i = -1  # where to resume: after "{" or a finished argument
+        self.args: dict[str, Any] = {}
+        self.q_at = self.q_pos = -1  # the string being written: its quote, how far it was searched
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        if self.i < 0:
+            s = body.lstrip()
+            j = body.find("{")
+            if not s.startswith("call:") or j < 0:
+                return []
+            name = body[body.index("call:") + 5:j].strip()
+            if not name or any(c in name for c in "<>\n "):
+                return []
+            self.name, self.i = name, j + 1
+        r = _Gemma(body)
+        r.i = self.i
+        pending: str | None = None
+        try:
+            while True:
+                r.ws()
+                if r.i >= len(body) or body.startswith("}", r.i):
+                    break
+                pending = r.key()
+                r.ws()
+                if body.startswith(Q, r.i) and not self._closed(body, r.i):
+                    break
+                value = r.value()
+                r.ws()
+                if r.i >= len(body):
+                    break  # a value at the end may go on
+                if r.eat(","):
+                    self.args[pending], pending, self.i = value, None, r.i
+                elif body.startswith("}", r.i):
+                    self.args[pending], pending, self.i = value, None, r.i
+                    break
+                else:
+                    break
+        except NotACall:
+            pass
+        return [Call(self.name, open_args(Call(self.name, dumps(self.args)), pending))]
+
+    def _closed(self, body: str, at: int) -> bool:
+        if self.q_at != at:
+            self.q_at, self.q_pos = at, at + len(Q)
+        if body.find(Q, self.q_pos) >= 0:
+            return True
+        self.q_pos = max(self.q_pos, len(body) - len(Q) + 1)
+        return False
+
+
 GEMMA4 = Syntax(
     think=(("<|channel>thought", "<channel|>"),),
-    calls=(CallSyntax("<|tool_call>", parse_gemma4_call, close=("<tool_call|>",)),),
+    calls=(CallSyntax("<|tool_call>", parse_gemma4_call, close=("<tool_call|>",), partial=Gemma4SoFar),),
     # an empty thought block may follow the answer, a lone <|channel> or <channel|> too
     drop=("<|channel>", "<channel|>", "<tool_call|>"),
     think_anywhere=True,

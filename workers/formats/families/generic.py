@@ -6,7 +6,7 @@ answer (fenced or not) is a call. ``<think>`` blocks are read too."""
 from __future__ import annotations
 
 from workers.formats.families import Family
-from workers.formats.jsoncalls import calls_from_json, json_complete
+from workers.formats.jsoncalls import JsonCallsSoFar, calls_from_json, json_complete
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
 
@@ -39,10 +39,10 @@ class _FenceEnd:
 GENERIC = Syntax(
     think=(("<think>", "</think>"),),
     calls=(
-        CallSyntax("{", _bare, keep_open=True, complete=json_complete, at_start_only=True),
-        CallSyntax("[", _bare, keep_open=True, complete=json_complete, at_start_only=True),
-        CallSyntax("```json", _bare, keep_open=True, scan=_FenceEnd, at_start_only=True),
-        CallSyntax("<tool_call>", _bare, close=("</tool_call>",)),
+        CallSyntax("{", _bare, keep_open=True, complete=json_complete, at_start_only=True, partial=JsonCallsSoFar),
+        CallSyntax("[", _bare, keep_open=True, complete=json_complete, at_start_only=True, partial=JsonCallsSoFar),
+        CallSyntax("```json", _bare, keep_open=True, scan=_FenceEnd, at_start_only=True, partial=JsonCallsSoFar),
+        CallSyntax("<tool_call>", _bare, close=("</tool_call>",), partial=JsonCallsSoFar),
     ),
 )
 

@@ -11,14 +11,15 @@ import json
 
 from workers.formats.families import Family, has
 from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.xmlargs import parse_arg_key_value
+from workers.formats.xmlargs import ArgKeyValueSoFar, parse_arg_key_value
 
 THINK = (("<think>", "</think>"),)
 SPARK_END = "<\uff5cend\u2581of\u2581sentence\uff5c>"  # Spark 2.5 ends its turn with DeepSeek's marker
 
 GLM = Syntax(
     think=THINK,
-    calls=(CallSyntax("<tool_call>", parse_arg_key_value, close=("</tool_call>",)),),
+    calls=(CallSyntax("<tool_call>", parse_arg_key_value, close=("</tool_call>",),
+                      partial=ArgKeyValueSoFar),),
     drop=("</tool_call>",),
     # the reasoning of these models talks about calls; only one after it counts
     calls_in_reasoning=False,

@@ -29,7 +29,7 @@ from typing import Any
 from workers.formats.events import Call, Event, NotACall, Text, Thinking
 from workers.formats.families import Family, has
 from workers.formats.jsoncalls import args_object, loads
-from workers.formats.reader import Syntax, find_first, holdback
+from workers.formats.reader import Syntax, find_first, finished_call, holdback
 from workers.formats.schema import ToolSet, dumps
 from workers.formats.xmlargs import invoke_parser
 
@@ -78,6 +78,7 @@ class ChannelReader:
         self._scanned = 0
         self._pending = ""  # raw reasoning opener, shown with the first text
         self._boundary = (*channels.ends, *channels.starts)
+        self._committed = False
         if reasoning_open:
             self._mode, self._kind, self._first = "body", "reasoning", False
             if self.raw:
@@ -95,6 +96,19 @@ class ChannelReader:
         out: list[Event] = []
         self._run(out, final=True)
         return out
+
+    def partial_calls(self) -> list[Call]:
+        """The call being written (see :meth:`~workers.formats.reader.Reader.partial_calls`):
+        its name is in its header, its arguments so far are its body (JSON)."""
+        if self._mode != "body" or self._kind != "call" or (self.tools and self._tool not in self.tools.schemas):
+            return []
+        buf = self._buf
+        body = buf[: len(buf) - holdback(buf, self._boundary)].lstrip()
+        return [Call(self._tool, body)] if body.startswith("{") else []
+
+    def commit(self) -> None:
+        if self._mode == "body" and self._kind == "call":
+            self._committed = True
 
     # ------------------------------------------------------------------ engine
 
@@ -203,10 +217,14 @@ class ChannelReader:
                 self._text(out, mk)
             self._pending = ""
         elif self._kind == "call":
+            committed, self._committed = self._committed, False
             try:
                 out.extend(self.ch.parse(self._tool, body, self.tools))
             except NotACall:
-                self._text(out, body)
+                if committed:  # announced: made with its finished arguments
+                    out.append(finished_call(Call(self._tool, body.lstrip())))
+                else:
+                    self._text(out, body)
         self._mode, self._kind, self._scanned = "between", "", 0
 
     def _emit(self, out: list[Event], text: str) -> None:

@@ -19,9 +19,10 @@ import re
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonAfter, args_object, loads
+from workers.formats.jsoncalls import HeadThenJson, JsonAfter, args_object, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, coerce, dumps
+from workers.formats.xmlargs import open_args
 
 # ---------------------------------------------------------------- K2
 
@@ -55,12 +56,30 @@ def parse_k2(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
+def _k2_head(head: str) -> tuple[str, str] | None:
+    call_id = head.strip()
+    name = _k2_name(call_id)
+    if not name or any(c.isspace() or c in "<>{" for c in name):
+        return None
+    return name, call_id
+
+
+def _k2_parts(body: str) -> list[str]:
+    parts = body.split(CALL_BEGIN)
+    return parts[1:] if not parts[0].strip() else []
+
+
+def _k2_so_far() -> HeadThenJson:
+    return HeadThenJson(ARGS_BEGIN, _k2_parts, _k2_head, lambda part, tools: parse_k2(CALL_BEGIN + part, tools),
+                        end=CALL_END)
+
+
 K2 = Syntax(
     think=(("<think>", "</think>"),),
     calls=(
-        CallSyntax(SECTION_BEGIN, parse_k2, close=(SECTION_END,)),
+        CallSyntax(SECTION_BEGIN, parse_k2, close=(SECTION_END,), partial=_k2_so_far),
         # a bare call ends with its arguments' JSON object
-        CallSyntax(CALL_BEGIN, parse_k2, keep_open=True, scan=lambda: JsonAfter(ARGS_BEGIN)),
+        CallSyntax(CALL_BEGIN, parse_k2, keep_open=True, scan=lambda: JsonAfter(ARGS_BEGIN), partial=_k2_so_far),
     ),
     drop=(CALL_END, SECTION_END, IM_END),
 )
@@ -115,12 +134,58 @@ def parse_k3(body: str, tools: ToolSet) -> list[Call]:
     return calls
 
 
+_CALL_HEAD = re.compile(r'<\|open\|>call tool="([^"]*)"[^<]*?<\|sep\|>')
+_ARG_HEAD = re.compile(r'<\|open\|>argument key="([^"]*)"[^<]*?<\|sep\|>')
+_JSON_HEAD = re.compile(r"\s*<\|open\|>json[^<]*?<\|sep\|>")
+
+
+class K3SoFar:
+    """``CallSyntax.partial`` for :func:`parse_k3`: a call is known once its
+    ``call`` tag is written; an argument counts once its closing tag is (a
+    ``json`` block's arguments are its JSON so far). One per body: the finished
+    arguments are read again only when one more is finished."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] = (-1, -1)
+        self.calls: list[Call] = []
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        at = body.rfind(OPEN + "call ")
+        last = _CALL_HEAD.match(body, at) if at >= 0 else None
+        if last is None:
+            heads = list(_CALL_HEAD.finditer(body))
+            if not heads:
+                return []
+            last = heads[-1]
+        try:
+            if body.find(_close("call"), last.end()) >= 0:
+                done = parse_k3(body[: last.start()], tools) if _CALL_HEAD.search(body, 0, last.start()) else []
+                return [*done, parse_k3(body[last.start():], tools)[-1]]
+            jm = _JSON_HEAD.match(body, last.end())
+            if jm is not None:
+                done = parse_k3(body[: last.start()], tools) if _CALL_HEAD.search(body, 0, last.start()) else []
+                name = html.unescape(last.group(1))
+                return [*done, Call(name, body[jm.end():].split(CLOSE, 1)[0].lstrip())]
+            end = body.rfind(_close("argument"), last.end())
+            upto = last.end() if end < 0 else end + len(_close("argument"))
+            if (last.start(), upto) != self.key:
+                done = parse_k3(body[: last.start()], tools) if _CALL_HEAD.search(body, 0, last.start()) else []
+                self.calls = [*done, parse_k3(body[last.start():upto], tools)[-1]]
+                self.key = (last.start(), upto)
+        except NotACall:
+            self.key, self.calls = (-1, -1), []
+            return []
+        *done, current = self.calls
+        am = _ARG_HEAD.search(body, upto)
+        return [*done, Call(current.name, open_args(current, html.unescape(am.group(1)) if am else None))]
+
+
 K3 = Syntax(
     think=((_open("think"), _close("think")),),
     think_ends=(_open("response"),),
     think_anywhere=True,
     raw_markers=False,
-    calls=(CallSyntax(_open("tools"), parse_k3, close=(_close("tools"),)),),
+    calls=(CallSyntax(_open("tools"), parse_k3, close=(_close("tools"),), partial=K3SoFar),),
     drop=(f'{OPEN}message role="assistant"{SEP}', _open("response"), _close("response"), _close("message"), EOM),
 )
 

@@ -12,6 +12,7 @@ from workers.formats.events import Call, NotACall
 from workers.formats.families import Family
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
+from workers.formats.xmlargs import open_args
 
 _NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -161,9 +162,108 @@ def parse_python_calls(body: str, tools: ToolSet) -> list[Call]:
     return [Call(name, dumps(args)) for name, args in _Py(body).calls()]
 
 
+_QUOTE_OR_ESC = {q: re.compile(rf"[{q}\\]") for q in "\"'"}
+
+
+class PythonCallsSoFar:
+    """The calls so far (``CallSyntax.partial``): a call is known once ``name(``
+    is written; an argument counts once the ``,`` or ``)`` after its value is.
+    One per body (handed the same body, grown): reading resumes after the last
+    finished argument, and a string being written is not read until it closes."""
+
+    def __init__(self) -> None:
+        self.done: list[Call] = []
+        self.i = -1  # where to resume: after "[", a finished argument or call
+        self.name = ""  # the call being written
+        self.args: dict[str, Any] = {}
+        self.str_at = self.str_pos = -1  # the string being written: its quote, how far it was searched
+
+    def _closed(self, body: str, at: int) -> bool:
+        """Is the string whose quote is at ``at`` closed? Searches only what is new."""
+        q = body[at]
+        if self.str_at != at:
+            self.str_at, self.str_pos = at, at + 1
+        j = self.str_pos
+        while True:
+            m = _QUOTE_OR_ESC[q].search(body, j)
+            if m is None:
+                j = len(body)
+                break
+            k = m.start()
+            if body[k] == q:
+                return True
+            if k + 1 >= len(body):
+                j = k  # an escape whose character is still coming
+                break
+            j = k + 2
+        self.str_pos = j
+        return False
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        p = _Py(body)
+        if self.i < 0:
+            if not body.strip():
+                return []
+            p.eat("[")
+            self.i = p.i
+        p.i = self.i
+        pending: str | None = None
+        try:
+            while True:
+                if not self.name:
+                    if self.done:
+                        p.eat(",")
+                    p.ws()
+                    m = _NAME.match(body, p.i)
+                    if m is None:
+                        break
+                    p.i = m.end()
+                    if not p.eat("("):
+                        break
+                    self.name, self.args, self.i = m.group(0), {}, p.i
+                    if p.eat(")"):
+                        self._end_call(p)
+                    continue
+                p.ws()
+                km = _NAME.match(body, p.i)
+                if km is None:
+                    break
+                p.i = km.end()
+                if not p.eat("="):
+                    break
+                pending = km.group(0)
+                p.ws()
+                q = p.peek()
+                if q in ("'", '"') and not self._closed(body, p.i):
+                    break  # a string being written
+                value = p.value(0)
+                p.ws()
+                if p.i >= len(body):
+                    break  # a value at the end may go on
+                if p.eat(","):
+                    self.args[pending], pending, self.i = value, None, p.i
+                    if p.eat(")"):  # a trailing comma
+                        self._end_call(p)
+                elif p.eat(")"):
+                    self.args[pending], pending = value, None
+                    self._end_call(p)
+                else:
+                    break
+        except NotACall:
+            pass
+        if not self.name:
+            return list(self.done)
+        return [*self.done, Call(self.name, open_args(Call(self.name, dumps(self.args)), pending))]
+
+    def _end_call(self, p: _Py) -> None:
+        self.done.append(Call(self.name, dumps(self.args)))
+        self.name, self.args, self.i = "", {}, p.i
+
+
 LFM = Syntax(
     think=(("<think>", "</think>"),),
-    calls=(CallSyntax("<|tool_call_start|>", parse_python_calls, close=("<|tool_call_end|>",)),),
+    calls=(CallSyntax("<|tool_call_start|>", parse_python_calls, close=("<|tool_call_end|>",),
+                      partial=PythonCallsSoFar),),
     drop=("<|tool_call_end|>",),
     calls_in_reasoning=False,
 )

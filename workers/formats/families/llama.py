@@ -18,8 +18,15 @@ from typing import Any
 
 from workers.formats.events import Call, Event, NotACall, Text
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonEnd, args_object, calls_from_json, json_scan, loads
-from workers.formats.reader import CallSyntax, Syntax, holdback
+from workers.formats.jsoncalls import (
+    JsonCallsSoFar,
+    JsonEnd,
+    args_object,
+    calls_from_json,
+    json_scan,
+    loads,
+)
+from workers.formats.reader import CallSyntax, Syntax, finished_call, holdback
 from workers.formats.schema import ToolSet, dumps
 
 PYTHON_TAG, EOM, EOT = "<|python_tag|>", "<|eom_id|>", "<|eot_id|>"
@@ -62,10 +69,21 @@ def python_tag_body(body: str, tools: ToolSet) -> list[Call]:
     return [Call("python", dumps({"code": s}))]
 
 
+class _PythonTagSoFar:
+    """``CallSyntax.partial`` for :func:`python_tag_body`: its JSON calls (code
+    for the interpreter is sent whole)."""
+
+    def __init__(self) -> None:
+        self.inner = JsonCallsSoFar()
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        return self.inner(body, tools) if body.lstrip().startswith("{") else []
+
+
 LLAMA3 = Syntax(
     calls=(
-        CallSyntax("{", offered_calls, keep_open=True, scan=json_scan, at_start_only=True),
-        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT)),
+        CallSyntax("{", offered_calls, keep_open=True, scan=json_scan, at_start_only=True, partial=JsonCallsSoFar),
+        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT), partial=_PythonTagSoFar),
     ),
     drop=(EOM, EOT),
 )
@@ -82,10 +100,22 @@ def function_json(body: str, tools: ToolSet) -> list[Call]:
     return [Call(m.group(1).strip(), dumps(args_object(loads(args) if args else {})))]
 
 
+def function_json_so_far(body: str, tools: ToolSet) -> list[Call]:
+    """``CallSyntax.partial`` for :func:`function_json`."""
+    m = _FUNCTION_TAG.match(body)
+    if m is None:
+        return []
+    args = body[m.end():].lstrip()
+    return [Call(m.group(1).strip(), args)] if args.startswith("{") else []
+
+
+_FUNCTION_TAG = re.compile(r"\s*<function=([^>\n]+)>")
+
 FUNCTIONARY_V31 = Syntax(
     calls=(
-        CallSyntax("<function=", function_json, close=("</function>",), keep_open=True),
-        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT)),
+        CallSyntax("<function=", function_json, close=("</function>",), keep_open=True,
+                   partial=lambda: function_json_so_far),
+        CallSyntax(PYTHON_TAG, python_tag_body, close=(EOM, EOT), partial=_PythonTagSoFar),
     ),
     drop=(EOM, EOT),
 )
@@ -97,9 +127,19 @@ def functools_calls(body: str, tools: ToolSet) -> list[Call]:
     return calls_from_json(body.removeprefix(FUNCTOOLS), tools)
 
 
+class _FunctoolsSoFar:
+    """``CallSyntax.partial`` for :func:`functools_calls`."""
+
+    def __init__(self) -> None:
+        self.inner = JsonCallsSoFar()
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        return self.inner(body.removeprefix(FUNCTOOLS), tools)
+
+
 FIREFUNCTION = Syntax(
     calls=(CallSyntax(FUNCTOOLS + "[", functools_calls, keep_open=True,
-                      scan=lambda: JsonEnd(len(FUNCTOOLS))),),
+                      scan=lambda: JsonEnd(len(FUNCTOOLS)), partial=_FunctoolsSoFar),),
     drop=(EOT,),
 )
 
@@ -126,6 +166,19 @@ class FunctionaryReader:
         self._json: JsonEnd | None = None  # where the current call's JSON arguments end
         self._searched = 0  # how far the current call's body was searched for the next ">>>"
         self._mode = "text" if reasoning_open.startswith(RECIPIENT + "all\n") else "recipient"
+        self._committed = False
+
+    def partial_calls(self) -> list[Call]:
+        """The call being written, once its JSON arguments begin (see
+        :meth:`~workers.formats.reader.Reader.partial_calls`)."""
+        if self._mode != "call" or (self.tools and self._name not in self.tools.schemas):
+            return []
+        s = self._buf.lstrip()
+        return [Call(self._name, s)] if s.startswith("{") else []
+
+    def commit(self) -> None:
+        if self._mode == "call":
+            self._committed = True
 
     def feed(self, text: str) -> list[Event]:
         self._buf += text
@@ -198,10 +251,14 @@ class FunctionaryReader:
                 return
         body = buf[:end]
         self._buf, self._mode = buf[end:], "after_call"
+        committed, self._committed = self._committed, False
         try:
             out.append(self._parse(self._name, body))
         except NotACall:
-            self._text(out, body)
+            if committed:  # announced: made with its finished arguments
+                out.append(finished_call(Call(self._name, body.lstrip())))
+            else:
+                self._text(out, body)
 
     def _step_after_call(self, out: list[Event], final: bool) -> None:
         """Between a call and the next message: layout."""

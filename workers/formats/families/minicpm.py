@@ -7,12 +7,13 @@ import json
 
 from workers.formats.families import Family, has
 from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.xmlargs import invoke_parser
+from workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 MINICPM5 = Syntax(
     think=(("<think>", "</think>"),),
     calls=(CallSyntax('<function name="', invoke_parser(invoke_tag="function", param_tag="param", cdata=True),
-                      close=("</function>",), keep_open=True),),
+                      close=("</function>",), keep_open=True,
+                      partial=invoke_so_far(invoke_tag="function", param_tag="param", cdata=True)),),
     drop=("</function>",),
     calls_in_reasoning=False,
 )

@@ -11,23 +11,24 @@ from typing import Any
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import calls_from_json
+from workers.formats.jsoncalls import JsonCallsSoFar, calls_from_json
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, allows, coerce, dumps
-from workers.formats.xmlargs import invoke_parser
+from workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 THINK = (("<think>", "</think>"),)
 
 M1 = Syntax(
     think=THINK,
-    calls=(CallSyntax("<tool_calls>", calls_from_json, close=("</tool_calls>",)),),
+    calls=(CallSyntax("<tool_calls>", calls_from_json, close=("</tool_calls>",), partial=JsonCallsSoFar),),
     drop=("</tool_calls>",),
     calls_in_reasoning=False,
 )
 
 M2 = Syntax(
     think=THINK,
-    calls=(CallSyntax("<minimax:tool_call>", invoke_parser(), close=("</minimax:tool_call>",)),),
+    calls=(CallSyntax("<minimax:tool_call>", invoke_parser(), close=("</minimax:tool_call>",),
+                      partial=invoke_so_far()),),
     drop=("</minimax:tool_call>",),
     calls_in_reasoning=False,
 )

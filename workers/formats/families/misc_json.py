@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import args_object, calls_from_json, json_scan, loads
+from workers.formats.jsoncalls import JsonCallsSoFar, args_object, calls_from_json, json_scan, loads
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
 
@@ -30,13 +30,13 @@ def json_calls(body: str, tools: ToolSet) -> list[Call]:
 
 NEMOTRON_V2 = Syntax(
     think=THINK,
-    calls=(CallSyntax("<TOOLCALL>", json_calls, close=("</TOOLCALL>",)),),
+    calls=(CallSyntax("<TOOLCALL>", json_calls, close=("</TOOLCALL>",), partial=JsonCallsSoFar),),
     drop=("<SPECIAL_12>",),
 )
 
 GRANITE_33 = Syntax(
     think=THINK,
-    calls=(CallSyntax("<|tool_call|>", json_calls, scan=json_scan),),
+    calls=(CallSyntax("<|tool_call|>", json_calls, scan=json_scan, partial=JsonCallsSoFar),),
     drop=("<response>", "</response>", "<|end_of_text|>"),
 )
 
@@ -57,11 +57,12 @@ def name_keyed_calls(body: str, tools: ToolSet) -> list[Call]:
 
 APERTUS = Syntax(
     think=(("<|inner_prefix|>", "<|inner_suffix|>"),),
-    calls=(CallSyntax("<|tools_prefix|>", name_keyed_calls, close=("<|tools_suffix|>",)),),
+    calls=(CallSyntax("<|tools_prefix|>", name_keyed_calls, close=("<|tools_suffix|>",),
+                      partial=lambda: JsonCallsSoFar(name_keyed=True)),),
     drop=("<|assistant_end|>",),
 )
 
-APRIEL_CALLS = (CallSyntax("<tool_calls>", json_calls, close=("</tool_calls>",)),)
+APRIEL_CALLS = (CallSyntax("<tool_calls>", json_calls, close=("</tool_calls>",), partial=JsonCallsSoFar),)
 APRIEL_15 = Syntax(calls=APRIEL_CALLS, drop=("<|end|>",))
 APRIEL_16 = Syntax(
     think=(("<|begin_assistant|>\n", "[BEGIN FINAL RESPONSE]"),),
@@ -73,11 +74,11 @@ APRIEL_16 = Syntax(
 
 GIGACHAT_CALL = "<|message_sep|>\n\nfunction call<|role_sep|>\n"
 GIGACHAT_3 = Syntax(
-    calls=(CallSyntax(GIGACHAT_CALL, json_calls, scan=json_scan),),
+    calls=(CallSyntax(GIGACHAT_CALL, json_calls, scan=json_scan, partial=JsonCallsSoFar),),
     drop=("<|message_sep|>\n\n", "<|message_sep|>"),
 )
 GIGACHAT_31 = Syntax(
-    calls=(CallSyntax("<|function_call|>", json_calls, scan=json_scan),),
+    calls=(CallSyntax("<|function_call|>", json_calls, scan=json_scan, partial=JsonCallsSoFar),),
     drop=("<|message_sep|>\n\n", "<|message_sep|>"),
 )
 

@@ -11,7 +11,16 @@ import hashlib
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family
-from workers.formats.jsoncalls import JsonAfter, JsonEnd, args_object, calls_from_json, loads
+from workers.formats.jsoncalls import (
+    HeadThenJson,
+    JsonAfter,
+    JsonCallsSoFar,
+    JsonEnd,
+    PartialFn,
+    args_object,
+    calls_from_json,
+    loads,
+)
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
 
@@ -55,7 +64,30 @@ def parse_call(body: str, tools: ToolSet) -> list[Call]:
     return [Call(name, dumps(args_object(loads(args) if args.strip() else {})), call_id.strip())]
 
 
-MISTRAL = Syntax(calls=(CallSyntax(TOOL_CALLS, parse_call, scan=_CallEnd),), drop=(EOS,))
+def _head(head: str) -> tuple[str, str] | None:
+    name, _, call_id = head.partition(CALL_ID)
+    name = name.strip()
+    if not name or not all(_name_char(c) for c in name):
+        return None
+    return name, call_id.strip()
+
+
+class _SoFar:
+    """``CallSyntax.partial`` for :func:`parse_call`."""
+
+    def __init__(self) -> None:
+        self.inner: PartialFn | None = None
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        if self.inner is None:
+            s = body.lstrip()
+            if not s:
+                return []
+            self.inner = JsonCallsSoFar() if s[0] in "{[" else HeadThenJson(ARGS, lambda b: [b], _head, parse_call)
+        return self.inner(body, tools)
+
+
+MISTRAL = Syntax(calls=(CallSyntax(TOOL_CALLS, parse_call, scan=_CallEnd, partial=_SoFar),), drop=(EOS,))
 MINISTRAL = dataclasses.replace(MISTRAL, think=(("[THINK]", "[/THINK]"),), calls_in_reasoning=False)
 
 

@@ -9,10 +9,10 @@ import dataclasses
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import calls_from_json
+from workers.formats.jsoncalls import JsonCallsSoFar, PartialFn, calls_from_json
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
-from workers.formats.xmlargs import parse_function_tags
+from workers.formats.xmlargs import FunctionTagsSoFar, parse_function_tags
 
 
 def tool_call_body(body: str, tools: ToolSet) -> list[Call]:
@@ -25,14 +25,35 @@ def tool_call_body(body: str, tools: ToolSet) -> list[Call]:
     raise NotACall("neither JSON nor <function=…>")
 
 
+class ToolCallSoFar:
+    """``CallSyntax.partial`` for :func:`tool_call_body`: JSON calls or function tags."""
+
+    def __init__(self) -> None:
+        self.inner: PartialFn | None = None
+
+    def __call__(self, body: str, tools: ToolSet) -> list[Call]:
+        if self.inner is None:
+            s = body.lstrip()
+            if not s:
+                return []
+            if s[0] in "{[`":
+                self.inner = JsonCallsSoFar()
+            elif s[0] == "<":
+                self.inner = FunctionTagsSoFar()
+            else:
+                return []
+        return self.inner(body, tools)
+
+
 THINK = (("<think>", "</think>"),)
 
 QWEN = Syntax(
     think=THINK,
     calls=(
-        CallSyntax("<tool_call>", tool_call_body, close=("</tool_call>",)),
+        CallSyntax("<tool_call>", tool_call_body, close=("</tool_call>",), partial=ToolCallSoFar),
         # Qwen3-Coder often leaves out the first <tool_call>
-        CallSyntax("<function=", parse_function_tags, close=("</function>",), keep_open=True),
+        CallSyntax("<function=", parse_function_tags, close=("</function>",), keep_open=True,
+                   partial=FunctionTagsSoFar),
     ),
     drop=("</tool_call>",),
 )
@@ -43,8 +64,9 @@ HERMES = dataclasses.replace(QWEN, calls_in_reasoning=False)
 SEED = Syntax(
     think=(("<seed:think>", "</seed:think>"),),
     calls=(
-        CallSyntax("<seed:tool_call>", tool_call_body, close=("</seed:tool_call>",)),
-        CallSyntax("<function=", parse_function_tags, close=("</function>",), keep_open=True),
+        CallSyntax("<seed:tool_call>", tool_call_body, close=("</seed:tool_call>",), partial=ToolCallSoFar),
+        CallSyntax("<function=", parse_function_tags, close=("</function>",), keep_open=True,
+                   partial=FunctionTagsSoFar),
     ),
     drop=("</seed:tool_call>",),
 )
