@@ -22,6 +22,7 @@ from gateway.bus import Bus, RequestStream
 from gateway.http_guard import GuardedRunner, HttpLimits, OriginPolicy, is_loopback_bind
 from protocol import messages as m
 from protocol.config import decode_config
+from protocol.exits import EXIT_BIND_ERROR
 from protocol.logs import setup_logging
 from protocol.sockets import Endpoints
 from protocol.spawn import read_spec
@@ -29,8 +30,6 @@ from supervisor.arbiter import GatewaySpec
 from supervisor.control import instance_state_dir
 
 log = structlog.get_logger()
-
-EXIT_BIND_ERROR = 5
 
 
 def _log_cancel(st: RequestStream, done: m.Done) -> None:
