@@ -57,7 +57,7 @@ from gateway.errors import ApiError
 from gateway.routing import BUS, ROUTER, Router, Source, resolve_target
 from protocol import messages as m
 from protocol.chat import ChatRequest
-from protocol.config import NON_CHAT_BACKENDS, Config, EndpointConfig, ModelConfig
+from protocol.config import NON_CHAT_BACKENDS, Config, EndpointConfig, ModelConfig, gateway_url
 
 log = structlog.get_logger()
 
@@ -864,19 +864,6 @@ def register(app: web.Application) -> None:
 
 
 # ------------------------------------------------------------ stdio: turnout mcp
-
-
-def gateway_url(port: int | None, config: str | None) -> str:
-    """The running gateway's base URL: $TURNOUT_URL, else the config's host/port."""
-    env = os.environ.get("TURNOUT_URL")
-    if env:
-        return env.rstrip("/")
-    from protocol.config import load_config
-    from supervisor.cli import _config_path
-
-    cfg = load_config(_config_path(config))
-    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return f"http://{host}:{port or cfg.server.port}"
 
 
 async def serve_stdio(url: str, token: str) -> None:

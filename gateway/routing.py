@@ -40,12 +40,12 @@ from aiohttp import web
 from gateway.bus import Bus
 from gateway.errors import ApiError
 from gateway.keys import KeyCache
-from gateway.providers import DEFAULT_BASE_URLS, PROVIDERS, provider_for
+from gateway.providers import DEFAULT_BASE_URLS, provider_for
 from gateway.providers.base import CloudSource, Outcome, StaticSource, count_upstream
 from gateway.telemetry import Telemetry
 from protocol import messages as m
 from protocol.chat import ChatRequest, ImagePart, ToolResultPart, all_text
-from protocol.config import Config, EndpointConfig, ModelConfig
+from protocol.config import Config, EndpointConfig, ModelConfig, validate
 
 log = structlog.get_logger()
 
@@ -224,23 +224,6 @@ def plan(cfg: Config, req: ChatRequest, override: str | None = None) -> list[Tar
         # "prompt is too long" is clearer than a 404).
         out.append(chosen[0])
     return out
-
-
-def validate(cfg: Config) -> list[str]:
-    """Problems in ``[[endpoints]]`` / ``[routing]`` a user must fix."""
-    problems = []
-    names = [e.name for e in cfg.endpoints]
-    for n in {n for n in names if names.count(n) > 1}:
-        problems.append(f"endpoints: the name {n!r} is used twice")
-    for e in cfg.endpoints:
-        if e.provider not in PROVIDERS:
-            problems.append(f"endpoints.{e.name}.provider: {e.provider!r} is not one of {', '.join(PROVIDERS)}")
-        if "/" in e.name:
-            problems.append(f"endpoints.{e.name}: a name cannot contain '/'")
-    for r in cfg.routing.rules:
-        if r.when not in ("background", "thinking", "long_context", "images"):
-            problems.append(f"routing.rules: when = {r.when!r} is not one of background, thinking, long_context, images")
-    return problems
 
 
 # -------------------------------------------------------------------- runtime

@@ -13,13 +13,12 @@ import sys
 
 import structlog
 
+from protocol.config import BACKENDS
 from protocol.exits import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR
 from protocol.logs import setup_logging
 from protocol.spawn import read_spec
 from protocol.specs import WorkerSpec
 from workers.base import ModelLoadError, run_worker
-
-BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed"}
 
 
 def main() -> int:
