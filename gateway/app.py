@@ -35,13 +35,14 @@ from gateway import (
     openapi,
     responses,
     routing,
+    telemetry,
 )
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import Collected, collect
 from gateway.errors import ApiError, ApiShape, from_fail
 from gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
-from gateway.routing import BUS, Source, open_source, resolve
+from gateway.routing import BUS, ROUTER, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
 from protocol.ids import hex_id
@@ -173,8 +174,10 @@ async def _pump(request: web.Request, st: Source, head: bytes, first: list[m.Str
 
 
 async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[Source], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    # Seen by the MCP bookkeeping: usage, local speed, which session made a tool call.
-    st = mcp_server.observe(request.app, req, await open_source(request, req))
+    st = await open_source(request, req)
+    router = request.app.get(ROUTER)
+    if router is not None:  # always, in a gateway build_app made
+        st = telemetry.observe(router.telemetry, router.config, req, st)
     try:
         return await body(st)
     except (ConnectionResetError, ConnectionError):

@@ -17,16 +17,17 @@ Tools (each does real work in the gateway process):
 Which session a call is about: Claude Code sends every MCP tool call with
 ``_meta["claudecode/toolUseId"]``, the id of the ``tool_use`` block the model
 produced. The gateway streamed that block itself, for a request carrying the
-session id (``X-Claude-Code-Session-Id``), so :func:`observe` remembers
+session id (``X-Claude-Code-Session-Id``), so ``gateway.telemetry.observe`` remembers
 ``tool_use id -> session`` for tools named ``mcp__*`` and the tool looks it up:
 exact, even with several Claude Code sessions open. Fallbacks, in order: an
 explicit ``session_id`` argument, an ``X-Claude-Code-Session-Id`` header on the MCP
 request (``turnout mcp`` forwards ``$CLAUDE_CODE_SESSION_ID``), the most recently
 active session (the answer says so).
 
-:func:`observe` also keeps the usage ledger (tokens and cost per endpoint and per
-session) and measures local models' TTFT and tokens/s into the router's telemetry,
-so ``endpoint_recommend`` compares local and cloud on measured figures.
+The router's telemetry (gateway/telemetry.py, kept whether MCP is on or off) holds
+the usage ledger (tokens and cost per endpoint and per session) and local models'
+TTFT and tokens/s, so ``endpoint_recommend`` compares local and cloud on measured
+figures.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ import os
 import re
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -54,10 +54,9 @@ from pydantic import Field
 
 from gateway import recommend as rec
 from gateway.errors import ApiError
-from gateway.routing import BUS, ROUTER, Router, Source, resolve_target
+from gateway.routing import BUS, ROUTER, Router, resolve_target
 from protocol import messages as m
-from protocol.chat import ChatRequest
-from protocol.config import NON_CHAT_BACKENDS, Config, EndpointConfig, ModelConfig, gateway_url
+from protocol.config import NON_CHAT_BACKENDS, Config, ModelConfig, gateway_url
 
 log = structlog.get_logger()
 
@@ -70,150 +69,17 @@ _LOCAL_WORDS = {"local", "locally", "offline", "on-device", "ondevice", "mine", 
 # ---------------------------------------------------------------- bookkeeping
 
 
-class ToolUseIndex:
-    """``tool_use`` id -> session id, for the last ``size`` MCP tool calls the
-    gateway streamed (LRU: a call arrives within seconds of its tool_use)."""
-
-    def __init__(self, size: int = 2048) -> None:
-        self.size = size
-        self._d: OrderedDict[str, str] = OrderedDict()
-
-    def add(self, tool_use_id: str, session_id: str) -> None:
-        self._d[tool_use_id] = session_id
-        self._d.move_to_end(tool_use_id)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
-
-    def get(self, tool_use_id: str) -> str | None:
-        return self._d.get(tool_use_id)
-
-
-@dataclass
-class Tally:
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def add(self, u: Any, cost: float) -> None:
-        self.requests += 1
-        self.input_tokens += u.input_tokens
-        self.output_tokens += u.output_tokens
-        self.cache_read_input_tokens += u.cache_read_input_tokens
-        self.cost_usd += cost
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-                "cache_read_input_tokens": self.cache_read_input_tokens, "cost_usd": round(self.cost_usd, 6)}
-
-
-@dataclass
-class UsageLedger:
-    """Tokens and cost since the gateway started, per endpoint label and per
-    session (the last ``max_sessions``)."""
-
-    max_sessions: int = 1000
-    endpoints: dict[str, Tally] = field(default_factory=dict)
-    sessions: OrderedDict[str, dict[str, Tally]] = field(default_factory=OrderedDict)
-
-    def record(self, label: str, session_id: str, usage: Any, cost: float) -> None:
-        self.endpoints.setdefault(label, Tally()).add(usage, cost)
-        if session_id:
-            per = self.sessions.pop(session_id, None) or {}
-            per.setdefault(label, Tally()).add(usage, cost)
-            self.sessions[session_id] = per
-            while len(self.sessions) > self.max_sessions:
-                self.sessions.popitem(last=False)
-
-
 @dataclass
 class McpState:
     """What the MCP tools share inside one gateway: the SDK server and its HTTP
-    session manager, the tool_use index, the usage ledger, and the global switch
-    (``endpoint_set`` with scope global) for reporting."""
+    session manager (the tool_use index and the usage ledger are the router's
+    telemetry, kept whether MCP is on or off)."""
 
     server: Any
     manager: Any
-    tool_uses: ToolUseIndex = field(default_factory=ToolUseIndex)
-    usage: UsageLedger = field(default_factory=UsageLedger)
 
 
 MCP: web.AppKey[McpState] = web.AppKey("mcp", McpState)
-
-
-# --------------------------------------------------------- the stream observer
-
-
-def _price(cfg: Config, ep: EndpointConfig, model: str) -> tuple[float, float]:
-    em = next((x for x in ep.models if x.name == model), None)
-    return (em.input_price, em.output_price) if em else (0.0, 0.0)
-
-
-class Observed:
-    """A :class:`~gateway.routing.Source` seen through: passes every batch on
-    unchanged and notes MCP tool_use ids, usage and (local models) speed."""
-
-    __slots__ = ("inner", "label", "local", "prices", "req", "router", "state", "t_first", "t_open", "watch_tools")
-
-    def __init__(self, inner: Source, state: McpState, router: Router | None, req: ChatRequest) -> None:
-        self.inner = inner
-        self.state = state
-        self.router = router
-        self.req = req
-        ep = getattr(inner, "ep", None)
-        model = str(getattr(inner, "model", ""))
-        self.local = ep is None
-        self.label = model if ep is None else f"{ep.name}/{model}"
-        self.prices = (0.0, 0.0) if ep is None or router is None else _price(router.config, ep, model)
-        # Only a conversation that offers MCP tools can produce one of our calls.
-        self.watch_tools = bool(req.session_id) and any(t.name.startswith("mcp__") for t in req.tools)
-        self.t_open = time.perf_counter()
-        self.t_first = 0.0
-
-    @property
-    def done(self) -> bool:
-        return self.inner.done
-
-    @done.setter
-    def done(self, value: bool) -> None:
-        self.inner.done = value
-
-    def cancel(self) -> None:
-        self.inner.cancel()
-
-    async def next_batch(self) -> list[m.StreamMsg]:
-        batch = await self.inner.next_batch()
-        if not self.t_first:
-            self.t_first = time.perf_counter()
-        if self.watch_tools:
-            for msg in batch:
-                if type(msg) is m.ToolCallStart and msg.name.startswith("mcp__"):
-                    self.state.tool_uses.add(msg.id, self.req.session_id)
-        last = batch[-1] if batch else None
-        if type(last) is m.Done:
-            self._finish(last)
-        elif type(last) is m.Failed and self.local and self.router is not None:
-            self.router.telemetry.record(self.label, ok=False, ttft_s=None, output_tokens=0, gen_s=0.0)
-        return batch
-
-    def _finish(self, done: m.Done) -> None:
-        u = done.usage
-        cost = (u.input_tokens * self.prices[0] + u.output_tokens * self.prices[1]) / 1e6
-        self.state.usage.record(self.label, self.req.session_id, u, cost)
-        if self.local and self.router is not None and done.stop_reason != "cancelled":
-            # The router measures cloud endpoints itself; local ones are measured here.
-            now = time.perf_counter()
-            self.router.telemetry.record(self.label, ok=True, ttft_s=self.t_first - self.t_open,
-                                         output_tokens=u.output_tokens, gen_s=now - self.t_first)
-
-
-def observe(app: web.Application, req: ChatRequest, st: Source) -> Source:
-    """``st`` seen by the MCP bookkeeping (unchanged when MCP is off)."""
-    state = app.get(MCP)
-    if state is None:
-        return st
-    return Observed(st, state, app.get(ROUTER), req)
 
 
 # ------------------------------------------------------------------ targets
@@ -311,12 +177,12 @@ def _session_for(app: web.Application, ctx: Any, explicit: str) -> tuple[str, st
     """(session id, how it was found); ("", why not) when there is none."""
     if explicit:
         return explicit, "given"
-    state = app[MCP]
     rc = getattr(ctx, "request_context", None) if ctx is not None else None
     meta = getattr(rc, "meta", None) or {}
     tuid = meta.get(TOOL_USE_META) if isinstance(meta, dict) else None
     if isinstance(tuid, str):
-        sid = state.tool_uses.get(tuid)
+        router = app.get(ROUTER)
+        sid = router.telemetry.tool_uses.get(tuid) if router is not None else None
         if sid:
             return sid, "the conversation that called this tool"
     headers = None
@@ -676,16 +542,9 @@ def build_server(app: web.Application) -> Any:
 
     async def usage(session_id: Annotated[str, Field(description="only this session (empty: every endpoint and "
                                                                  "session)")] = "") -> dict[str, Any]:
-        led = app[MCP].usage
+        led = _router(app).telemetry.usage
         sessions = led.sessions if not session_id else {session_id: led.sessions.get(session_id, {})}
-        total = Tally()
-        for t in led.endpoints.values():
-            total.requests += t.requests
-            total.input_tokens += t.input_tokens
-            total.output_tokens += t.output_tokens
-            total.cache_read_input_tokens += t.cache_read_input_tokens
-            total.cost_usd += t.cost_usd
-        return {"since_gateway_start": True, "total": total.as_dict(),
+        return {"since_gateway_start": True, "total": led.total().as_dict(),
                 "endpoints": {k: v.as_dict() for k, v in led.endpoints.items()},
                 "sessions": {sid: {k: v.as_dict() for k, v in per.items()} for sid, per in sessions.items()}}
 

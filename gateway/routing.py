@@ -460,8 +460,8 @@ async def admin_endpoints(request: web.Request) -> web.StreamResponse:
                  "override": router.overrides.get(sid)} for sid, s in router.telemetry.sessions.items()]
     return _json({
         "endpoints": eps,
-        "local_models": [{"name": mc.name, "backend": mc.backend, "context_window": mc.context_window}
-                         for mc in cfg.models],
+        "local_models": [{"name": mc.name, "backend": mc.backend, "context_window": mc.context_window,
+                          "telemetry": router.telemetry.endpoint_summary(mc.name)} for mc in cfg.models],
         "routing": msgspec.to_builtins(cfg.routing),
         "sessions": sessions,
     })
