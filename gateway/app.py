@@ -11,7 +11,7 @@ Routes:
     POST /v1/embeddings             OpenAI Embeddings (gateway/embeddings.py)
     GET  /v1/models[/{id}]          Anthropic shape when ``anthropic-version`` is sent, else OpenAI's
     GET  /admin/workers             the supervisor's worker table, with routing and cache counts
-    GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp_server.py)
+    GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp/)
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from aiohttp import web
 from gateway import (
     anthropic,
     embeddings,
-    mcp_server,
     media,
     openai_chat,
     openapi,
@@ -42,6 +41,7 @@ from gateway.bus import Bus
 from gateway.collect import Collected, collect
 from gateway.errors import ApiError, ApiShape, from_fail
 from gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
+from gateway.mcp import http as mcp_http
 from gateway.routing import BUS, ROUTER, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
@@ -410,5 +410,5 @@ def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None
     media.register_routes(app)
     embeddings.register_routes(app)
     routing.setup(app, bus.config, state_path)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
-    mcp_server.register(app)  # /mcp (after routing: its tools use the router)
+    mcp_http.register(app)  # /mcp (after routing: its tools use the router)
     return app
