@@ -37,9 +37,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gateway.appkeys import BUS
 from gateway.bus import Bus
 from gateway.errors import ApiError
 from gateway.keys import KeyCache
+from gateway.media.images import ocr_chat_images
 from gateway.providers import DEFAULT_BASE_URLS, provider_for
 from gateway.providers.base import CloudSource, Outcome, StaticSource, count_upstream
 from gateway.telemetry import Telemetry
@@ -48,8 +50,6 @@ from protocol.chat import ChatRequest, ImagePart, ToolResultPart, all_text
 from protocol.config import Config, EndpointConfig, ModelConfig, validate
 
 log = structlog.get_logger()
-
-BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 
 
 class Source(Protocol):
@@ -411,8 +411,6 @@ async def open_source(request: web.Request, req: ChatRequest, *, count: bool = F
     if bus.config.media.ocr_images and not count and has_images(req):
         local = bus.model_config(req.model)
         if local is not None and local.backend in BLIND_BACKENDS:
-            from gateway.media import ocr_chat_images  # late: media imports this module
-
             req = await ocr_chat_images(bus, req)
     router = request.app.get(ROUTER)
     if router is None or not (router.active or router.overrides or router.global_override):

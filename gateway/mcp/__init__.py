@@ -11,7 +11,7 @@ Transports:
 Tools (each does real work in the gateway process):
     endpoint_list, endpoint_status, endpoint_set, endpoint_recommend, models_list,
     model_load, model_unload, workers_status, workers_scale, system_status,
-    keys_status, usage; and the media tools of gateway/media.py (ocr_image,
+    keys_status, usage; and the media tools of gateway/media/ (ocr_image,
     transcribe_audio, speak_text, upscale_image).
 
 Which session a call is about: Claude Code sends every MCP tool call with

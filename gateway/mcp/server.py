@@ -297,7 +297,7 @@ def build_server(app: web.Application) -> Any:
 
 
 def _register_media_tools(app: web.Application, tool: Callable[..., None]) -> None:
-    """ocr_image, transcribe_audio, speak_text, upscale_image from gateway/media.py,
+    """ocr_image, transcribe_audio, speak_text, upscale_image from gateway/media/,
     when that module provides them."""
     from gateway import media
 
