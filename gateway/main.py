@@ -24,10 +24,10 @@ from protocol import messages as m
 from protocol.config import decode_config
 from protocol.exits import EXIT_BIND_ERROR
 from protocol.logs import setup_logging
+from protocol.paths import instance_state_dir
 from protocol.sockets import Endpoints
 from protocol.spawn import read_spec
 from supervisor.arbiter import GatewaySpec
-from supervisor.control import instance_state_dir
 
 log = structlog.get_logger()
 
