@@ -223,7 +223,7 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True):
     auto_apply_recommendation: bool = False
     # Where ocr_image, transcribe_audio, speak_text and upscale_image may read and
     # write files (empty: the home directory and the system temp directory); hidden
-    # files and directories below them are refused (gateway/media.py).
+    # files and directories below them are refused (gateway/media/tools.py).
     media_dirs: list[str] = msgspec.field(default_factory=list)
     recommend_output_tokens: int = 800
     usd_per_second: float = 0.01
