@@ -11,7 +11,7 @@ Routes:
     POST /v1/embeddings             OpenAI Embeddings (gateway/embeddings.py)
     GET  /v1/models[/{id}]          Anthropic shape when ``anthropic-version`` is sent, else OpenAI's
     GET  /admin/workers             the supervisor's worker table, with routing and cache counts
-    GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp_server.py)
+    GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp/)
 """
 
 from __future__ import annotations
@@ -29,19 +29,20 @@ from aiohttp import web
 from gateway import (
     anthropic,
     embeddings,
-    mcp_server,
     media,
     openai_chat,
     openapi,
     responses,
     routing,
+    telemetry,
 )
 from gateway.auth import check_token
 from gateway.bus import Bus
 from gateway.collect import Collected, collect
 from gateway.errors import ApiError, ApiShape, from_fail
 from gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
-from gateway.routing import BUS, Source, open_source, resolve
+from gateway.mcp import http as mcp_http
+from gateway.routing import BUS, ROUTER, Source, open_source, resolve
 from protocol import messages as m
 from protocol.chat import ChatRequest
 from protocol.ids import hex_id
@@ -173,8 +174,10 @@ async def _pump(request: web.Request, st: Source, head: bytes, first: list[m.Str
 
 
 async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[Source], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    # Seen by the MCP bookkeeping: usage, local speed, which session made a tool call.
-    st = mcp_server.observe(request.app, req, await open_source(request, req))
+    st = await open_source(request, req)
+    router = request.app.get(ROUTER)
+    if router is not None:  # always, in a gateway build_app made
+        st = telemetry.observe(router.telemetry, router.config, req, st)
     try:
         return await body(st)
     except (ConnectionResetError, ConnectionError):
@@ -407,5 +410,5 @@ def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None
     media.register_routes(app)
     embeddings.register_routes(app)
     routing.setup(app, bus.config, state_path)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
-    mcp_server.register(app)  # /mcp (after routing: its tools use the router)
+    mcp_http.register(app)  # /mcp (after routing: its tools use the router)
     return app

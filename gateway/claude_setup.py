@@ -443,11 +443,9 @@ def apply_remove(paths: Paths) -> list[str]:
 
 def _context(args: argparse.Namespace) -> tuple[str, str, Any]:
     from gateway.auth import load_or_create_token
-    from gateway.mcp_server import gateway_url
-    from protocol.config import load_config
-    from supervisor.cli import _config_path
+    from protocol.config import config_path, gateway_url, load_config
 
-    cfg = load_config(_config_path(args.config))
+    cfg = load_config(config_path(args.config))
     url = (args.url or gateway_url(args.port, args.config)).rstrip("/")
     return url, load_or_create_token(), cfg
 

@@ -33,7 +33,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from workers.signing import is_turnout_signature
+from protocol.signature import is_turnout_signature
 
 SIG_PREFIX = "turnout:"
 # Anthropic's signatures are long base64 blobs; a short one (a local model's
@@ -52,7 +52,7 @@ def signature_owner(sig: str) -> str:
     if sig.startswith(SIG_PREFIX):
         return sig[len(SIG_PREFIX):].split(":", 1)[0]
     if is_turnout_signature(sig):
-        return "local"  # signed by one of turnout's local workers (workers/signing.py)
+        return "local"  # signed by one of turnout's local workers (protocol/signature.py)
     if len(sig) >= _MIN_ANTHROPIC_SIG:
         return "anthropic"
     return ""

@@ -22,15 +22,14 @@ from gateway.bus import Bus, RequestStream
 from gateway.http_guard import GuardedRunner, HttpLimits, OriginPolicy, is_loopback_bind
 from protocol import messages as m
 from protocol.config import decode_config
+from protocol.exits import EXIT_BIND_ERROR
 from protocol.logs import setup_logging
+from protocol.paths import instance_state_dir
 from protocol.sockets import Endpoints
 from protocol.spawn import read_spec
 from supervisor.arbiter import GatewaySpec
-from supervisor.control import instance_state_dir
 
 log = structlog.get_logger()
-
-EXIT_BIND_ERROR = 5
 
 
 def _log_cancel(st: RequestStream, done: m.Done) -> None:

@@ -50,7 +50,7 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
 
 
 class SpeechRequest(msgspec.Struct, kw_only=True):
-    """OpenAI speech (gateway/media.py)."""
+    """OpenAI speech (gateway/media/)."""
 
     input: str
     model: str = ""
@@ -62,7 +62,7 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
 
 
 class ImageRequest(msgspec.Struct, kw_only=True):
-    """OCR and upscale with the image as base64 or a data: URL (gateway/media.py)."""
+    """OCR and upscale with the image as base64 or a data: URL (gateway/media/)."""
 
     image: str
     model: str = ""

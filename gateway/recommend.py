@@ -8,7 +8,7 @@ ranked list with one sentence of reasons each, e.g.::
     you're at 47K tokens; the local model's window is 32K
     gemini/gemini-2.0-flash: 1M window, p50 TTFT 0.6 s, 180 tok/s, $0.10/$0.40 per Mtok
 
-The gateway builds the snapshot (gateway/mcp_server.py) from the router's telemetry
+The gateway builds the snapshot (gateway/mcp/switching.py) from the router's telemetry
 and the supervisor's worker table; nothing here does I/O.
 
 Ranking, in order:

@@ -37,19 +37,19 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gateway.appkeys import BUS
 from gateway.bus import Bus
 from gateway.errors import ApiError
 from gateway.keys import KeyCache
-from gateway.providers import DEFAULT_BASE_URLS, PROVIDERS, provider_for
+from gateway.media.images import ocr_chat_images
+from gateway.providers import DEFAULT_BASE_URLS, provider_for
 from gateway.providers.base import CloudSource, Outcome, StaticSource, count_upstream
 from gateway.telemetry import Telemetry
 from protocol import messages as m
 from protocol.chat import ChatRequest, ImagePart, ToolResultPart, all_text
-from protocol.config import Config, EndpointConfig, ModelConfig
+from protocol.config import Config, EndpointConfig, ModelConfig, validate
 
 log = structlog.get_logger()
-
-BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 
 
 class Source(Protocol):
@@ -224,23 +224,6 @@ def plan(cfg: Config, req: ChatRequest, override: str | None = None) -> list[Tar
         # "prompt is too long" is clearer than a 404).
         out.append(chosen[0])
     return out
-
-
-def validate(cfg: Config) -> list[str]:
-    """Problems in ``[[endpoints]]`` / ``[routing]`` a user must fix."""
-    problems = []
-    names = [e.name for e in cfg.endpoints]
-    for n in {n for n in names if names.count(n) > 1}:
-        problems.append(f"endpoints: the name {n!r} is used twice")
-    for e in cfg.endpoints:
-        if e.provider not in PROVIDERS:
-            problems.append(f"endpoints.{e.name}.provider: {e.provider!r} is not one of {', '.join(PROVIDERS)}")
-        if "/" in e.name:
-            problems.append(f"endpoints.{e.name}: a name cannot contain '/'")
-    for r in cfg.routing.rules:
-        if r.when not in ("background", "thinking", "long_context", "images"):
-            problems.append(f"routing.rules: when = {r.when!r} is not one of background, thinking, long_context, images")
-    return problems
 
 
 # -------------------------------------------------------------------- runtime
@@ -428,8 +411,6 @@ async def open_source(request: web.Request, req: ChatRequest, *, count: bool = F
     if bus.config.media.ocr_images and not count and has_images(req):
         local = bus.model_config(req.model)
         if local is not None and local.backend in BLIND_BACKENDS:
-            from gateway.media import ocr_chat_images  # late: media imports this module
-
             req = await ocr_chat_images(bus, req)
     router = request.app.get(ROUTER)
     if router is None or not (router.active or router.overrides or router.global_override):
@@ -477,8 +458,8 @@ async def admin_endpoints(request: web.Request) -> web.StreamResponse:
                  "override": router.overrides.get(sid)} for sid, s in router.telemetry.sessions.items()]
     return _json({
         "endpoints": eps,
-        "local_models": [{"name": mc.name, "backend": mc.backend, "context_window": mc.context_window}
-                         for mc in cfg.models],
+        "local_models": [{"name": mc.name, "backend": mc.backend, "context_window": mc.context_window,
+                          "telemetry": router.telemetry.endpoint_summary(mc.name)} for mc in cfg.models],
         "routing": msgspec.to_builtins(cfg.routing),
         "sessions": sessions,
     })

@@ -21,13 +21,23 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
 DEFAULT_PORT = 8765
 DEFAULT_MODEL_NAME = "gemma3-270m"
+
+# The vocabularies a config names. A value outside them is a load-time error that
+# names the field and the allowed values (:func:`load_config`).
+Backend = Literal["fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed"]
+Provider = Literal["anthropic", "openai", "gemini", "openai_compatible"]
+RuleKind = Literal["background", "thinking", "long_context", "images"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+PROVIDERS: tuple[str, ...] = get_args(Provider)
+RULE_KINDS: tuple[str, ...] = get_args(RuleKind)
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -73,7 +83,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    backend: str
+    backend: Backend
     aliases: list[str] = msgspec.field(default_factory=list)  # exact names or globs
     workers: int = 1
     path: str = ""
@@ -132,7 +142,7 @@ class EndpointConfig(msgspec.Struct, forbid_unknown_fields=True):
     upstream accepts (Anthropic only; others are filtered out)."""
 
     name: str
-    provider: str
+    provider: Provider
     base_url: str = ""
     key: str | None = None
     models: list[EndpointModel] = msgspec.field(default_factory=list)
@@ -146,7 +156,7 @@ class RoutingRule(msgspec.Struct, forbid_unknown_fields=True):
     tried in order. ``models``: globs of requested names the rule applies to
     (empty: all)."""
 
-    when: str
+    when: RuleKind
     to: str | list[str]
     models: list[str] = msgspec.field(default_factory=list)
 
@@ -213,7 +223,7 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True):
     auto_apply_recommendation: bool = False
     # Where ocr_image, transcribe_audio, speak_text and upscale_image may read and
     # write files (empty: the home directory and the system temp directory); hidden
-    # files and directories below them are refused (gateway/media.py).
+    # files and directories below them are refused (gateway/media/tools.py).
     media_dirs: list[str] = msgspec.field(default_factory=list)
     recommend_output_tokens: int = 800
     usd_per_second: float = 0.01
@@ -269,7 +279,73 @@ def default_config() -> Config:
     )
 
 
+def config_path(arg: str | None = None) -> str | None:
+    """The config file to use: ``arg`` (``--config``), else ``$TURNOUT_CONFIG``, else
+    ``$XDG_CONFIG_HOME/turnout/config.toml`` (``~/.config/...``) if it exists; None
+    (the built-in defaults) when there is none."""
+    if arg:
+        return arg
+    env = os.environ.get("TURNOUT_CONFIG")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    p = Path(xdg) / "turnout" / "config.toml"
+    return str(p) if p.exists() else None
+
+
+def gateway_url(port: int | None = None, config: str | None = None) -> str:
+    """The running gateway's base URL: ``$TURNOUT_URL``, else the config's host and
+    port (``port`` overrides the latter); a wildcard bind is reached on loopback."""
+    env = os.environ.get("TURNOUT_URL")
+    if env:
+        return env.rstrip("/")
+    cfg = load_config(config_path(config))
+    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{port or cfg.server.port}"
+
+
+# Fields whose values come from a fixed vocabulary, for the error that names them.
+_ALLOWED: dict[str, tuple[str, ...]] = {
+    "backend": BACKENDS, "provider": PROVIDERS, "when": RULE_KINDS, "worker_routing": ("cache_aware", "least_loaded"),
+}
+_ENUM_ERROR = re.compile(r"Invalid enum value (?P<value>.*) - at `\$(?P<path>[^`]*)`")
+
+
+def _field_path(raw: Any, path: str) -> str:
+    """``$.endpoints[0].provider`` as a person reads it: ``endpoints.x.provider``
+    (an entry of a list named by its ``name``, when it has one)."""
+    out: list[str] = []
+    node = raw
+    for key, index in re.findall(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]", path):
+        if key:
+            out.append(key)
+            node = node.get(key) if isinstance(node, dict) else None
+        else:
+            node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+            name = node.get("name") if isinstance(node, dict) else None
+            out.append(name if isinstance(name, str) and name else index)
+    return ".".join(out)
+
+
+def _validation_message(raw: bytes, e: msgspec.ValidationError) -> str:
+    text = str(e)
+    hit = _ENUM_ERROR.fullmatch(text)
+    if hit is None:
+        return text
+    try:
+        tree = msgspec.toml.decode(raw)
+    except msgspec.DecodeError:
+        tree = None
+    where = _field_path(tree, hit["path"])
+    allowed = _ALLOWED.get(where.rsplit(".", 1)[-1])
+    if allowed is None:
+        return text
+    return f"{where}: {hit['value']} is not one of {', '.join(allowed)}"
+
+
 def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """The config in the TOML file ``path`` (None: :func:`default_config`), checked:
+    a :class:`ConfigError` names the first field that is wrong and why."""
     if path is None:
         return default_config()
     p = Path(path)
@@ -280,7 +356,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     try:
         cfg = msgspec.toml.decode(raw, type=Config)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{p}: {e}") from None
+        raise ConfigError(f"{p}: {_validation_message(raw, e)}") from None
     except msgspec.DecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     names = [m.name for m in cfg.models]
@@ -293,7 +369,28 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     problem = server_problem(cfg.server)
     if problem:
         raise ConfigError(f"{p}: {problem}")
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(f"{p}: " + "; ".join(problems))
     return cfg
+
+
+def validate(cfg: Config) -> list[str]:
+    """Problems in ``[[endpoints]]`` / ``[routing]`` a user must fix (what the types
+    alone cannot say)."""
+    problems = []
+    names = [e.name for e in cfg.endpoints]
+    for n in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"endpoints: the name {n!r} is used twice")
+    for e in cfg.endpoints:
+        if e.provider not in PROVIDERS:
+            problems.append(f"endpoints.{e.name}.provider: {e.provider!r} is not one of {', '.join(PROVIDERS)}")
+        if "/" in e.name:
+            problems.append(f"endpoints.{e.name}: a name cannot contain '/'")
+    for r in cfg.routing.rules:
+        if r.when not in RULE_KINDS:
+            problems.append(f"routing.rules: when = {r.when!r} is not one of {', '.join(RULE_KINDS)}")
+    return problems
 
 
 def server_problem(s: ServerConfig) -> str:

@@ -202,3 +202,22 @@ def peer_credentials(peer_address: str | None) -> tuple[int | None, int | None]:
     if not (uid.isdigit() and gid.isdigit()):
         return None, None
     return int(uid), (int(pid) if pid.isdigit() else None)
+
+
+# Where an instance keeps its state: shared by the supervisor (pid file, log) and
+# the gateway (routing.json).
+
+
+def state_base() -> Path:
+    """``$XDG_STATE_HOME``, else ``~/.local/state``: the directory above turnout's own."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return Path(xdg) if xdg else Path(os.path.expanduser("~")) / ".local" / "state"
+
+
+def state_dir() -> Path:
+    return state_base() / "turnout"
+
+
+def instance_state_dir(port: int) -> Path:
+    """The state directory of the instance serving ``port``."""
+    return state_dir() / str(port)

@@ -45,6 +45,7 @@ import zmq
 
 from protocol import messages as m
 from protocol.config import Config, ModelConfig, encode_config
+from protocol.exits import EXIT_MODEL_LOAD_ERROR
 from protocol.paths import ensure_private_dir, open_private, peer_credentials
 from protocol.sockets import (
     Endpoints,
@@ -57,10 +58,10 @@ from protocol.sockets import (
     serve_local,
     unlink_ipc,
 )
+from protocol.specs import WorkerSpec
 from supervisor import memory, policy
 from supervisor.control import instance_state_dir, state_base
 from supervisor.process import Child, kill_now, spawn, stop_ladder
-from workers.base import EXIT_MODEL_LOAD_ERROR, WorkerSpec
 
 log = structlog.get_logger()
 

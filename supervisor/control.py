@@ -37,7 +37,10 @@ from protocol.paths import (
     check_own_socket,
     check_private_dir,
     ensure_private_dir,
+    instance_state_dir,
     peer_credentials,
+    state_base,
+    state_dir,  # noqa: F401 - the supervisor's callers read it here
 )
 from protocol.sockets import Endpoints, default_runtime_dir, default_runtime_root, make_socket
 
@@ -59,24 +62,10 @@ class NoAnswer(NotRunning):
         self.timeout_s = timeout_s
 
 
-def state_base() -> Path:
-    """``$XDG_STATE_HOME``, else ``~/.local/state``: the directory above turnout's own."""
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return Path(xdg) if xdg else Path(os.path.expanduser("~")) / ".local" / "state"
-
-
-def state_dir() -> Path:
-    return state_base() / "turnout"
-
-
 def ensure_instance_state_dir(port: int) -> Path:
     """The instance's state directory, made 0700 (``turnout`` and ``PORT`` both) and
     checked (protocol/paths.py). Raises UnsafePathError."""
     return ensure_private_dir(instance_state_dir(port), state_base())
-
-
-def instance_state_dir(port: int) -> Path:
-    return state_dir() / str(port)
 
 
 def pidfile_path(port: int) -> Path:

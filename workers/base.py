@@ -50,15 +50,12 @@ import zmq
 
 from protocol import messages as m
 from protocol.chat import ChatRequest
+from protocol.exits import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR, EXIT_OK
 from protocol.sockets import Endpoints, join_bus, make_socket
+from protocol.specs import WorkerSpec
 
 log = structlog.get_logger()
 
-# Named exit codes: the supervisor reads them (STYLE: terminal states are explicit).
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_MODEL_LOAD_ERROR = 3  # do not restart in a loop: the model cannot load
-EXIT_PROTOCOL_ERROR = 4
 
 HEARTBEAT_INTERVAL_S = 0.5
 
@@ -131,23 +128,6 @@ class Backend(Protocol):
     def count_tokens(self, req: ChatRequest) -> int: ...
 
     def generate(self, request_id: str, req: ChatRequest, ctx: GenContext) -> Generator[GenItem, None, None]: ...
-
-
-class WorkerSpec(msgspec.Struct):
-    """Everything a worker process needs, passed by the supervisor as JSON."""
-
-    id: str
-    backend: str
-    model: str
-    runtime_dir: str
-    gateway_ids: list[str]
-    options: dict[str, Any] = msgspec.field(default_factory=dict)
-    path: str = ""
-    context_window: int = 0
-    aliases: list[str] = msgspec.field(default_factory=list)
-    # The instance's bus secret: presented on every connection (protocol/sockets.py).
-    # In the spec on stdin, never on the command line or in the environment.
-    bus_secret: str = ""
 
 
 # ------------------------------------------------------------------------ I/O thread

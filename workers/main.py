@@ -13,11 +13,12 @@ import sys
 
 import structlog
 
+from protocol.config import BACKENDS
+from protocol.exits import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR
 from protocol.logs import setup_logging
 from protocol.spawn import read_spec
-from workers.base import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR, ModelLoadError, WorkerSpec, run_worker
-
-BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed"}
+from protocol.specs import WorkerSpec
+from workers.base import ModelLoadError, run_worker
 
 
 def main() -> int:

@@ -24,7 +24,9 @@ import os
 import secrets
 from pathlib import Path
 
-PREFIX = "turnout1."
+from protocol.signature import PREFIX, is_turnout_signature
+
+__all__ = ["PREFIX", "Signer", "install_signer", "is_turnout_signature", "key_path", "load_key"]
 KEY_BYTES = 32
 
 
@@ -88,9 +90,3 @@ def install_signer() -> Signer:
         return Signer(load_key())
     except OSError:
         return Signer(secrets.token_bytes(KEY_BYTES))
-
-
-def is_turnout_signature(signature: str) -> bool:
-    """Whether a signature has turnout's shape (any install); use :meth:`Signer.verify`
-    to know whether it is this install's."""
-    return signature.startswith(PREFIX)

@@ -12,6 +12,9 @@ provider's stream back into turnout's stream messages.
 from __future__ import annotations
 
 from gateway.providers.base import Provider
+from protocol.config import PROVIDERS
+
+__all__ = ["DEFAULT_BASE_URLS", "PROVIDERS", "provider_for"]
 
 
 def provider_for(kind: str) -> Provider:
@@ -30,7 +33,6 @@ def provider_for(kind: str) -> Provider:
     raise ValueError(f"unknown provider {kind!r}: use anthropic, openai, gemini or openai_compatible")
 
 
-PROVIDERS = ("anthropic", "openai", "gemini", "openai_compatible")
 DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
     "openai": "https://api.openai.com/v1",

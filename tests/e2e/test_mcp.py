@@ -312,3 +312,20 @@ def test_switches_survive_a_gateway_crash_and_a_restart(tmp_path: Path) -> None:
         assert status == 200 and s["override"] == "fake2"
     finally:
         t2.stop()
+
+
+def test_telemetry_and_routing_work_with_mcp_off(turnout_factory) -> None:  # type: ignore[no-untyped-def]
+    """``[mcp] enabled = false`` turns off /mcp only: local models are still measured
+    (what endpoint_recommend ranks on), usage is still counted, and a session is
+    still switched through /admin/sessions."""
+    t2 = turnout_factory(TWO_FAKES + "\n[mcp]\nenabled = false\n")
+    assert http(t2, "POST", "/mcp", {})[0] == 404
+    chat(t2, "off-A", "hello")
+    status, s = http(t2, "GET", "/admin/endpoints")
+    assert status == 200
+    fake = next(x for x in s["local_models"] if x["name"] == "fake")["telemetry"]
+    assert fake["requests"] == 1 and fake["ttft_ms_p50"] is not None and fake["tokens_per_s"] is not None
+    assert served_by(t2, "off-A") == "fake"
+    assert http(t2, "PUT", "/admin/sessions/off-A", {"target": "fake2"})[0] == 200
+    assert chat(t2, "off-A", "a b c d e f")["usage"]["output_tokens"] == 3
+    assert chat(t2, "off-B", "a b c d e f")["usage"]["output_tokens"] == 12

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.mcp_server import Choice, ToolUseIndex, match_target
+from gateway.mcp.targets import Choice, match_target
+from gateway.telemetry import ToolUseIndex
 from protocol.config import Config, EndpointConfig, EndpointModel, ModelConfig
 
 CFG = Config(models=[ModelConfig(name="gemma3-270m", backend="llama_cpp")],

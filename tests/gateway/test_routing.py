@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import msgspec
-import pytest
 
 from gateway.routing import estimate_tokens, plan, validate
 from protocol.chat import ChatRequest, ImagePart, Message, TextPart, ThinkingConfig, Tool
@@ -118,14 +117,10 @@ def test_unknown_name_without_default_plans_nothing() -> None:
     assert plan(cfg, req("nothing-serves-this")) == []
 
 
-@pytest.mark.parametrize(("toml", "problem"), [
-    (b'[[endpoints]]\nname = "x"\nprovider = "azure"\n', "provider"),
-    (b'[[endpoints]]\nname = "x"\nprovider = "openai"\n[[endpoints]]\nname = "x"\nprovider = "gemini"\n', "twice"),
-    (b'[[routing.rules]]\nwhen = "sometimes"\nto = "x"\n', "when"),
-])
-def test_config_problems_are_named(toml: bytes, problem: str) -> None:
+def test_config_problems_are_named() -> None:
+    toml = b'[[endpoints]]\nname = "x"\nprovider = "openai"\n[[endpoints]]\nname = "x"\nprovider = "gemini"\n'
     problems = validate(msgspec.toml.decode(toml, type=Config))
-    assert problems and problem in problems[0]
+    assert problems and "twice" in problems[0]
 
 
 def test_old_config_without_endpoints_still_loads() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.config import ConfigError, default_config, load_config
+from protocol.config import ConfigError, config_path, default_config, gateway_url, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -60,6 +60,47 @@ def test_bad_config_says_what(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as ei:
         load_config(write(tmp_path, text))
     assert needle in str(ei.value)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ('[[models]]\nname = "m"\nbackend = "llama-cpp"\n',
+     "models.m.backend: 'llama-cpp' is not one of fake, llama_cpp, mlx_lm, ocr, stt, tts, upscale, embed"),
+    ('[[endpoints]]\nname = "x"\nprovider = "azure"\n',
+     "endpoints.x.provider: 'azure' is not one of anthropic, openai, gemini, openai_compatible"),
+    ('[[routing.rules]]\nwhen = "sometimes"\nto = "x"\n',
+     "routing.rules.0.when: 'sometimes' is not one of background, thinking, long_context, images"),
+    ("[server]\nworker_routing = 'random'\n", "server.worker_routing: 'random' is not one of cache_aware, least_loaded"),
+    ('[[endpoints]]\nname = "x"\nprovider = "openai"\n[[endpoints]]\nname = "x"\nprovider = "gemini"\n',
+     "endpoints: the name 'x' is used twice"),
+    ('[[endpoints]]\nname = "a/b"\nprovider = "openai"\n', "endpoints.a/b: a name cannot contain '/'"),
+])
+def test_a_typo_in_a_vocabulary_fails_at_load_naming_field_and_choices(tmp_path: Path, text: str,
+                                                                         needle: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, text))
+    assert needle in str(ei.value)
+
+
+def test_config_file_is_found_by_flag_then_env_then_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TURNOUT_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert config_path(None) is None  # nothing: the built-in defaults
+    xdg = tmp_path / "xdg" / "turnout" / "config.toml"
+    xdg.parent.mkdir(parents=True)
+    xdg.write_text("[server]\nport = 9100\n")
+    assert config_path(None) == str(xdg)
+    monkeypatch.setenv("TURNOUT_CONFIG", "/env.toml")
+    assert config_path(None) == "/env.toml"
+    assert config_path("/flag.toml") == "/flag.toml"
+
+
+def test_gateway_url_from_env_else_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TURNOUT_URL", "http://h:1/")
+    assert gateway_url() == "http://h:1"
+    monkeypatch.delenv("TURNOUT_URL")
+    c = write(tmp_path, "[server]\nhost = '0.0.0.0'\nport = 9100\n")
+    assert gateway_url(config=str(c)) == "http://127.0.0.1:9100"
+    assert gateway_url(9200, str(c)) == "http://127.0.0.1:9200"
 
 
 def test_missing_file(tmp_path: Path) -> None:

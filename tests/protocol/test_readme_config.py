@@ -7,8 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.routing import validate
-from protocol.config import load_config
+from protocol.config import load_config, validate
 from workers.llama_cpp import LlamaOptions
 
 

@@ -1,0 +1,11 @@
+"""The gateway app's shared keys, in a module of their own so that any gateway
+module can reach the bus without importing the routing (which imports the media
+routes)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.bus import Bus
+
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
