@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -17,16 +15,11 @@ class ImplementationMissing(Exception):
 
 
 def config_path(arg: str | None) -> str | None:
-    """The config file ``turnout up`` reads: ``--config``, else $TURNOUT_CONFIG, else
-    ``$XDG_CONFIG_HOME/turnout/config.toml`` when it exists, else None (the defaults)."""
-    if arg:
-        return arg
-    env = os.environ.get("TURNOUT_CONFIG")
-    if env:
-        return env
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    p = Path(xdg) / "turnout" / "config.toml"
-    return str(p) if p.exists() else None
+    """The config file ``turnout up`` reads (:func:`protocol.config.config_path`,
+    imported only when a command needs it)."""
+    from protocol.config import config_path as find
+
+    return find(arg)
 
 
 def load(module: str, command: str) -> ModuleType:

@@ -24,11 +24,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # The supervisor finds a model's file and reads its GGUF header for admission.
     ("supervisor/arbiter.py", "workers.models"): "locate: model files belong in a shared place",
     ("supervisor/memory.py", "workers.models"): "read_gguf_kv: a GGUF header reader for protocol/",
-    # The CLI lives in supervisor/cli.py until the cli/ package (issue 15) takes it.
-    ("supervisor/cli.py", "gateway.auth"): "the CLI: to cli/",
-    ("supervisor/cli.py", "gateway.routing"): "the CLI: to cli/ (validate() is protocol.config's)",
-    ("supervisor/cli.py", "gateway.claude_setup"): "the CLI: to cli/",
-    ("supervisor/cli.py", "workers.models"): "the CLI: to cli/",
     # `turnout formats` renders a request the way an API adapter parses it.
     ("workers/formats/cli.py", "gateway.openai_chat"): "the CLI: to cli/",
     ("workers/formats/cli.py", "gateway.anthropic"): "the CLI: to cli/",
