@@ -25,7 +25,7 @@ from protocol.config import decode_config
 from protocol.logs import setup_logging
 from protocol.sockets import Endpoints
 from protocol.spawn import read_spec
-from supervisor.arbiter import GatewaySpec
+from protocol.specs import GatewaySpec
 from supervisor.control import instance_state_dir
 
 log = structlog.get_logger()
