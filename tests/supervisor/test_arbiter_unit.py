@@ -106,6 +106,14 @@ class Harness:
                     self.handlers.handle(s.id, m.Heartbeat(id=s.id, last_step_ns=0, in_flight=p.in_flight))
         self.fleet.tick()
 
+    def crash(self, slot_id: str, times: int, apart_s: float) -> None:
+        """The worker exits with code 1, is reaped, and ``apart_s`` later (restarted
+        by then, unless parked) the same again, ``times`` times."""
+        for _ in range(times):
+            self.proc(slot_id).code = 1
+            self.tick()
+            self.tick(apart_s)
+
     def states(self, model: str) -> dict[str, str]:
         return {s.id: s.state for s in self.fleet.pools[model].slots.values()}
 
@@ -249,10 +257,7 @@ def test_a_crashed_worker_restarts_with_growing_backoff() -> None:
 
 def test_a_worker_that_ran_healthy_long_enough_restarts_at_once_again() -> None:
     h = harness(model("a"), backoff=BackoffPolicy(first_s=0.05, base_s=0.5, jitter=0.0, healthy_s=30.0))
-    for _ in range(3):
-        h.proc("a-0").code = 1
-        h.tick()
-        h.tick(5.0)
+    h.crash("a-0", times=3, apart_s=5.0)
     h.tick(31.0)  # healthy for longer than healthy_s
     h.proc("a-0").code = -9
     h.tick()
@@ -263,10 +268,7 @@ def test_a_worker_that_ran_healthy_long_enough_restarts_at_once_again() -> None:
 
 def test_a_crash_loop_is_parked_and_load_unparks_it() -> None:
     h = harness(model("a"), backoff=BackoffPolicy(first_s=0.0, base_s=0.1, jitter=0.0, park_after=3))
-    for _ in range(3):
-        h.proc("a-0").code = 1
-        h.tick()
-        h.tick(1.0)
+    h.crash("a-0", times=3, apart_s=1.0)
     slot = h.slot("a-0")
     assert slot.state == "failed" and slot.child is None
     assert slot.reason == "crash loop: 3 crashes in a row (exited with code 1)"
