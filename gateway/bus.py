@@ -7,7 +7,9 @@ the ZeroMQ file descriptors, which are edge-triggered: every reader drains until
 * ROUTER, bound: workers connect their DEALER; ``Generate``/``Cancel`` go out,
   ``Hello``/``Ready`` come in.
 * SUB, bound, subscribed once to this gateway's id: every token of every stream.
-* DEALER to the supervisor's bus ROUTER: hello, ready, commands.
+* DEALER to the supervisor's bus ROUTER: hello, ready, commands. Each command
+  carries a fresh ``call_id`` and is answered by the reply carrying the same one;
+  a reply no command waits for (it timed out) is dropped (issue 15).
 * SUB to the supervisor's event PUB: worker state changes (a worker that exited
   fails the requests it held; a draining one gets no new request but finishes what
   it holds).
@@ -76,12 +78,6 @@ from protocol.sockets import (
 log = structlog.get_logger()
 
 REPORT_INTERVAL_S = 1.0
-# What answers each command (anything else arriving meanwhile is a late reply to an
-# earlier one that timed out); ErrorReply may answer any.
-_REPLIES: dict[type, tuple[type, ...]] = {
-    m.ListWorkers: (m.WorkersReply,), m.Status: (m.StatusReply,), m.LoadModel: (m.Ack, m.LoadRefused),
-    m.ScaleModel: (m.Ack, m.LoadRefused),
-}
 # Stream messages taken off the SUB socket per turn of the event loop: a worker that
 # streams faster than the gateway reads must not keep the loop from everything else
 # (/healthz, other streams, a client's disconnect). The rest waits for the next turn.
@@ -200,7 +196,6 @@ class Bus:
         self.endpoints = endpoints
         self.config = config
         self._secret = secret
-        self._cmd_sent_at = 0.0
         self.ctx = zmq.Context()
         self.workers: dict[str, WorkerRef] = {}
         self.streams: dict[str, RequestStream] = {}
@@ -213,9 +208,9 @@ class Bus:
         self._dec_sup = msgspec.msgpack.Decoder(m.FromSupervisor)
         self._dec_event = msgspec.msgpack.Decoder(m.Event)
         self._worker_changed: asyncio.Event | None = None
-        self._cmd_lock: asyncio.Lock | None = None
-        self._cmd_reply: asyncio.Future[m.FromSupervisor] | None = None
-        self._cmd_expect: tuple[type, ...] = ()
+        # Commands waiting for their reply, by call_id: (the reply's future, when sent).
+        self._calls: dict[int, tuple[asyncio.Future[m.FromSupervisor], float]] = {}
+        self._call_ids = itertools.count(1)
         self.on_cancel_done: Callable[[RequestStream, m.Done], None] | None = None
         self.model_failed: dict[str, str] = {}  # parked models (supervisor events)
         self._loads: dict[str, asyncio.Future[m.FromSupervisor]] = {}  # one LoadModel per model
@@ -227,7 +222,6 @@ class Bus:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._worker_changed = asyncio.Event()
-        self._cmd_lock = asyncio.Lock()
         # Before anything binds: every connection is authenticated from the first.
         self.zap = ZapHandler(self.ctx, self._secret)
         self.zap.start()
@@ -401,15 +395,16 @@ class Bus:
             if isinstance(msg, m.Refused):
                 log.error("supervisor_refused", message=msg.message)
                 continue
+            call = self._calls.pop(msg.call_id, None)
+            if call is None:
+                # No command waits for it: the answer to one that timed out (a
+                # /healthz Status, say), or to one sent without waiting (call_id 0).
+                log.debug("stale_supervisor_reply", got=type(msg).__name__, call_id=msg.call_id)
+                continue
+            fut, sent_at = call
             if isinstance(msg, m.StatusReply | m.WorkersReply):
-                self.reconcile(msg.workers, self._cmd_sent_at)
-            fut = self._cmd_reply
-            if fut is not None and not fut.done():
-                if not isinstance(msg, self._cmd_expect):
-                    # Replies carry no id: this one answers an earlier command that
-                    # timed out (a /healthz Status, say), not the one waiting now.
-                    log.debug("stale_supervisor_reply", got=type(msg).__name__)
-                    continue
+                self.reconcile(msg.workers, sent_at)
+            if not fut.done():
                 fut.set_result(msg)
 
     def _drain_events(self) -> None:
@@ -710,16 +705,17 @@ class Bus:
         self._terminate(st, m.Failed(st.rid, st.expected_seq, "worker_died", "worker wedged"))
 
     async def command(self, cmd: m.Command, timeout: float = 5.0) -> m.FromSupervisor:
-        assert self._cmd_lock is not None
-        async with self._cmd_lock:
-            self._cmd_reply = asyncio.get_running_loop().create_future()
-            self._cmd_expect = (*_REPLIES.get(type(cmd), (m.Ack,)), m.ErrorReply)
-            self._cmd_sent_at = time.monotonic()
-            self._send_sup(cmd)
-            try:
-                return await asyncio.wait_for(self._cmd_reply, timeout)
-            finally:
-                self._cmd_reply = None
+        """Send ``cmd`` to the supervisor and wait up to ``timeout`` for its reply,
+        the one that carries its ``call_id`` (raises TimeoutError). Several may wait
+        at once; a reply that comes after its command gave up is dropped."""
+        call_id = next(self._call_ids)
+        fut: asyncio.Future[m.FromSupervisor] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = (fut, time.monotonic())
+        try:
+            self._send_sup(msgspec.structs.replace(cmd, call_id=call_id))
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._calls.pop(call_id, None)
 
     def context_window(self, mc: ModelConfig) -> int:
         """The configured window, else what the model's workers loaded it with."""

@@ -27,7 +27,7 @@ from protocol.logs import setup_logging
 from protocol.paths import instance_state_dir
 from protocol.sockets import Endpoints
 from protocol.spawn import read_spec
-from supervisor.arbiter import GatewaySpec
+from protocol.specs import GatewaySpec
 
 log = structlog.get_logger()
 

@@ -304,20 +304,24 @@ class Heartbeat(_Msg, tag="hb"):
 
 
 class ListWorkers(_Msg, tag="list"):
-    pass
+    call_id: int = 0  # appended (issue 15): the reply echoes it (see ``Command``)
 
 
 class RestartWorker(_Msg, tag="restart"):
     worker_id: str
     reason: str = ""
+    call_id: int = 0
 
 
 class Shutdown(_Msg, tag="shutdown"):
-    pass
+    call_id: int = 0
 
 
 # Supervisor control (issue 4): typed commands of the CLI and the gateway; each is
-# answered by one ``FromSupervisor`` message, except ``GatewayReport``.
+# answered by one ``FromSupervisor`` message, except ``GatewayReport``. Every command
+# carries a ``call_id`` of the sender's choosing and its reply the same one (issue 15),
+# so a reply that comes after its command timed out is recognised and dropped, never
+# taken as the answer to the next command. 0: the sender waits for no answer.
 
 
 class WorkerLoad(msgspec.Struct, omit_defaults=True):
@@ -341,6 +345,8 @@ class GatewayReport(_Msg, tag="gwreport"):
 class Status(_Msg, tag="status"):
     """Answered by ``StatusReply``: workers, models, memory."""
 
+    call_id: int = 0
+
 
 class ScaleModel(_Msg, tag="scale"):
     """Run ``workers`` workers of a model, or of every model of a backend. Scaling
@@ -348,6 +354,7 @@ class ScaleModel(_Msg, tag="scale"):
 
     target: str
     workers: int
+    call_id: int = 0
 
 
 class LoadModel(_Msg, tag="load"):
@@ -357,12 +364,14 @@ class LoadModel(_Msg, tag="load"):
 
     model: str
     unpark: bool = False
+    call_id: int = 0
 
 
 class EvictModel(_Msg, tag="evict"):
     """Drain and stop every worker of a model."""
 
     model: str
+    call_id: int = 0
 
 
 Command = ListWorkers | RestartWorker | Shutdown | Status | ScaleModel | LoadModel | EvictModel
@@ -389,14 +398,17 @@ class WorkerInfo(msgspec.Struct, omit_defaults=False):
 
 class WorkersReply(_Msg, tag="workers"):
     workers: list[WorkerInfo]
+    call_id: int = 0  # the command's (see ``Command``)
 
 
 class Ack(_Msg, tag="ack"):
     message: str = ""
+    call_id: int = 0
 
 
 class ErrorReply(_Msg, tag="error"):
     message: str
+    call_id: int = 0
 
 
 class Refused(_Msg, tag="refused"):
@@ -411,6 +423,7 @@ class LoadRefused(_Msg, tag="refused_load"):
 
     message: str
     retry_after_s: float = 0.0
+    call_id: int = 0
 
 
 class ModelInfo(msgspec.Struct, omit_defaults=False):
@@ -436,9 +449,12 @@ class StatusReply(_Msg, tag="statusr"):
     hard_available_bytes: int = 0
     port: int = 0
     gateway_ready: bool = False
+    call_id: int = 0
 
 
 FromSupervisor = WorkersReply | Ack | ErrorReply | Refused | LoadRefused | StatusReply
+# The replies to commands (every FromSupervisor but ``Refused``, which answers a Hello).
+CommandReply = WorkersReply | Ack | ErrorReply | LoadRefused | StatusReply
 
 
 # ------------------------------------------------------------ supervisor PUB events

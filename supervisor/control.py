@@ -8,7 +8,9 @@ pidfile and its daemon log live in the state directory
 several instances on different ports coexist.
 
 :class:`ControlClient` owns one DEALER socket (one owner per socket: the CLI's main
-thread), sends one typed command at a time and waits for its reply with a deadline.
+thread), sends one typed command at a time and waits for its reply with a deadline:
+the reply that carries the command's ``call_id``; one to an earlier command that
+timed out is dropped, never taken as this one's answer.
 A supervisor that is not there (no socket file, or no answer) raises
 :class:`NotRunning`, which the CLI turns into one clear line and exit code 1.
 
@@ -23,8 +25,10 @@ asks before it signals a pid. Each failure raises :class:`Untrusted`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
+import time
 from pathlib import Path
 
 import msgspec
@@ -144,6 +148,7 @@ class ControlClient:
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self.peer_pid: int | None = None  # the kernel's pid of the process that answered
+        self._call_ids = itertools.count(1)
 
     def __enter__(self) -> ControlClient:
         return self
@@ -179,14 +184,26 @@ class ControlClient:
         return self._sock
 
     def request(self, cmd: m.Command, timeout_s: float | None = None) -> m.FromSupervisor:
+        """Send ``cmd`` and return its reply (the one with its ``call_id``); raises
+        NoAnswer when none comes within ``timeout_s`` (default: the client's)."""
         sock = self._socket()
-        sock.send(self._enc.encode(cmd))
+        call_id = next(self._call_ids)
+        sock.send(self._enc.encode(msgspec.structs.replace(cmd, call_id=call_id)))
         wait = timeout_s or self.timeout_s
-        if not sock.poll(int(1000 * wait), zmq.POLLIN):
-            raise NoAnswer(f"no answer on {self.endpoints.control}", wait)
-        frame = sock.recv(copy=False)
-        self._check_peer(frame)
-        return self._dec.decode(frame.buffer)
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(max(1, int(1000 * left)), zmq.POLLIN):
+                raise NoAnswer(f"no answer on {self.endpoints.control}", wait)
+            frame = sock.recv(copy=False)
+            self._check_peer(frame)
+            try:
+                reply = self._dec.decode(frame.buffer)
+            except msgspec.DecodeError:
+                continue
+            if getattr(reply, "call_id", 0) == call_id:
+                return reply
+            # the answer to an earlier command of this client that timed out: not ours
 
     def _check_peer(self, frame: zmq.Frame) -> None:
         try:

@@ -40,6 +40,17 @@ class Child:
     def poll(self) -> int | None:
         return self.popen.poll()
 
+    def terminate(self) -> None:
+        """SIGTERM (the first rung of the stop ladder)."""
+        try:
+            self.popen.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL of the whole tree (a hung or wedged worker)."""
+        kill_now(self)
+
     def tree_rss(self) -> int:
         """RSS of the process and its children, in bytes (0 if gone).
 

@@ -17,12 +17,10 @@ LAYERS = ("gateway", "supervisor", "workers")
 
 # (importing file, imported module) -> why it is still here.
 ALLOWED: dict[tuple[str, str], str] = {
-    # GatewaySpec moves to protocol/specs.py (issue 15, the arbiter's part).
-    ("gateway/main.py", "supervisor.arbiter"): "GatewaySpec: to protocol/specs.py",
     # claude setup reads a local GGUF's context window to size Claude Code's limits.
     ("gateway/claude_setup.py", "workers.models"): "context_window_of: a GGUF header reader for protocol/",
     # The supervisor finds a model's file and reads its GGUF header for admission.
-    ("supervisor/arbiter.py", "workers.models"): "locate: model files belong in a shared place",
+    ("supervisor/fleet.py", "workers.models"): "locate: model files belong in a shared place",
     ("supervisor/memory.py", "workers.models"): "read_gguf_kv: a GGUF header reader for protocol/",
     # `turnout formats` renders a request the way an API adapter parses it.
     ("workers/formats/cli.py", "gateway.openai_chat"): "the CLI: to cli/",

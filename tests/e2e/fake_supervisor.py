@@ -31,12 +31,13 @@ def main() -> int:
     while True:
         ident, raw = sock.recv_multipart()
         msg = dec.decode(raw)
-        reply: m.FromSupervisor
+        reply: m.CommandReply
+        call_id = getattr(msg, "call_id", 0)  # echoed, as the real one does
         if isinstance(msg, m.Status):
             reply = m.StatusReply(workers=[], supervisor_pid=victim, gateway_pid=victim, port=0,
-                                  gateway_ready=True)
+                                  gateway_ready=True, call_id=call_id)
         else:
-            reply = m.Ack("stopping")
+            reply = m.Ack("stopping", call_id=call_id)
         sock.send_multipart([ident, enc.encode(reply)])
 
 

@@ -1,17 +1,26 @@
-"""The gateway bus's registry of workers (gateway/bus.py): a worker that left is
+"""The gateway bus (gateway/bus.py): its registry of workers (a worker that left is
 forgotten when the supervisor's table no longer holds it, without ever dropping
-one that registered after the table was made."""
+one that registered after the table was made), and its commands to the
+supervisor, each answered by the reply that carries its call_id."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
 
 from gateway.bus import Bus, WorkerRef
 from protocol import messages as m
 from protocol.config import Config
-from protocol.sockets import Endpoints
+from protocol.sockets import Endpoints, ZapHandler, bind, make_socket, serve_bus
 
 
 def _info(wid: str, pid: int) -> m.WorkerInfo:
@@ -57,3 +66,88 @@ async def test_a_worker_that_registered_after_the_question_is_kept() -> None:
     bus.workers["w"] = WorkerRef("w", b"w", 999_999_999, {"fake"}, 1, ready=True)
     bus.reconcile([], asked_at)
     assert "w" in bus.workers
+
+
+# ------------------------------------------------ commands and replies (call_id)
+
+SECRET = "unit-bus-token"
+
+
+class _Supervisor:
+    """The supervisor's bus ROUTER, real ZeroMQ over ipc behind the bus secret,
+    answering only when and how a test says."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))  # ipc paths are short
+        self.endpoints = Endpoints(str(self.dir))
+        self.ctx = zmq.Context()
+        self.zap = ZapHandler(self.ctx, SECRET)
+        self.zap.start()
+        self.sock = make_socket(self.ctx, zmq.ROUTER)
+        serve_bus(self.sock)
+        bind(self.sock, self.endpoints.bus)
+        self.enc = msgspec.msgpack.Encoder()
+        self.dec = msgspec.msgpack.Decoder(m.ToSupervisor)
+
+    async def command(self, deadline_s: float = 5.0) -> tuple[bytes, m.Command]:
+        """The next command the gateway sends (its hello and reports are skipped)."""
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.sock.poll(0):
+                ident, raw = self.sock.recv_multipart()
+                msg = self.dec.decode(raw)
+                if isinstance(msg, m.Command):
+                    return ident, msg
+                continue
+            await asyncio.sleep(0.005)
+        raise AssertionError("no command came")
+
+    def reply(self, ident: bytes, msg: m.FromSupervisor) -> None:
+        self.sock.send_multipart([ident, self.enc.encode(msg)])
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.zap.stop()
+        self.ctx.term()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def sup_and_bus() -> AsyncIterator[tuple[_Supervisor, Bus]]:
+    sup = _Supervisor()
+    bus = Bus("gw-test", sup.endpoints, Config(), SECRET)
+    bus.start()
+    try:
+        yield sup, bus
+    finally:
+        bus.close()
+        sup.close()
+
+
+async def test_a_reply_after_its_command_timed_out_does_not_answer_the_next(
+        sup_and_bus: tuple[_Supervisor, Bus]) -> None:
+    sup, bus = sup_and_bus
+    with pytest.raises(TimeoutError):
+        await bus.command(m.LoadModel("a"), timeout=0.2)
+    ident, first = await sup.command()
+    second = asyncio.ensure_future(bus.command(m.LoadModel("a")))
+    _, cmd = await sup.command()
+    assert cmd.call_id != first.call_id and first.call_id != 0
+    sup.reply(ident, m.Ack("to a command sent without waiting"))  # call_id 0: a RestartWorker's, say
+    sup.reply(ident, m.Ack("late", call_id=first.call_id))
+    sup.reply(ident, m.Ack("loading", call_id=cmd.call_id))
+    assert await asyncio.wait_for(second, 5.0) == m.Ack("loading", call_id=cmd.call_id)
+
+
+async def test_replies_find_their_commands_in_any_order(sup_and_bus: tuple[_Supervisor, Bus]) -> None:
+    sup, bus = sup_and_bus
+    load = asyncio.ensure_future(bus.command(m.LoadModel("a")))
+    status = asyncio.ensure_future(bus.command(m.Status()))
+    ident, c1 = await sup.command()
+    _, c2 = await sup.command()
+    by_type = {type(c1): c1, type(c2): c2}
+    sup.reply(ident, m.StatusReply(workers=[], port=7, call_id=by_type[m.Status].call_id))
+    sup.reply(ident, m.LoadRefused("short of memory", 3.0, call_id=by_type[m.LoadModel].call_id))
+    got_status, got_load = await asyncio.wait_for(asyncio.gather(status, load), 5.0)
+    assert isinstance(got_status, m.StatusReply) and got_status.port == 7
+    assert isinstance(got_load, m.LoadRefused) and got_load.message == "short of memory"
