@@ -15,7 +15,15 @@ import structlog
 
 from protocol.logs import setup_logging
 from protocol.spawn import read_spec
-from workers.base import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR, ModelLoadError, WorkerSpec, run_worker
+from workers.base import (
+    BACKEND_EXTRAS,
+    EXIT_ERROR,
+    EXIT_MODEL_LOAD_ERROR,
+    ModelLoadError,
+    WorkerSpec,
+    missing_extra,
+    run_worker,
+)
 
 BACKENDS = {"fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed"}
 
@@ -40,7 +48,8 @@ def main() -> int:
         log.error("model_load_failed", error=str(e))
         return EXIT_MODEL_LOAD_ERROR
     except ImportError as e:
-        log.error("backend_unavailable", backend=spec.backend, error=str(e))
+        why = missing_extra(spec.backend, e) if spec.backend in BACKEND_EXTRAS else e
+        log.error("backend_unavailable", backend=spec.backend, error=str(why))
         return EXIT_MODEL_LOAD_ERROR
     try:
         return run_worker(spec, backend)
