@@ -65,6 +65,10 @@ class OcrBackend(MediaBackend):
 
     def load(self) -> None:
         o = self.opts
+        try:
+            import PIL.Image  # noqa: F401  (every page is decoded with it, whatever the engine)
+        except ImportError as e:
+            raise missing_extra("ocr", e) from None
         if o.engine == "tesseract":
             try:
                 subprocess.run(["tesseract", "--version"], capture_output=True, check=True, timeout=30)

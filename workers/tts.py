@@ -90,6 +90,10 @@ class TtsBackend(MediaBackend):
         self.sample_rate = 22050
 
     def load(self) -> None:
+        try:
+            import av  # noqa: F401  (speech encoded as mp3, OpenAI's default, whatever the engine)
+        except ImportError as e:
+            raise missing_extra("tts", e) from None
         if self.opts.engine == "espeak":
             try:
                 subprocess.run(["espeak-ng", "--version"], capture_output=True, check=True, timeout=30)
