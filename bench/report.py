@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,14 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Bar charts of TTFT and decode speed, and tokens/s against concurrency."""
-    import matplotlib
+    """Bar charts of TTFT and decode speed, and tokens/s against concurrency (none
+    without matplotlib, which only turnout's dev extra installs; it says so)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("turnout bench: no plots: matplotlib is not installed (pip install matplotlib, "
+              "or turnout's dev extra)", file=sys.stderr)
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

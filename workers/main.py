@@ -18,7 +18,7 @@ from protocol.exits import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR
 from protocol.logs import setup_logging
 from protocol.spawn import read_spec
 from protocol.specs import WorkerSpec
-from workers.base import ModelLoadError, run_worker
+from workers.base import BACKEND_EXTRAS, ModelLoadError, missing_extra, run_worker
 
 
 def main() -> int:
@@ -41,7 +41,8 @@ def main() -> int:
         log.error("model_load_failed", error=str(e))
         return EXIT_MODEL_LOAD_ERROR
     except ImportError as e:
-        log.error("backend_unavailable", backend=spec.backend, error=str(e))
+        why = missing_extra(spec.backend, e) if spec.backend in BACKEND_EXTRAS else e
+        log.error("backend_unavailable", backend=spec.backend, error=str(why))
         return EXIT_MODEL_LOAD_ERROR
     try:
         return run_worker(spec, backend)

@@ -61,7 +61,14 @@ from protocol import prompt_prefix as pp
 from protocol.chat import ChatRequest, Usage
 from workers import chat_templates as ct
 from workers import tool_calls as tc
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from workers.base import (
+    BackendError,
+    GenContext,
+    GenItem,
+    ModelLoadError,
+    WorkerSpec,
+    missing_extra,
+)
 from workers.formats.grammar import forced_prefix
 from workers.signing import install_signer
 
@@ -220,6 +227,13 @@ class MlxBackend:
 
     def load(self) -> None:
         o = self.opts
+        try:
+            import mlx.core as mx
+            import mlx_lm
+            from mlx_lm.models.cache import make_prompt_cache
+            from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        except ImportError as e:
+            raise missing_extra("mlx_lm", e) from None
         if not self.spec.path:
             raise ModelLoadError("mlx_lm needs `path`: a local MLX model directory (mlx_lm.convert writes one)")
         path = Path(self.spec.path).expanduser()
@@ -228,13 +242,6 @@ class MlxBackend:
             # download it: turnout never downloads implicitly.
             raise ModelLoadError(f"{path} is not an MLX model directory (no config.json); "
                                  "convert a model with `mlx_lm.convert --hf-path ORG/REPO --mlx-path DIR`")
-        try:
-            import mlx.core as mx
-            import mlx_lm
-            from mlx_lm.models.cache import make_prompt_cache
-            from mlx_lm.sample_utils import make_logits_processors, make_sampler
-        except ImportError as e:
-            raise ModelLoadError(f"mlx-lm is not installed: {e} (pip install 'turnout[mlx]')") from None
         self._mx = mx
         self._make_sampler = make_sampler
         self._make_processors = make_logits_processors

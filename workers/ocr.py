@@ -34,7 +34,14 @@ import numpy as np
 import zmq
 
 from protocol import messages as m
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from workers.base import (
+    BackendError,
+    GenContext,
+    GenItem,
+    ModelLoadError,
+    WorkerSpec,
+    missing_extra,
+)
 from workers.media import MediaBackend, input_bytes, open_images, parse_options
 
 
@@ -58,6 +65,10 @@ class OcrBackend(MediaBackend):
 
     def load(self) -> None:
         o = self.opts
+        try:
+            import PIL.Image  # noqa: F401  (every page is decoded with it, whatever the engine)
+        except ImportError as e:
+            raise missing_extra("ocr", e) from None
         if o.engine == "tesseract":
             try:
                 subprocess.run(["tesseract", "--version"], capture_output=True, check=True, timeout=30)
@@ -68,7 +79,7 @@ class OcrBackend(MediaBackend):
         try:
             from rapidocr import RapidOCR
         except ImportError as e:
-            raise ModelLoadError(f"ocr engine 'rapidocr' is not installed ({e}): pip install rapidocr onnxruntime") from None
+            raise missing_extra("ocr", e) from None
         params: dict[str, Any] = {
             "Global.log_level": "warning",
             "Global.text_score": o.text_score,

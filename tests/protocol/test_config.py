@@ -112,3 +112,18 @@ def test_default_config_serves_claude_ids() -> None:
     cfg = default_config()
     assert cfg.resolve_model("claude-opus-4-8") is not None
     assert cfg.models[0].backend == "llama_cpp"
+
+
+def test_default_config_has_every_media_route_loaded_on_demand() -> None:
+    """No config file: each media backend has its bundled model, kept off until its
+    route's first request (no worker at start), and OpenAI's model names reach it."""
+    cfg = default_config()
+    media = {m.backend: m for m in cfg.models if m.backend != "llama_cpp"}
+    assert set(media) == {"embed", "ocr", "stt", "tts", "upscale"}
+    for mc in media.values():
+        assert mc.workers == 0 and mc.loads_on_demand() and mc.path == "", mc
+    for name, backend in [("whisper-1", "stt"), ("tts-1", "tts"), ("text-embedding-3-small", "embed"),
+                          ("rapidocr", "ocr"), ("realesrgan", "upscale")]:
+        found = cfg.resolve_model(name)
+        assert found is not None and found.backend == backend, (name, found)
+    assert cfg.resolve_model("claude-sonnet-4-5").backend == "llama_cpp"  # type: ignore[union-attr]
