@@ -119,6 +119,8 @@ class AnswerWriter:
         self.reader = rendered.new_reader()
         self.keep_thinking = req.thinking is not None and req.thinking.type != "disabled"
         self.single_call = forced or bool(req.tool_choice and req.tool_choice.disable_parallel)
+        # A grammar-forced answer is a call from its first byte: even cut, it is made.
+        self.reader.forced_call = forced
         self.sign = sign
         self.n_calls = 0
         self.stop_reason: StopReason | None = None
@@ -180,6 +182,8 @@ class AnswerWriter:
         its arguments as far as they are certain."""
         if self.single_call and self.n_calls:
             return
+        if self.reader.in_bare_call() and not self.reader.forced_call:
+            return  # an answer that opens with JSON is a call only once that JSON is whole
         partial = self.reader.partial_calls()
         if self.single_call:
             partial = partial[:1]

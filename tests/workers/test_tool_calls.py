@@ -134,10 +134,12 @@ WRITE_SCHEMA = {"type": "object", "properties": {
 WRITE_ARGS = {"file_path": "app/x.py", "count": 3, "flags": [True, None, "a,b"], "opts": {"depth": 1.5},
               "content": 'def f():\n    return "}]" + \'\\\\\' # <b> {x} é'}
 # families whose calls stream while written (the others send a call whole at its end)
+# (not llama3, generic, gemma: their call is a bare JSON answer, a call only once that JSON is whole
+# unless a grammar forces it, so it is sent whole)
 STREAMING = {"gpt-oss", "seed-oss", "command-a", "command-r7b", "functionary-v3.2", "kimi-k2", "lfm2",
              "ministral-3", "mistral-small-3.2", "devstral", "mistral-nemo", "qwen3-coder", "apriel-1.6",
-             "gigachat-3.1", "granite-3.3", "nemotron-nano-v2", "apriel-1.5", "gigachat-3", "llama3", "minimax-m1",
-             "hermes", "generic", "gemma", "deepseek-r1", "deepseek-v3.1", "firefunction-v2",
+             "gigachat-3.1", "granite-3.3", "nemotron-nano-v2", "apriel-1.5", "gigachat-3", "minimax-m1",
+             "hermes", "deepseek-r1", "deepseek-v3.1", "firefunction-v2",
              "functionary-v3.1", "command-r-plus", "deepseek-v3.2", "deepseek-v4", "minimax-m2", "minicpm5", "glm",
              "laguna", "ling", "apertus", "gemma4", "kimi-k3"}
 

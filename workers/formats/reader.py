@@ -181,6 +181,11 @@ class Reader:
         self._partial_at = -1  # the body length partial_calls last read
         self._partial_last: list[Call] = []
         self._committed = False
+        # The answer is grammar-forced to be a call (set by the writer): a bare JSON
+        # call cut off is then still made; otherwise an answer that opens with JSON
+        # is a call only when that JSON is whole (a base model imitating an earlier
+        # call and cut by a stop string answered in text).
+        self.forced_call = False
         if reasoning_open:
             pair = next(((o, c) for o, c in syntax.think if reasoning_open.strip().startswith(o.strip())), None)
             if pair is None and syntax.think:
@@ -235,6 +240,10 @@ class Reader:
                 calls = calls[: known.index(False)] if False in known else calls
             self._partial_last = calls
         return list(self._partial_last)
+
+    def in_bare_call(self) -> bool:
+        """Is the call being read a bare JSON answer (no marker opened it)?"""
+        return self._st.mode == "call" and self._st.call is not None and self._st.call.at_start_only
 
     def commit(self) -> None:
         """The call being written was announced (its start sent): it will be made,
@@ -460,7 +469,8 @@ class Reader:
         try:
             calls = call.parse(body[:end], self.tools)
         except NotACall:
-            cut_calls = _cut_call(call, body, self.tools) if cut else None
+            bare = call.at_start_only and not (self.forced_call or committed)
+            cut_calls = _cut_call(call, body, self.tools) if cut and not bare else None
             if cut_calls is not None:
                 out.extend(cut_calls)
             elif committed:

@@ -39,6 +39,10 @@ class StreamReader:
         """The call being written was announced (:meth:`~workers.formats.reader.Reader.commit`)."""
         raise NotImplementedError
 
+    def in_bare_call(self) -> bool:
+        """A bare JSON answer being read as a call (:meth:`~workers.formats.reader.Reader.in_bare_call`)."""
+        return False
+
 
 ReaderFactory = Callable[..., Any]
 

@@ -106,6 +106,9 @@ class ChannelReader:
         body = buf[: len(buf) - holdback(buf, self._boundary)].lstrip()
         return [Call(self._tool, body)] if body.startswith("{") else []
 
+    def in_bare_call(self) -> bool:
+        return False
+
     def commit(self) -> None:
         if self._mode == "body" and self._kind == "call":
             self._committed = True

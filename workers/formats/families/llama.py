@@ -176,6 +176,9 @@ class FunctionaryReader:
         s = self._buf.lstrip()
         return [Call(self._name, s)] if s.startswith("{") else []
 
+    def in_bare_call(self) -> bool:
+        return False
+
     def commit(self) -> None:
         if self._mode == "call":
             self._committed = True
