@@ -58,6 +58,7 @@ log = structlog.get_logger()
 
 
 HEARTBEAT_INTERVAL_S = 0.5
+FORWARD_BATCH = 256  # messages forwarded per turn of the I/O thread's poll loop
 
 _DEST_GATEWAY = b"g"
 _DEST_SUPERVISOR = b"s"
@@ -220,8 +221,10 @@ class IOThread(threading.Thread):
                     log.warning("supervisor_gone")
                     os._exit(EXIT_ERROR)
                 if pull in events:
-                    # Forward everything the compute loop produced, in order.
-                    while True:
+                    # Forward what the compute loop produced, in order, at most
+                    # FORWARD_BATCH at a time: a backend that produces as fast as
+                    # this thread forwards must not keep it from reading a Cancel.
+                    for _ in range(FORWARD_BATCH):
                         try:
                             dest = pull.recv(zmq.NOBLOCK)
                         except zmq.Again:
