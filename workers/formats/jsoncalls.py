@@ -12,49 +12,11 @@ from workers.formats.schema import ToolSet, dumps
 
 
 def json_end(s: str, start: int = 0) -> int | None:
-    """Index just past the JSON object/array (or string, number, literal) that
-    begins at the first non-space character at or after ``start``; None while it
-    is not closed. Tracks strings and escapes, not full validity."""
-    i = start
-    n = len(s)
-    while i < n and s[i] in " \t\r\n":
-        i += 1
-    if i >= n:
-        return None
-    c = s[i]
-    if c not in "{[":
-        if c == '"':
-            esc = False
-            for j in range(i + 1, n):
-                ch = s[j]
-                if esc:
-                    esc = False
-                elif ch == "\\":
-                    esc = True
-                elif ch == '"':
-                    return j + 1
-            return None
-        return None
-    depth = 0
-    in_str = esc = False
-    for j in range(i, n):
-        ch = s[j]
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    return None
+    """Index just past the JSON object/array (or string) that begins at the first
+    non-space character at or after ``start``; None while it is not closed (or
+    when no object, array or string begins there). Tracks strings and escapes, not
+    full validity. One scan of :class:`JsonEnd`."""
+    return JsonEnd(start)(s)
 
 
 class JsonEnd:
