@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.formats.events import Call, Event, NotACall, Text, Thinking
-from workers.formats.families import Family, has
+from workers.formats.families import Family, StreamReader, has
 from workers.formats.jsoncalls import args_object, loads
 from workers.formats.reader import Syntax, find_first, finished_call, holdback
 from workers.formats.schema import ToolSet, dumps
@@ -59,7 +59,7 @@ class Channels:
 _ROLE = re.compile(r"^<\|start\|>\w*")
 
 
-class ChannelReader:
+class ChannelReader(StreamReader):
     """Feed a harmony-like model's output; get events (see the module docstring).
     Options as :class:`~workers.formats.reader.Reader`'s."""
 
@@ -105,9 +105,6 @@ class ChannelReader:
         buf = self._buf
         body = buf[: len(buf) - holdback(buf, self._boundary)].lstrip()
         return [Call(self._tool, body)] if body.startswith("{") else []
-
-    def in_bare_call(self) -> bool:
-        return False
 
     def commit(self) -> None:
         if self._mode == "body" and self._kind == "call":

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from workers.formats.events import Call, Event, NotACall, Text
-from workers.formats.families import Family, has
+from workers.formats.families import Family, StreamReader, has
 from workers.formats.jsoncalls import (
     JsonCallsSoFar,
     JsonEnd,
@@ -150,7 +150,7 @@ RECIPIENT = ">>>"
 _NAME = re.compile(r"[A-Za-z_][\w.-]*")
 
 
-class FunctionaryReader:
+class FunctionaryReader(StreamReader):
     """Functionary v3.2's messages: ``>>>RECIPIENT\\n`` then text (recipient
     ``all``) or a call's JSON arguments (``python`` may take raw code). The
     generation prompt ends with ``>>>``, so the output starts with a recipient;
@@ -175,9 +175,6 @@ class FunctionaryReader:
             return []
         s = self._buf.lstrip()
         return [Call(self._name, s)] if s.startswith("{") else []
-
-    def in_bare_call(self) -> bool:
-        return False
 
     def commit(self) -> None:
         if self._mode == "call":
