@@ -61,7 +61,6 @@ HEARTBEAT_INTERVAL_S = 0.5
 FORWARD_BATCH = 256  # messages forwarded per turn of the I/O thread's poll loop
 
 _DEST_GATEWAY = b"g"
-_DEST_SUPERVISOR = b"s"
 _DEST_GATEWAY_FRAMES = b"f"
 
 
@@ -186,6 +185,11 @@ class IOThread(threading.Thread):
         secret = self.spec.bus_secret
         pull = make_socket(self.ctx, zmq.PULL)
         pull.bind(f"inproc://out-{self.spec.id}")
+        # Heartbeats come on a pipe of their own: behind a backlog of tokens (a
+        # backend producing faster than this thread forwards) they would arrive late
+        # and the supervisor would kill a busy worker as hung.
+        hb_pull = make_socket(self.ctx, zmq.PULL)
+        hb_pull.bind(f"inproc://hb-{self.spec.id}")
         self.bound.set()
         # Every connection presents the bus secret: the supervisor and the gateway
         # accept no other (protocol/sockets.py).
@@ -206,6 +210,7 @@ class IOThread(threading.Thread):
         subscribed: set[str] = set()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
+        poller.register(hb_pull, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
         poller.register(sup, zmq.POLLIN)
         for d in gw_dealers.values():
@@ -220,6 +225,12 @@ class IOThread(threading.Thread):
                 if os.getppid() != parent:  # supervisor gone (macOS: no PDEATHSIG)
                     log.warning("supervisor_gone")
                     os._exit(EXIT_ERROR)
+                if hb_pull in events:
+                    while True:
+                        try:
+                            sup.send(hb_pull.recv(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
                 if pull in events:
                     # Forward what the compute loop produced, in order, at most
                     # FORWARD_BATCH at a time: a backend that produces as fast as
@@ -236,14 +247,11 @@ class IOThread(threading.Thread):
                             xpub.send_multipart(out, copy=False)
                             continue
                         frames = [dest, *pull.recv_multipart(copy=True)]
-                        if dest == _DEST_SUPERVISOR:
-                            sup.send(frames[1])
-                        else:
-                            xpub.send_multipart(frames[1:])
-                            if len(frames) > 3:  # a terminal message carries its rid
-                                rid = frames[3].decode()
-                                self.live.discard(rid)
-                                abort.discard(rid)
+                        xpub.send_multipart(frames[1:])
+                        if len(frames) > 3:  # a terminal message carries its rid
+                            rid = frames[3].decode()
+                            self.live.discard(rid)
+                            abort.discard(rid)
                 if xpub in events:
                     while True:
                         try:
@@ -330,6 +338,7 @@ class ComputeLoop:
         self.draining = False
         self._enc = msgspec.msgpack.Encoder()
         self._push: zmq.Socket | None = None
+        self._hb_push: zmq.Socket | None = None
         self._last_hb = 0.0
         self._proc = psutil.Process()
         self._active: list[_Slot] = []  # heap by due time
@@ -367,8 +376,8 @@ class ComputeLoop:
             in_flight=len(self._active) + self.inbox.qsize(),
             models=[self.spec.model],
         )
-        assert self._push is not None
-        self._push.send_multipart([_DEST_SUPERVISOR, self._enc.encode(hb)])
+        assert self._hb_push is not None
+        self._hb_push.send(self._enc.encode(hb))
 
     # -- main loop
 
@@ -376,6 +385,8 @@ class ComputeLoop:
         io.bound.wait()
         self._push = make_socket(self.ctx, zmq.PUSH)
         self._push.connect(f"inproc://out-{self.spec.id}")
+        self._hb_push = make_socket(self.ctx, zmq.PUSH)
+        self._hb_push.connect(f"inproc://hb-{self.spec.id}")
         try:
             self.backend.load()
         except ModelLoadError as e:
@@ -395,6 +406,7 @@ class ComputeLoop:
             # Closed even when the loop crashed: an open socket would block
             # ctx.term() forever, and the worker would hang instead of exiting.
             self._push.close(linger=1000)
+            self._hb_push.close(linger=0)
 
     def _timeout(self) -> float:
         if not self._active:

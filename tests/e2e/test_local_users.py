@@ -76,15 +76,26 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Com
                           timeout=timeout, env=env)
 
 
-def _up(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Popen[str]:
+class Up(subprocess.Popen[bytes]):
+    """`turnout up` with its output in files: a pipe that nobody drains blocks the
+    process once full, and reading a pipe that an orphaned child still holds never
+    returns."""
+
+    err_path: Path
+
+
+def _up(tmp_path: Path, env: dict[str, str], port: int) -> Up:
     cfg = tmp_path / "config.toml"
     cfg.write_text(CONFIG)
-    return subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", "--config", str(cfg),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    err_path = tmp_path / "up.stderr"
+    with open(tmp_path / "up.stdout", "wb") as out, open(err_path, "wb") as err:
+        p = Up([sys.executable, "-m", "supervisor.cli", "up", "--config", str(cfg), "--port", str(port)],
+               stdout=out, stderr=err, env=env)
+    p.err_path = err_path
+    return p
 
 
-def _finish(p: subprocess.Popen[str], timeout: float) -> tuple[int | None, str]:
+def _finish(p: Up, timeout: float) -> tuple[int | None, str]:
     """(exit code or None if it was still running after ``timeout``, stderr)."""
     try:
         p.wait(timeout)
@@ -102,8 +113,7 @@ def _finish(p: subprocess.Popen[str], timeout: float) -> tuple[int | None, str]:
                 k.kill()
             except psutil.Error:
                 pass
-    assert p.stderr is not None
-    return code, p.stderr.read()
+    return code, p.err_path.read_text(errors="replace")
 
 
 def _start_fake(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
