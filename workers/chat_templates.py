@@ -75,12 +75,13 @@ def detect(
     eos_token: str = "",
     chat_format: str = "",
     tool_format: str = "",
+    tool_detail: str = "",
 ) -> Template:
     """The model's template and family. ``chat_format``/``tool_format`` override.
     Raises ValueError for a bad option or a template that does not parse."""
     try:
         tpl = fr.load_template(chat_template, architecture, bos_token=bos_token, eos_token=eos_token,
-                               chat_format=chat_format, tool_format=tool_format)
+                               chat_format=chat_format, tool_format=tool_format, tool_detail=tool_detail)
     except TemplateError as e:
         raise ValueError(str(e)) from None
     stops = list(_FAMILY_STOPS.get(tpl.chat_format, []))
@@ -101,7 +102,10 @@ def render(req: ChatRequest, info: Template, *, now: datetime | None = None) -> 
 class ChatOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Options every local chat backend (llama_cpp, mlx_lm) takes.
 
-    ``chat_format``/``tool_format``: override template detection. ``stop``: more
+    ``chat_format``/``tool_format``: override template detection. ``tool_detail``:
+    how tools are written into a prompt whose template does not describe them
+    (``full`` JSON specs or ``brief``, a line each); unset, ``brief`` for a model
+    with no chat template (a base model), ``full`` otherwise. ``stop``: more
     strings that end the model's turn (like Ollama's ``stop`` parameter), besides
     the template's markers. Unset, a base model (no chat template) gets its family's
     defaults (:data:`BASE_MODEL_STOPS`: it does not end its turns by itself, so
@@ -119,6 +123,7 @@ class ChatOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     chat_format: str = ""
     tool_format: str = ""
+    tool_detail: str = ""
     seed: int = -1
     force_tool: str = ""
     forced_string_max_chars: int = 0

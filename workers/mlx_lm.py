@@ -272,6 +272,7 @@ class MlxBackend:
                 eos_token=tokenizer.eos_token or "",
                 chat_format=o.chat_format,
                 tool_format=o.tool_format,
+                tool_detail=o.tool_detail,
             )
         except ValueError as e:
             raise ModelLoadError(f"mlx_lm options: {e}") from None

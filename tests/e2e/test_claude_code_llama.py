@@ -38,7 +38,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from supervisor.launch import TurnoutProcess, free_port
 from tests.helpers import claude_bin
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 CONFIG = """
 [server]

@@ -14,7 +14,7 @@ import pytest
 
 from bench.plain_path import assembled_cache, walk
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

@@ -117,11 +117,19 @@ def _lit(converter: Any, text: str) -> str:
 
 def _string_until(close: str, max_length: int | None = None) -> str:
     """GBNF for text that does not run into the closing tag: no character that
-    could start it followed by the tag's second character (``</`` for XML tags);
+    could start it followed by the tag's second character (``</`` for XML tags), or
+    for a quoted string no quote but an escaped one;
     at most ``max_length`` such pieces when the schema bounds the string."""
     tag = close.strip() or "<"
     a = tag[0]
-    unit = f"[^{_cls(a)}]" if len(tag) == 1 else f"( [^{_cls(a)}] | {json.dumps(a)} [^{_cls(tag[1])}] )"
+    if a in "\"'":
+        # a quoted string (pythonic calls): a backslash escapes the next character,
+        # so a bare backslash would turn the closing quote into text
+        unit = f"( [^{_cls(a)}\\\\] | \"\\\\\" [^\\x00] )"
+    elif len(tag) == 1:
+        unit = f"[^{_cls(a)}]"
+    else:
+        unit = f"( [^{_cls(a)}] | {json.dumps(a)} [^{_cls(tag[1])}] )"
     return f"{unit}{{0,{max_length}}}" if max_length is not None else f"{unit}*"
 
 

@@ -133,6 +133,10 @@ class Template:
     eos_token: str = ""
     stops: list[str] = field(default_factory=list)  # the family's end-of-turn strings and the EOS text
     message_thinking_key: bool = False  # the template reads earlier reasoning as message.thinking
+    # How tools are described when turnout writes them into the prompt (a template
+    # that does not describe tools itself): "full" JSON specs, or "brief" (a line
+    # each: :func:`brief_tool_lines`).
+    tool_detail: str = "full"
 
 
 @dataclass(slots=True)
@@ -164,15 +168,23 @@ def _builtin_family(fmt: str) -> Family:
         return by_name("generic")
 
 
+TOOL_DETAILS = ("full", "brief")
+
+
 def load_template(chat_template: str, architecture: str = "", *, bos_token: str = "", eos_token: str = "",
-                  chat_format: str = "", tool_format: str = "") -> Template:
+                  chat_format: str = "", tool_format: str = "", tool_detail: str = "") -> Template:
     """Compile the model's template (or a built-in one) and choose its family.
 
     ``chat_format``: ``gguf`` (the model's own template), or one of turnout's
     built-in ones (gemma, chatml, llama3, mistral); default: the model's own when it
     has one, else gemma for Gemma architectures and chatml otherwise.
     ``tool_format``: a family name, to override detection. Raises ValueError for
-    unknown names and :class:`TemplateError` for a template that does not parse."""
+    unknown names and :class:`TemplateError` for a template that does not parse.
+    ``tool_detail``: how turnout describes tools where the template does not
+    (``full`` or ``brief``); default: ``brief`` for a model with no template of its
+    own (a base model), ``full`` otherwise."""
+    if tool_detail and tool_detail not in TOOL_DETAILS:
+        raise ValueError(f"tool_detail must be one of {', '.join(TOOL_DETAILS)}")
     if chat_format and chat_format not in CHAT_FORMATS:
         raise ValueError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}")
     fmt = chat_format or ("gguf" if chat_template else "gemma" if architecture.startswith("gemma") else "chatml")
@@ -191,7 +203,8 @@ def load_template(chat_template: str, architecture: str = "", *, bos_token: str 
     caps = je.probe_caps(compiled, base) if fmt == "gguf" else Caps(tools=False, tool_calls=False, tool_role=False)
     stops = list(dict.fromkeys(s for s in (*family.stops, eos_token) if s))
     thinking_key = "message.thinking" in source or "message['thinking']" in source or 'message["thinking"]' in source
-    return Template(source, compiled, caps, family, fmt, bos_token, eos_token, stops, thinking_key)
+    detail = tool_detail or ("full" if chat_template else "brief")
+    return Template(source, compiled, caps, family, fmt, bos_token, eos_token, stops, thinking_key, detail)
 
 
 # ------------------------------------------------------------------ normalise
@@ -309,11 +322,52 @@ def tool_specs(tools: list[Tool]) -> list[dict[str, Any]]:
     ]
 
 
-def tool_instructions(specs: list[dict[str, Any]], family: Family) -> str:
+BRIEF_DESCRIPTION_CHARS = 160
+
+
+def _type_name(schema: Any) -> str:
+    if not isinstance(schema, dict):
+        return "any"
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return "|".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"][:6])
+    t = schema.get("type")
+    if isinstance(t, list):
+        return "|".join(str(x) for x in t)
+    if t == "array":
+        return f"array of {_type_name(schema.get('items'))}"
+    return str(t) if t else "any"
+
+
+def brief_tool_lines(specs: list[dict[str, Any]]) -> list[str]:
+    """One line a tool: ``name(arg: type, optional?: type): first sentence``.
+
+    What a base model gets by default (:class:`Template.tool_detail`): Claude Code's
+    24 tools are ~17k tokens as JSON specs, 87% of its prompt, minutes of prefill on
+    a CPU for a model that has learnt no tool format; a line each is ~1k. Calls are
+    still read, and forced by grammar, against the full schemas."""
+    out = []
+    for s in specs:
+        fn = s["function"]
+        params = fn.get("parameters") or {}
+        props = params.get("properties") or {}
+        required = set(params.get("required") or [])
+        args = ", ".join(f"{k}{'' if k in required else '?'}: {_type_name(v)}" for k, v in props.items())
+        desc = " ".join(str(fn.get("description") or "").split())
+        for end in (". ", ".\n"):
+            if end in desc:
+                desc = desc[: desc.index(end) + 1]
+                break
+        if len(desc) > BRIEF_DESCRIPTION_CHARS:
+            desc = desc[: BRIEF_DESCRIPTION_CHARS - 1].rstrip() + "…"
+        out.append(f"- {fn['name']}({args})" + (f": {desc}" if desc else ""))
+    return out
+
+
+def tool_instructions(specs: list[dict[str, Any]], family: Family, *, brief: bool = False) -> str:
     """The system-prompt text that offers ``specs`` (tools in the OpenAI shape) to a
     template that does not describe tools itself, asking for calls in the family's
-    own format."""
-    lines = "\n".join(json.dumps(s, ensure_ascii=False) for s in specs)
+    own format: the JSON specs, or a line each when ``brief``."""
+    lines = "\n".join(brief_tool_lines(specs) if brief else (json.dumps(s, ensure_ascii=False) for s in specs))
     example = (family.forced_call or by_name("generic").forced_call or (lambda n, a: ""))(
         "<tool name>", '{"<argument>": "<value>"}')
     return (
@@ -377,7 +431,7 @@ def fit_messages(msgs: list[dict[str, Any]], tpl: Template,
     caps, family = tpl.caps, tpl.family
     native_tools = bool(tools) and caps.tools
     if tools and not native_tools:
-        text = tool_instructions(tools, family)
+        text = tool_instructions(tools, family, brief=tpl.tool_detail == "brief")
         if msgs and msgs[0]["role"] == "system":
             msgs = [{**msgs[0], "content": _join(msgs[0]["content"], text)}, *msgs[1:]]
         else:

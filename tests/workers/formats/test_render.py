@@ -164,8 +164,27 @@ def test_claude_code_request_renders_completely_for_the_default_model() -> None:
     assert "Available agent types for the Agent tool" in prompt  # the role: system entry
     assert "run echo hi" in prompt
     assert json.dumps({"name": "Bash", "arguments": {"command": "echo hi", "description": "Print hi"}}) in prompt
-    for name in ("Agent", "Bash", "WebFetch", "Write"):
-        assert f'"name": "{name}"' in prompt
+    # a base model gets a line a tool (tool_detail "brief"): every tool, its
+    # arguments (optional ones marked), the first sentence of its description
+    assert "\n- Bash(command: string, timeout?: number, description?: string" in prompt
+    assert "): Executes a bash command and returns its output.\n" in prompt
+    for t in req.tools:
+        assert f"\n- {t.name}(" in prompt
+    assert '"input_schema"' not in prompt and '"parameters"' not in prompt
+
+
+def test_tool_detail_full_writes_the_json_specs_and_brief_is_a_fifth_of_the_prompt() -> None:
+    req = claude_code_request("03-tool-bash-request-3.json")
+    full = ct.render(req, ct.detect("", "gemma3", tool_detail="full")).prompt
+    brief = ct.render(req, builtins()["gemma"]).prompt
+    for t in req.tools:
+        assert f'"name": "{t.name}"' in full
+    assert json.dumps(t.description, ensure_ascii=False)[1:300] in full
+    assert len(brief) * 4 < len(full)
+    # an instruction model's own template that cannot describe tools gets them in full
+    assert builtins()["gguf"].tool_detail == "full" and builtins()["gemma"].tool_detail == "brief"
+    with pytest.raises(ValueError, match="tool_detail must be one of full, brief"):
+        ct.detect("", "gemma3", tool_detail="short")
 
 
 def test_assistant_prefill_is_continued_not_closed() -> None:
