@@ -12,7 +12,9 @@ Run:  .venv/bin/python -m bench.plain_path [--runs N] [--out bench/results/plain
 ``plain-path.json`` and ``plain-path.md``.
 
 Each path gets its own fresh ``turnout up`` (a new worker: nothing in its KV cache,
-so Claude Code's ~19.6k-token prompt is prefilled cold), with the model assembled
+so Claude Code's prompt, ~4k tokens with its tools a line each for the base model,
+is prefilled cold; the shared-prefix states on disk are kept in each walk's own
+cache directory, so no walk starts from another's), with the model assembled
 beforehand into a temporary cache directory (what the first ``./run up`` does
 once). Claude Code talks to turnout through a small recording proxy, which times
 each API call: TTFT is from the request to the first streamed content (so it is the
@@ -259,7 +261,10 @@ def walk(path: str, cache: Path, timeout: float = 900.0) -> Walk:
     home, work = base / "home", base / "home" / "work"
     work.mkdir(parents=True)
     (base / "turnout").mkdir()
-    t = TurnoutProcess(None, workdir=str(base / "turnout"), env={"TURNOUT_CACHE_DIR": str(cache)})
+    # the assembled model is shared; the KV states turnout saves are this walk's own
+    (base / "cache").mkdir()
+    (base / "cache" / "models").symlink_to(cache / "models", target_is_directory=True)
+    t = TurnoutProcess(None, workdir=str(base / "turnout"), env={"TURNOUT_CACHE_DIR": str(base / "cache")})
     proxy: Proxy | None = None
     try:
         t.start(timeout=300)

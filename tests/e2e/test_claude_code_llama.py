@@ -263,8 +263,9 @@ def test_print_mode_answers_with_the_default_model(
     assert len(ex.body["tools"]) >= 15  # Claude Code's real prompt, every default tool
     answer = ex.answer()
     assert "error" not in answer and answer["stop_reason"] in ("end_turn", "max_tokens"), answer
-    # counted by Gemma's tokenizer: the whole ~19k-token prompt was prefilled
-    assert answer["start_usage"]["input_tokens"] > 10000
+    # counted by Gemma's tokenizer: the whole prompt was prefilled (~4k tokens: a base
+    # model gets the tools a line each, tool_detail "brief")
+    assert answer["start_usage"]["input_tokens"] > 3000
     assert answer["pings"] > 0  # pings kept the stream alive during the prefill
     # what Claude Code printed is what the model wrote
     assert res["result"].strip() == "".join(b.get("text", "") for b in answer["blocks"] if b["type"] == "text").strip()

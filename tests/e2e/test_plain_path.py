@@ -35,7 +35,8 @@ def test_claude_says_hello_on_the_plain_path(cache: Path, path: str) -> None:
     assert all(c["status"] == 200 and c["error"] is None for c in w.calls), w.calls
     last = w.calls[-1]
     assert last["stop_reason"] == "end_turn", last  # ended by itself: not max_tokens, not the window
-    assert last["tools"] >= 15 and last["prompt_tokens"] > 10_000  # Claude Code's real prompt
+    # Claude Code's real prompt: every default tool (a line each for a base model)
+    assert last["tools"] >= 15 and last["prompt_tokens"] > 3000
     assert last["output_tokens"] < 200
     assert w.result["result"].strip() == last["text"].strip()
     if path == "after setup":
