@@ -90,6 +90,7 @@ backend = "llama_cpp"
 aliases = ["claude-*", "some-local-model"]
 workers = {workers}
 [models.options]
+tool_detail = "full"  # Claude Code's ~19.5k-token prompt, tools as JSON specs, as instruction models get it
 {options}
 """
 

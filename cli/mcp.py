@@ -1,5 +1,5 @@
 """``turnout mcp``: the MCP server over stdio, forwarding to the running gateway's
-/mcp (gateway/mcp_server.py)."""
+/mcp (gateway/mcp/stdio.py)."""
 
 from __future__ import annotations
 
@@ -12,4 +12,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("mcp", help="the MCP server over stdio (forwards to the running gateway's /mcp)")
     p.add_argument("--config", help="config file, to find the gateway's port")
     p.add_argument("--port", type=int, help="the gateway's port (default: the config's, else 8765)")
-    p.set_defaults(func=Lazy("gateway.mcp_server", "cmd_mcp"))
+    p.set_defaults(func=Lazy("gateway.mcp.stdio", "cmd_mcp"))

@@ -563,13 +563,3 @@ def _dispatch(args: argparse.Namespace) -> int:
             setattr(args, k, v)
         return cmd_setup(args) if rest[0] == "setup" else cmd_remove(args)
     return cmd_run(args, rest)
-
-
-def register_cli(sub: Any) -> None:
-    p = sub.add_parser("claude", help="Claude Code: `setup` (settings + MCP), `remove`, or run claude via turnout",
-                       description="turnout claude setup | remove | [CLAUDE ARGS...]")
-    p.add_argument("--config", help="turnout config file")
-    p.add_argument("--port", type=int, help="turnout's port (default: the config's, else 8765)")
-    p.add_argument("--url", help="turnout's base URL (default: http://HOST:PORT from the config)")
-    p.add_argument("claude_args", nargs=argparse.REMAINDER, help="setup | remove | arguments for claude")
-    p.set_defaults(func=_dispatch)

@@ -80,10 +80,3 @@ def cmd_mcp(args: Any) -> int:
 
     anyio.run(serve_stdio, url, token)
     return 0
-
-
-def register_cli(sub: Any) -> None:
-    p = sub.add_parser("mcp", help="the MCP server over stdio (forwards to the running gateway's /mcp)")
-    p.add_argument("--config", help="config file, to find the gateway's port")
-    p.add_argument("--port", type=int, help="the gateway's port (default: the config's, else 8765)")
-    p.set_defaults(func=cmd_mcp)

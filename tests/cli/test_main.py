@@ -97,7 +97,7 @@ def test_a_broken_dependency_loses_no_command_and_fails_loudly(tmp_path: Path) -
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     r = _run("mcp", "--port", "1", env=env)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip() == "turnout mcp: cannot import gateway.mcp_server (ImportError: half-installed)"
+    assert r.stderr.strip() == "turnout mcp: cannot import gateway.mcp.stdio (ImportError: half-installed)"
     assert "mcp" in _run("--help", env=env).stdout
     ok = _run("formats", "list", "--json", env=env)
     assert ok.returncode == 0 and json.loads(ok.stdout)
