@@ -18,7 +18,8 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.auth import load_or_create_token
-from gateway.bus import Bus, RequestStream
+from gateway.bus import Bus
+from gateway.dispatch import RequestStream
 from gateway.http_guard import GuardedRunner, HttpLimits, OriginPolicy, is_loopback_bind
 from protocol import messages as m
 from protocol.config import decode_config

@@ -15,7 +15,8 @@ import structlog
 from aiohttp import BodyPartReader, web
 
 from gateway.appkeys import BUS
-from gateway.bus import Bus, JobStream
+from gateway.bus import Bus
+from gateway.dispatch import JobStream
 from gateway.errors import ApiError, from_fail, json_object
 from protocol import messages as m
 from protocol.config import ModelConfig

@@ -17,7 +17,8 @@ import msgspec
 import pytest
 import zmq
 
-from gateway.bus import Bus, WorkerRef
+from gateway.bus import Bus
+from gateway.dispatch import WorkerRef
 from protocol import messages as m
 from protocol.config import Config
 from protocol.sockets import Endpoints, ZapHandler, bind, make_socket, serve_bus

@@ -6,7 +6,8 @@ from __future__ import annotations
 import msgspec
 
 from gateway.app import listings
-from gateway.bus import Bus, WorkerRef
+from gateway.bus import Bus
+from gateway.dispatch import WorkerRef
 from protocol.config import Config
 from protocol.sockets import Endpoints
 
