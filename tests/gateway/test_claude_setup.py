@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from cli.claude import claude_argv
 from gateway.claude_setup import (
     Paths,
     SetupError,
     apply_remove,
     apply_setup,
-    claude_argv,
     fitted_limits,
     local_windows,
     mcp_entry,
@@ -301,7 +301,7 @@ def test_files_setup_creates_are_private(paths: Paths) -> None:
 
 def test_cli_setup_tells_the_user_what_it_tightened(open_home: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.claude_setup import cmd_setup
+    from cli.claude import cmd_setup
 
     monkeypatch.setenv("HOME", str(open_home))
     monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
