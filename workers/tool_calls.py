@@ -29,7 +29,7 @@ from protocol.chat import (
 )
 from protocol.ids import hex_id
 from workers.formats.events import Call, Text, Thinking
-from workers.formats.jsoncalls import ArgsPrefix
+from workers.formats.jsonpartial import ArgsPrefix
 from workers.formats.reader import holdback
 from workers.formats.render import Rendered
 
@@ -102,7 +102,7 @@ class AnswerWriter:
     ``ToolCallStart`` as soon as the call's name is known (the reader is then
     told to :meth:`~workers.formats.reader.Reader.commit`: an announced call is
     always made), then its arguments as ``ToolArgsDelta`` chunks as they come
-    (:class:`~workers.formats.jsoncalls.ArgsPrefix`: in the final arguments'
+    (:class:`~workers.formats.jsonpartial.ArgsPrefix`: in the final arguments'
     exact form, each string once it is closed, each number once the ``,`` after
     it is written), the rest when the call is complete. The deltas concatenate
     to the final arguments exactly; a call cut off by max_tokens (finished

@@ -33,13 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.formats.events import Call, Event, NotACall, Text, Thinking
-from workers.formats.jsoncalls import (
-    PartialFn,
-    close_partial_json,
-    json_complete,
-    json_end,
-    json_scan,
-)
+from workers.formats.jsoncalls import close_partial_json, json_complete, json_end, json_scan
+from workers.formats.jsonpartial import PartialFn
 from workers.formats.schema import ToolSet, dumps
 
 Parse = Callable[[str, ToolSet], list[Call]]
@@ -61,7 +56,7 @@ class CallSyntax:
     (:func:`~workers.formats.jsoncalls.json_scan`). ``partial``: makes a reader
     of the body while it is written (handed the same body, grown): the calls in
     it so far, the last one in progress once its name is known, with its
-    arguments so far as JSON text (:data:`~workers.formats.jsoncalls.PartialFn`).
+    arguments so far as JSON text (:data:`~workers.formats.jsonpartial.PartialFn`).
     """
 
     open: str

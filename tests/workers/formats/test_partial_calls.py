@@ -9,7 +9,7 @@ import pytest
 
 from workers import formats
 from workers.formats.events import Call
-from workers.formats.jsoncalls import ArgsPrefix
+from workers.formats.jsonpartial import ArgsPrefix
 
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}, "n": {"type": "integer"},
                                            "tags": {"type": "array"}}}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from workers.formats.events import Call
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonEnd, calls_from_json, json_calls_so_far
+from workers.formats.jsoncalls import JsonEnd, calls_from_json
+from workers.formats.jsonpartial import json_calls_so_far
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
 

@@ -6,7 +6,8 @@ answer (fenced or not) is a call. ``<think>`` blocks are read too."""
 from __future__ import annotations
 
 from workers.formats.families import Family
-from workers.formats.jsoncalls import JsonCallsSoFar, calls_from_json, json_complete
+from workers.formats.jsoncalls import calls_from_json, json_complete
+from workers.formats.jsonpartial import JsonCallsSoFar
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
 

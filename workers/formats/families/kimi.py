@@ -19,7 +19,8 @@ import re
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import HeadThenJson, JsonAfter, args_object, loads
+from workers.formats.jsoncalls import JsonAfter, args_object, loads
+from workers.formats.jsonpartial import HeadThenJson
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, coerce, dumps
 from workers.formats.xmlargs import open_args

@@ -18,14 +18,8 @@ from typing import Any
 
 from workers.formats.events import Call, Event, NotACall, Text
 from workers.formats.families import Family, StreamReader, has
-from workers.formats.jsoncalls import (
-    JsonCallsSoFar,
-    JsonEnd,
-    args_object,
-    calls_from_json,
-    json_scan,
-    loads,
-)
+from workers.formats.jsoncalls import JsonEnd, args_object, calls_from_json, json_scan, loads
+from workers.formats.jsonpartial import JsonCallsSoFar
 from workers.formats.reader import CallSyntax, Syntax, finished_call, holdback
 from workers.formats.schema import ToolSet, dumps
 

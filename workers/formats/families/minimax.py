@@ -11,7 +11,8 @@ from typing import Any
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonCallsSoFar, calls_from_json
+from workers.formats.jsoncalls import calls_from_json
+from workers.formats.jsonpartial import JsonCallsSoFar
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, allows, coerce, dumps
 from workers.formats.xmlargs import invoke_parser, invoke_so_far

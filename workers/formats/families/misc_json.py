@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonCallsSoFar, args_object, calls_from_json, json_scan, loads
+from workers.formats.jsoncalls import args_object, calls_from_json, json_scan, loads
+from workers.formats.jsonpartial import JsonCallsSoFar
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
 

@@ -11,16 +11,8 @@ import hashlib
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family
-from workers.formats.jsoncalls import (
-    HeadThenJson,
-    JsonAfter,
-    JsonCallsSoFar,
-    JsonEnd,
-    PartialFn,
-    args_object,
-    calls_from_json,
-    loads,
-)
+from workers.formats.jsoncalls import JsonAfter, JsonEnd, args_object, calls_from_json, loads
+from workers.formats.jsonpartial import HeadThenJson, JsonCallsSoFar, PartialFn
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet, dumps
 

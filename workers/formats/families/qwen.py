@@ -9,7 +9,8 @@ import dataclasses
 
 from workers.formats.events import Call, NotACall
 from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonCallsSoFar, PartialFn, calls_from_json
+from workers.formats.jsoncalls import calls_from_json
+from workers.formats.jsonpartial import JsonCallsSoFar, PartialFn
 from workers.formats.reader import CallSyntax, Syntax
 from workers.formats.schema import ToolSet
 from workers.formats.xmlargs import FunctionTagsSoFar, parse_function_tags
