@@ -47,7 +47,6 @@ from protocol.chat import (
     ImagePart,
     TextPart,
     ThinkingPart,
-    Tool,
     ToolResultPart,
     ToolUsePart,
 )
@@ -55,6 +54,7 @@ from workers.formats import jinja_env as je
 from workers.formats.families import Family, by_name, detect
 from workers.formats.jinja_env import Caps, TemplateError
 from workers.formats.schema import ToolSet
+from workers.formats.tooltext import calls_as_text, join_text, tool_instructions, tool_specs
 
 __all__ = ["BUILTIN", "Rendered", "Template", "TemplateError", "fit_messages", "load_template", "normalise", "render",
            "render_messages"]
@@ -135,7 +135,7 @@ class Template:
     message_thinking_key: bool = False  # the template reads earlier reasoning as message.thinking
     # How tools are described when turnout writes them into the prompt (a template
     # that does not describe tools itself): "full" JSON specs, or "brief" (a line
-    # each: :func:`brief_tool_lines`).
+    # each: :func:`workers.formats.tooltext.brief_tool_lines`).
     tool_detail: str = "full"
 
 
@@ -220,10 +220,6 @@ def _text_of(parts: list[Any]) -> str:
     return "".join(out) if len(out) <= 1 else "\n\n".join(s for s in out if s)
 
 
-def _join(a: str, b: str) -> str:
-    return b if not a else a if not b else f"{a}\n\n{b}"
-
-
 def json_instruction(req: ChatRequest) -> str:
     """What a structured-output request asks, in words (llama.cpp's grammar then
     holds the model to it; MLX has only the words)."""
@@ -243,17 +239,17 @@ def normalise(req: ChatRequest, tools_enabled: bool = True) -> list[dict[str, An
     ``tool_calls`` with object arguments, ``reasoning_content``), tool
     (``content``, ``tool_call_id``, ``name``). Consecutive user (or assistant)
     turns are merged, since several templates insist on alternation."""
-    system = _join("\n\n".join(p.text for p in req.system if p.text), json_instruction(req))
+    system = join_text("\n\n".join(p.text for p in req.system if p.text), json_instruction(req))
     out: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_use id -> tool name, for tool results
     pending_system = ""  # a mid-conversation system entry with no user turn before it
 
     def add_user(text: str) -> None:
         nonlocal pending_system
-        text = _join(pending_system, text)
+        text = join_text(pending_system, text)
         pending_system = ""
         if out and out[-1]["role"] == "user":
-            out[-1]["content"] = _join(out[-1]["content"], text)
+            out[-1]["content"] = join_text(out[-1]["content"], text)
         else:
             out.append({"role": "user", "content": text})
 
@@ -261,11 +257,11 @@ def normalise(req: ChatRequest, tools_enabled: bool = True) -> list[dict[str, An
         if msg.role == "system":
             text = _text_of(msg.content)
             if not out:
-                system = _join(system, text)
+                system = join_text(system, text)
             elif out[-1]["role"] == "user":
-                out[-1]["content"] = _join(out[-1]["content"], text)
+                out[-1]["content"] = join_text(out[-1]["content"], text)
             else:
-                pending_system = _join(pending_system, text)
+                pending_system = join_text(pending_system, text)
             continue
         if msg.role == "assistant":
             text = "".join(p.text for p in msg.content if isinstance(p, TextPart))
@@ -276,9 +272,9 @@ def normalise(req: ChatRequest, tools_enabled: bool = True) -> list[dict[str, An
                     names[p.id] = p.name
                     calls.append({"id": p.id, "type": "function", "function": {"name": p.name, "arguments": p.input}})
             if out and out[-1]["role"] == "assistant" and not out[-1].get("tool_calls"):
-                out[-1]["content"] = _join(out[-1]["content"], text)
+                out[-1]["content"] = join_text(out[-1]["content"], text)
                 if thought:
-                    out[-1]["reasoning_content"] = _join(out[-1].get("reasoning_content", ""), thought)
+                    out[-1]["reasoning_content"] = join_text(out[-1].get("reasoning_content", ""), thought)
                 if calls:
                     out[-1]["tool_calls"] = calls
             else:
@@ -306,101 +302,7 @@ def normalise(req: ChatRequest, tools_enabled: bool = True) -> list[dict[str, An
         out.insert(0, {"role": "system", "content": system})
     if not tools_enabled:
         # The client forbade tools (tool_choice none): show past calls as text.
-        out = _calls_as_text(out, by_name("generic"))
-    return out
-
-
-# ------------------------------------------------------------------ tools as text
-
-
-def tool_specs(tools: list[Tool]) -> list[dict[str, Any]]:
-    """Tools in the OpenAI function shape templates expect."""
-    return [
-        {"type": "function", "function": {"name": t.name, "description": t.description,
-                                          "parameters": t.input_schema or {"type": "object", "properties": {}}}}
-        for t in tools
-    ]
-
-
-BRIEF_DESCRIPTION_CHARS = 160
-
-
-def _type_name(schema: Any) -> str:
-    if not isinstance(schema, dict):
-        return "any"
-    if "enum" in schema and isinstance(schema["enum"], list):
-        return "|".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"][:6])
-    t = schema.get("type")
-    if isinstance(t, list):
-        return "|".join(str(x) for x in t)
-    if t == "array":
-        return f"array of {_type_name(schema.get('items'))}"
-    return str(t) if t else "any"
-
-
-def brief_tool_lines(specs: list[dict[str, Any]]) -> list[str]:
-    """One line a tool: ``name(arg: type, optional?: type): first sentence``.
-
-    What a base model gets by default (:class:`Template.tool_detail`): Claude Code's
-    24 tools are ~17k tokens as JSON specs, 87% of its prompt, minutes of prefill on
-    a CPU for a model that has learnt no tool format; a line each is ~1k. Calls are
-    still read, and forced by grammar, against the full schemas."""
-    out = []
-    for s in specs:
-        fn = s["function"]
-        params = fn.get("parameters") or {}
-        props = params.get("properties") or {}
-        required = set(params.get("required") or [])
-        args = ", ".join(f"{k}{'' if k in required else '?'}: {_type_name(v)}" for k, v in props.items())
-        desc = " ".join(str(fn.get("description") or "").split())
-        for end in (". ", ".\n"):
-            if end in desc:
-                desc = desc[: desc.index(end) + 1]
-                break
-        if len(desc) > BRIEF_DESCRIPTION_CHARS:
-            desc = desc[: BRIEF_DESCRIPTION_CHARS - 1].rstrip() + "…"
-        out.append(f"- {fn['name']}({args})" + (f": {desc}" if desc else ""))
-    return out
-
-
-def tool_instructions(specs: list[dict[str, Any]], family: Family, *, brief: bool = False) -> str:
-    """The system-prompt text that offers ``specs`` (tools in the OpenAI shape) to a
-    template that does not describe tools itself, asking for calls in the family's
-    own format: the JSON specs, or a line each when ``brief``."""
-    lines = "\n".join(brief_tool_lines(specs) if brief else (json.dumps(s, ensure_ascii=False) for s in specs))
-    example = (family.forced_call or by_name("generic").forced_call or (lambda n, a: ""))(
-        "<tool name>", '{"<argument>": "<value>"}')
-    return (
-        "# Tools\n\nYou may call one or more of these tools to answer:\n"
-        f"<tools>\n{lines}\n</tools>\n\n"
-        "To call a tool, write the call and nothing after it, exactly in this form:\n"
-        f"{example}"
-    )
-
-
-def _call_text(call: dict[str, Any], family: Family) -> str:
-    fn = call["function"]
-    args = fn["arguments"] if isinstance(fn["arguments"], str) else json.dumps(fn["arguments"], ensure_ascii=False)
-    writer = family.forced_call or by_name("generic").forced_call
-    assert writer is not None
-    return writer(fn["name"], args)
-
-
-def _calls_as_text(msgs: list[dict[str, Any]], family: Family) -> list[dict[str, Any]]:
-    """Earlier calls and results as plain text, for templates with no tool roles."""
-    out: list[dict[str, Any]] = []
-    for d in msgs:
-        if d["role"] == "tool":
-            name = d.get("name") or "tool"
-            d = {"role": "user", "content": f"[result of {name}]\n{d['content']}"}
-        elif d.get("tool_calls"):
-            calls = "\n".join(_call_text(c, family) for c in d["tool_calls"])
-            d = {k: v for k, v in d.items() if k != "tool_calls"}
-            d["content"] = _join(d.get("content") or "", calls)
-        if out and d["role"] == out[-1]["role"] and d["role"] in ("user", "assistant"):
-            out[-1] = {**out[-1], "content": _join(out[-1]["content"], d["content"])}
-        else:
-            out.append(d)
+        out = calls_as_text(out, by_name("generic"))
     return out
 
 
@@ -433,11 +335,11 @@ def fit_messages(msgs: list[dict[str, Any]], tpl: Template,
     if tools and not native_tools:
         text = tool_instructions(tools, family, brief=tpl.tool_detail == "brief")
         if msgs and msgs[0]["role"] == "system":
-            msgs = [{**msgs[0], "content": _join(msgs[0]["content"], text)}, *msgs[1:]]
+            msgs = [{**msgs[0], "content": join_text(msgs[0]["content"], text)}, *msgs[1:]]
         else:
             msgs = [{"role": "system", "content": text}, *msgs]
     if not (caps.tool_calls and caps.tool_role):
-        msgs = _calls_as_text(msgs, family)
+        msgs = calls_as_text(msgs, family)
     ids = _id_style(tpl)
     mapping: dict[str, str] = {}
     n = 0
@@ -473,7 +375,7 @@ def fit_messages(msgs: list[dict[str, Any]], tpl: Template,
         system = msgs[0]["content"]
         msgs = msgs[1:]
         if msgs and msgs[0]["role"] == "user":
-            msgs = [{**msgs[0], "content": _join(system, msgs[0]["content"])}, *msgs[1:]]
+            msgs = [{**msgs[0], "content": join_text(system, msgs[0]["content"])}, *msgs[1:]]
         else:
             msgs = [{"role": "user", "content": system}, *msgs]
     if caps.typed_content:

@@ -1,6 +1,6 @@
 """The fallback: a model with no tool format of its own (a base model, a template
 that knows no tools) is told to answer with a JSON object ``{"name", "arguments"}``
-(see :func:`workers.formats.render.tool_instructions`); one at the start of the
+(see :func:`workers.formats.tooltext.tool_instructions`); one at the start of the
 answer (fenced or not) is a call. ``<think>`` blocks are read too."""
 
 from __future__ import annotations
