@@ -1,5 +1,5 @@
 """``turnout formats list|parse|render``: the chat formats turnout reads
-(workers/formats/cli.py)."""
+(the commands themselves: cli/formats_impl.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 from cli.common import Lazy
 
-IMPL = "workers.formats.cli"
+IMPL = "cli.formats_impl"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -192,7 +192,7 @@ def local_windows(cfg: Any, url: str = "", token: str = "") -> dict[str, int]:
             continue
         win = 0
         if mc.backend == "llama_cpp":
-            from workers.models import context_window_of  # late: reads a GGUF header
+            from protocol.modelfiles import context_window_of  # late: reads a GGUF header
 
             win = context_window_of(mc.path, mc.options)
         if win:

@@ -179,7 +179,7 @@ class Fleet:
             return mc.expected_mb
         if mc.backend == "llama_cpp":
             # "" is the bundled model, a name a registered one: their files, if there yet.
-            from workers.models import locate  # late: the supervisor seldom needs it
+            from protocol.modelfiles import locate  # late: the supervisor seldom needs it
 
             path = locate(mc.path)
             return memory.gguf_footprint_mb(str(path), mc.context_window) if path is not None else 0.0

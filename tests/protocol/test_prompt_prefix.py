@@ -15,8 +15,8 @@ from protocol.chat import ChatRequest, Message, TextPart, Tool
 from workers import chat_templates as ct
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude-code"
-GEMMA = ct.detect("", "gemma3", bos_token="<bos>", eos_token="<eos>")
-CHATML = ct.detect("", "qwen2", chat_format="chatml")
+GEMMA = ct.detect("", "gemma3", bos_token="<bos>", eos_token="<eos>", tool_detail="full")
+CHATML = ct.detect("", "qwen2", chat_format="chatml", tool_detail="full")
 
 MAIN = "01-print-hello-request-2.json"  # session A
 OTHER = "03-tool-bash-request-2.json"  # session B: other billing hash, other first words

@@ -30,7 +30,7 @@ def _template(path: str, tool_format: str) -> Any:
         raise SystemExit(f"turnout formats: no such file: {path}")
     template, arch, bos, eos = "", "", "", ""
     if p.suffix == ".gguf":
-        from workers.models import ModelError, gguf_info
+        from protocol.modelfiles import ModelError, gguf_info
 
         try:
             info = gguf_info(p)
