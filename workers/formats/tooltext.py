@@ -28,8 +28,8 @@ def tool_specs(tools: list[Tool]) -> list[dict[str, Any]]:
 BRIEF_DESCRIPTION_CHARS = 160
 
 
-def _type_name(schema: Any) -> str:
-    if not isinstance(schema, dict):
+def _type_name(schema: Any, depth: int = 0) -> str:
+    if not isinstance(schema, dict) or depth > 3:
         return "any"
     if "enum" in schema and isinstance(schema["enum"], list):
         return "|".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"][:6])
@@ -37,7 +37,7 @@ def _type_name(schema: Any) -> str:
     if isinstance(t, list):
         return "|".join(str(x) for x in t)
     if t == "array":
-        return f"array of {_type_name(schema.get('items'))}"
+        return f"array of {_type_name(schema.get('items'), depth + 1)}"
     return str(t) if t else "any"
 
 
@@ -51,9 +51,12 @@ def brief_tool_lines(specs: list[dict[str, Any]]) -> list[str]:
     out = []
     for s in specs:
         fn = s["function"]
-        params = fn.get("parameters") or {}
-        props = params.get("properties") or {}
-        required = set(params.get("required") or [])
+        params = fn.get("parameters")
+        params = params if isinstance(params, dict) else {}
+        props = params.get("properties")
+        props = props if isinstance(props, dict) else {}
+        required = params.get("required")
+        required = {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
         args = ", ".join(f"{k}{'' if k in required else '?'}: {_type_name(v)}" for k, v in props.items())
         desc = " ".join(str(fn.get("description") or "").split())
         for end in (". ", ".\n"):

@@ -255,3 +255,20 @@ def test_prompts_match_llama_cpps_for_its_own_cases(case: dict) -> None:
     prompt = fr.render_messages(msgs, info, tools=case["tools"] or [], thinking=case["enable_thinking"],
                                 now=datetime(2026, 12, 1))
     assert prompt == case["prompt"]
+
+
+def test_brief_tool_lines_take_any_schema_a_client_sends() -> None:
+    from workers.formats.tooltext import brief_tool_lines
+
+    deep: dict[str, object] = {"type": "string"}
+    for _ in range(2000):
+        deep = {"type": "array", "items": deep}
+    odd = [{"type": "function", "function": {"name": "a", "description": None, "parameters": [1, 2]}},
+           {"type": "function", "function": {"name": "b", "description": 5,
+                                             "parameters": {"properties": [1], "required": "x"}}},
+           {"type": "function", "function": {"name": "c", "description": "Does x. Then y.", "parameters": {
+               "properties": {"p": {"type": ["string", "null"]}, "q": deep, "r": {"anyOf": []}},
+               "required": [1, "q", {}]}}}]
+    assert brief_tool_lines(odd) == [
+        "- a()", "- b(): 5",
+        "- c(p?: string|null, q: array of array of array of array of any, r?: any): Does x."]
