@@ -151,7 +151,10 @@ def _tools(raw: Any, where: str) -> list[Tool]:
         elif t.get("type") == "function":
             if not t.get("name"):
                 raise _bad(f"{where}.{i}.name", "Field required")
-            out.append(Tool(str(t["name"]), str(t.get("description") or ""), t.get("parameters") or {}))
+            params = t.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise _bad(f"{where}.{i}.parameters", "expected a JSON Schema object")
+            out.append(Tool(str(t["name"]), str(t.get("description") or ""), params))
     return out
 
 
@@ -191,6 +194,10 @@ def parse_responses(body: bytes, headers: Any = None, *, max_tokens_limit: int =
         raise _bad("max_output_tokens", "expected an integer >= 1")
     if mot is not None:
         check_max_tokens(mot, max_tokens_limit, "max_output_tokens")
+    for k in ("temperature", "top_p"):
+        v = r.get(k)
+        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool)):
+            raise _bad(k, "expected a number")
     req = ChatRequest(
         model=model, messages=msgs, max_tokens=mot or DEFAULT_MAX_TOKENS, system=system, tools=tools,
         tool_choice=choice, temperature=r.get("temperature"), top_p=r.get("top_p"), stream=bool(r.get("stream")),

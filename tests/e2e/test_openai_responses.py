@@ -81,6 +81,11 @@ def test_hosted_tools_are_left_out_and_namespaces_opened(turnout: TurnoutProcess
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input.0.role"),
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+    # wrong types that once reached the worker, which dropped the message it could
+    # not read: the request hung until its cancel was overdue and the worker restarted
+    ({"input": "x", "temperature": {"a": {}}}, "temperature"),
+    ({"input": "x", "top_p": "high"}, "top_p"),
+    ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": [1]}]}, "tools.0.parameters"),
 ])
 def test_what_is_not_served_is_a_400_naming_the_field(turnout: TurnoutProcess, kw: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as ei:

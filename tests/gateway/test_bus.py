@@ -69,6 +69,21 @@ async def test_a_worker_that_registered_after_the_question_is_kept() -> None:
     assert "w" in bus.workers
 
 
+def test_a_request_the_worker_could_not_read_is_a_400_naming_the_field_before_it_is_sent() -> None:
+    from gateway.errors import ApiError
+    from protocol.chat import ChatRequest, Message, TextPart
+
+    bus = _bus()
+    ok = ChatRequest(model="fake", max_tokens=5, messages=[Message("user", [TextPart("hi")])])
+    assert msgspec.msgpack.decode(bus._encode(m.Generate("r1", "gw-test", ok)), type=m.ToWorker).request == ok
+    # structs are not type-checked when built: an adapter could pass anything on
+    bad = ChatRequest(model="fake", max_tokens=5, messages=[Message("user", [TextPart("hi")])],
+                      temperature={"a": {}})  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as ei:
+        bus._encode(m.Generate("r2", "gw-test", bad))
+    assert ei.value.status == 400 and ei.value.param == "temperature", ei.value.message
+
+
 # ------------------------------------------------ commands and replies (call_id)
 
 SECRET = "unit-bus-token"
