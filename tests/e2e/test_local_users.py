@@ -308,15 +308,24 @@ class Rogue:
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.IDENTITY, b"rogue-0")
         self.dealer.setsockopt(zmq.LINGER, 0)
+        # A refused handshake leaves the DEALER with no peer, and a send with no peer
+        # blocks for ever (this hung a CI run): sends give up after 2 s instead.
+        self.dealer.setsockopt(zmq.SNDTIMEO, 2000)
         self.dealer.connect(ep.gateway_requests("gw0"))
         self.xpub = self.ctx.socket(zmq.XPUB)
         self.xpub.setsockopt(zmq.LINGER, 0)
         self.xpub.connect(ep.gateway_streams("gw0"))
         self.enc = msgspec.msgpack.Encoder()
-        self.dealer.send(self.enc.encode(m.Hello(role="worker", id="rogue-0", pid=os.getpid(), backend="fake",
-                                                 models=["fake"], max_concurrency=64)))
+        self._send(m.Hello(role="worker", id="rogue-0", pid=os.getpid(), backend="fake", models=["fake"],
+                           max_concurrency=64))
         self.subscribed = bool(self.xpub.poll(3000))  # the gateway's SUB subscribes to the stream topic
-        self.dealer.send(self.enc.encode(m.Ready(id="rogue-0", context_window=4096)))
+        self._send(m.Ready(id="rogue-0", context_window=4096))
+
+    def _send(self, msg: m.Hello | m.Ready) -> None:
+        try:
+            self.dealer.send(self.enc.encode(msg))
+        except self.zmq.Again:
+            pass  # no peer took it: the gateway refused the connection
 
     def received(self, timeout_s: float) -> list[bytes]:
         out = []
