@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import msgspec
@@ -304,6 +305,15 @@ class Rogue:
 
         self.zmq = zmq
         self.ctx = zmq.Context()
+        try:
+            self._connect(t, Endpoints)
+        except BaseException:
+            # a context with open sockets blocks for ever when collected later
+            self.close()
+            raise
+
+    def _connect(self, t: TurnoutProcess, Endpoints: Any) -> None:
+        zmq = self.zmq
         ep = Endpoints(str(t.runtime_dir))
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.IDENTITY, b"rogue-0")
@@ -335,9 +345,7 @@ class Rogue:
         return out
 
     def close(self) -> None:
-        self.dealer.close(0)
-        self.xpub.close(0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # every socket it made, then the context
 
 
 def _healthz_ready(t: TurnoutProcess) -> int:
