@@ -176,12 +176,15 @@ def bench_cancel(t: TurnoutProcess, n: int) -> dict[str, Any]:
         before = len(_cancel_events(t))
         sock = socket.create_connection(("127.0.0.1", t.port))
         payload = body(f"cancel me {i}", 100000, "fake-slow")
-        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + t.token.encode() +
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + t.token.encode() +
                      b"\r\ncontent-type: application/json\r\ncontent-length: " + str(len(payload)).encode() +
                      b"\r\n\r\n" + payload)
         seen = b""
         while seen.count(b"content_block_delta") < 6:
-            seen += sock.recv(65536)
+            chunk = sock.recv(65536)
+            if not chunk:  # an error answer, closed: never wait for ever
+                raise RuntimeError(f"the cancel request was answered without a stream: {seen[:300]!r}")
+            seen += chunk
         t_close = time.monotonic_ns()
         sock.close()
         deadline = time.monotonic() + 5
