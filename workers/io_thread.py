@@ -124,10 +124,10 @@ class IOThread(threading.Thread):
                             out = pull.recv_multipart(copy=False)
                             xpub.send_multipart(out, copy=False)
                             continue
-                        frames = [dest, *pull.recv_multipart(copy=True)]
-                        xpub.send_multipart(frames[1:])
-                        if len(frames) > 3:  # a terminal message carries its rid
-                            rid = frames[3].decode()
+                        frames = pull.recv_multipart(copy=True)  # topic, msg[, rid]
+                        xpub.send_multipart(frames)
+                        if len(frames) > 2:  # a terminal message carries its rid
+                            rid = frames[2].decode()
                             self.live.discard(rid)
                             abort.discard(rid)
                 if xpub in events:
