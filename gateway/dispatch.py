@@ -35,7 +35,6 @@ from protocol.config import Config, ModelConfig
 
 log = structlog.get_logger()
 
-_WORKER_READS = msgspec.msgpack.Decoder(m.ToWorker)  # as workers/io_thread.py decodes
 
 
 @dataclass
@@ -211,17 +210,6 @@ class Dispatch:
             # a seed): a permanent error of the request, found before it is sent.
             raise ApiError(400, "the request holds an integer beyond 64 bits, which a local model cannot "
                                 "take") from None
-        # Read back as the worker will read it: an adapter that let a value of the
-        # wrong type through (a dict for a temperature) is a 400 naming the field
-        # here, not a message the worker drops, leaving the request to hang until
-        # its cancel is overdue and the worker is restarted.
-        try:
-            _WORKER_READS.decode(raw)
-        except msgspec.ValidationError as e:
-            where = str(e).rsplit(" - at `$.", 1)
-            field = where[1].rstrip("`").removeprefix("request.") if len(where) == 2 else ""
-            raise ApiError(400, f"invalid request: {where[0]}" + (f" ({field})" if field else ""),
-                           param=field or None) from None
         return raw
 
     def _dispatch(self, w: WorkerRef, st: RequestStream, raw: bytes, data: list[bytes | memoryview]) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 FORWARD_BATCH = 256  # messages forwarded per turn of the I/O thread's poll loop
+_ANSWERED = ("gen", "count", "job")  # the tags of messages that start a request
 
 
 class IOThread(threading.Thread):
@@ -155,8 +156,8 @@ class IOThread(threading.Thread):
                             extra = d.recv_multipart(copy=False) if d.getsockopt(zmq.RCVMORE) else None
                             try:
                                 msg = dec_in.decode(raw)
-                            except msgspec.DecodeError:
-                                log.error("bad_message_from_gateway", size=len(raw))
+                            except msgspec.DecodeError as e:
+                                self._refuse(raw, e, xpub, enc)
                                 continue
                             if isinstance(msg, m.Cancel):
                                 if msg.request_id in self.live:
@@ -187,3 +188,25 @@ class IOThread(threading.Thread):
         finally:
             for s in [pull, sup, xpub, *gw_dealers.values()]:
                 s.close(0)
+
+    @staticmethod
+    def _refuse(raw: bytes, e: msgspec.DecodeError, xpub: zmq.Socket, enc: msgspec.msgpack.Encoder) -> None:
+        """A message from the gateway this worker cannot read (a value of the wrong
+        type an adapter let through): its request, when it names one, ends at once
+        with ``Failed(invalid_request)`` naming the field, so the client gets a 400
+        and nothing waits for an answer that would never come. The gateway does not
+        check its own messages on the way out: that would cost every request a
+        second decode on its loop."""
+        try:
+            head = msgspec.msgpack.decode(raw)
+        except msgspec.DecodeError:
+            head = None
+        rid = head.get("request_id") if isinstance(head, dict) else None
+        gid = head.get("gateway_id") if isinstance(head, dict) else None
+        log.error("bad_message_from_gateway", size=len(raw), error=str(e)[:200], request_id=rid)
+        if not isinstance(rid, str) or not isinstance(gid, str) or head.get("t") not in _ANSWERED:
+            return
+        what, _, where = str(e).partition(" - at `$.")
+        field = where.rstrip("`").removeprefix("request.")
+        failed = m.Failed(rid, 0, "invalid_request", f"invalid request: {what}" + (f" ({field})" if field else ""))
+        xpub.send_multipart([f"{gid}/{rid}".encode(), enc.encode(failed), rid.encode()])

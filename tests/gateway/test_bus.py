@@ -69,21 +69,6 @@ async def test_a_worker_that_registered_after_the_question_is_kept() -> None:
     assert "w" in bus.workers
 
 
-def test_a_request_the_worker_could_not_read_is_a_400_naming_the_field_before_it_is_sent() -> None:
-    from gateway.errors import ApiError
-    from protocol.chat import ChatRequest, Message, TextPart
-
-    bus = _bus()
-    ok = ChatRequest(model="fake", max_tokens=5, messages=[Message("user", [TextPart("hi")])])
-    assert msgspec.msgpack.decode(bus._encode(m.Generate("r1", "gw-test", ok)), type=m.ToWorker).request == ok
-    # structs are not type-checked when built: an adapter could pass anything on
-    bad = ChatRequest(model="fake", max_tokens=5, messages=[Message("user", [TextPart("hi")])],
-                      temperature={"a": {}})  # type: ignore[arg-type]
-    with pytest.raises(ApiError) as ei:
-        bus._encode(m.Generate("r2", "gw-test", bad))
-    assert ei.value.status == 400 and ei.value.param == "temperature", ei.value.message
-
-
 # ------------------------------------------------ commands and replies (call_id)
 
 SECRET = "unit-bus-token"
@@ -167,3 +152,49 @@ async def test_replies_find_their_commands_in_any_order(sup_and_bus: tuple[_Supe
     got_status, got_load = await asyncio.wait_for(asyncio.gather(status, load), 5.0)
     assert isinstance(got_status, m.StatusReply) and got_status.port == 7
     assert isinstance(got_load, m.LoadRefused) and got_load.message == "short of memory"
+
+
+# ------------------------------------------------ a message the worker cannot read
+
+
+async def test_a_request_its_worker_cannot_read_ends_at_once_as_a_400_naming_the_field(
+        sup_and_bus: tuple[_Supervisor, Bus]) -> None:
+    """Structs are not type-checked when built: an adapter that let a dict through as
+    a temperature once sent a message the worker dropped, and the request hung until
+    its cancel was overdue and the worker was restarted. A real worker process (the
+    fake backend) now answers it with Failed(invalid_request), and goes on serving."""
+    from gateway.errors import from_fail
+    from protocol.chat import ChatRequest, Message, TextPart
+    from protocol.config import ModelConfig
+    from protocol.specs import WorkerSpec
+    from supervisor.process import spawn, stop_ladder
+
+    sup, bus = sup_and_bus
+    spec = WorkerSpec(id="fake-0", backend="fake", model="fake", runtime_dir=str(sup.dir),
+                      gateway_ids=["gw-test"], bus_secret=SECRET)
+    child = spawn("fake-0", "workers.main", msgspec.json.encode(spec), spec_dir=str(sup.dir))
+    try:
+        deadline = time.monotonic() + 30
+        while not bus.ready_workers("fake"):
+            assert time.monotonic() < deadline, "the worker never said it was ready"
+            await asyncio.sleep(0.05)
+        mc = ModelConfig(name="fake", backend="fake")
+
+        async def terminal(req: ChatRequest) -> m.StreamMsg:
+            st = await bus.open(mc, req)
+            while True:
+                for msg in await asyncio.wait_for(st.next_batch(), 10.0):
+                    if isinstance(msg, m.Done | m.Failed):
+                        return msg
+
+        hi = [Message("user", [TextPart("hi")])]
+        bad = ChatRequest(model="fake", max_tokens=5, messages=hi, temperature={"a": {}})  # type: ignore[arg-type]
+        failed = await terminal(bad)
+        assert isinstance(failed, m.Failed) and failed.kind == "invalid_request", failed
+        err = from_fail(failed.kind, failed.message)
+        assert err.status == 400 and "temperature" in err.message, err.message
+        # the worker goes on: the next request is answered
+        done = await terminal(ChatRequest(model="fake", max_tokens=5, messages=hi))
+        assert isinstance(done, m.Done), done
+    finally:
+        stop_ladder([child], grace_s=2.0)
