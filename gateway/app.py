@@ -75,7 +75,6 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     rid = hex_id("req_", 10)
     structlog.contextvars.bind_contextvars(request_id=rid)
     t0 = time.perf_counter()
-    shape = _shape(request)
     status = 500
     try:
         early = screen(request, request.app[ORIGINS])  # Host and Origin, before anything else
@@ -95,23 +94,23 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         status = resp.status
     except ApiError as e:
         status = e.status
-        resp = e.response(shape)
+        resp = e.response(_shape(request))
     except web.HTTPRequestEntityTooLarge:
         status = 413
-        resp = ApiError(413, f"request body too large: the limit is {request.app[MAX_BODY]} bytes (server.max_body_mb)").response(shape)
+        resp = ApiError(413, f"request body too large: the limit is {request.app[MAX_BODY]} bytes (server.max_body_mb)").response(_shape(request))
     except web.HTTPException as e:
         status = e.status
         msg = {404: f"not found: {request.method} {request.path}", 405: f"method {request.method} not allowed on {request.path}"}.get(e.status, e.reason)
-        resp = ApiError(e.status, msg).response(shape)
+        resp = ApiError(e.status, msg).response(_shape(request))
     except asyncio.CancelledError:
         status = 499  # the client went away
         raise
     except RecursionError:  # msgspec (and any parser) refuses nesting deeper than the C stack allows
         status = 400
-        resp = ApiError(400, "The request body is nested too deeply").response(shape)
+        resp = ApiError(400, "The request body is nested too deeply").response(_shape(request))
     except Exception:
         log.exception("unhandled_error", path=request.path)
-        resp = ApiError(500, "internal error in turnout; see its log for details").response(shape)
+        resp = ApiError(500, "internal error in turnout; see its log for details").response(_shape(request))
     finally:
         log.info("http", method=request.method, path=request.path, status=status,
                  ms=round((time.perf_counter() - t0) * 1000, 2))

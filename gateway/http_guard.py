@@ -265,12 +265,21 @@ class OriginPolicy:
     check_host: bool
     allowed_hosts: list[str] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
+    # Host headers already judged: a client sends the same one on every request,
+    # and the check (an IP parse, globs) is on every request's path.
+    _judged: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
 
     def host_ok(self, host_header: str | None) -> bool:
         if not self.check_host or host_header is None:
             return True  # HTTP/1.0 without Host: nothing to rebind
-        host = _split_host(host_header)
-        return _is_loopback_name(host) or any(fnmatch.fnmatchcase(host, g.lower()) for g in self.allowed_hosts)
+        ok = self._judged.get(host_header)
+        if ok is None:
+            host = _split_host(host_header)
+            ok = _is_loopback_name(host) or any(fnmatch.fnmatchcase(host, g.lower()) for g in self.allowed_hosts)
+            if len(self._judged) >= 256:  # bounded: a client can send any Host
+                self._judged.clear()
+            self._judged[host_header] = ok
+        return ok
 
     def origin_ok(self, origin: str, host_header: str | None) -> bool:
         if origin in self.cors_origins or "*" in self.cors_origins:
@@ -299,19 +308,19 @@ def screen(request: web.Request, policy: OriginPolicy) -> web.StreamResponse | N
     """The Host and Origin checks, before routing and auth: a 403 for a request
     that fails one, the answer to an allowed origin's CORS preflight (a browser
     sends it without the token), else None (carry on)."""
-    shape = api_shape(request.path, request.headers)
     host = request.headers.get("Host")
     if not policy.host_ok(host):
         log.warning("host_refused")
         return ApiError(403, "the Host header names no host this gateway answers to: bound to loopback, it answers "
-                             "to localhost and loopback addresses (add names to server.allowed_hosts)").response(shape)
+                             "to localhost and loopback addresses (add names to server.allowed_hosts)").response(
+            api_shape(request.path, request.headers))
     origin = request.headers.get("Origin")
     if origin is None:
         return None
     if not policy.origin_ok(origin, host):
         log.warning("origin_refused")
         return ApiError(403, "requests from web pages of other origins are refused (allow an origin with "
-                             "server.cors_origins)").response(shape)
+                             "server.cors_origins)").response(api_shape(request.path, request.headers))
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers and policy.cors(origin):
         resp = web.Response(status=204)
         resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
