@@ -5,9 +5,9 @@ Run (under the shared lock; both trees are git worktrees, e.g. of the base commi
 and of the branch's head):
 
     git worktree add /tmp/base-wt 64cd3a2 && git worktree add /tmp/head-wt HEAD
-    flock /tmp/turnout-heavy.lock .venv/bin/python -m bench.ab_overhead --a /tmp/base-wt --b /tmp/head-wt
+    flock /tmp/turnout-heavy.lock .venv/bin/python -m turnout.bench.ab_overhead --a /tmp/base-wt --b /tmp/head-wt
 
-Each round runs ``python -m bench.overhead`` once in each tree (with that tree's own
+Each round runs ``python -m turnout.bench.overhead`` once in each tree (with that tree's own
 PYTHONPATH, so every process of that turnout runs that tree's code), in the order
 A B then B A on the next round, so drift on this shared machine hits both alike.
 Writes bench/results/ab-overhead.json and .md (in this tree).
@@ -22,6 +22,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,27 @@ def git_head(tree: Path) -> str:
                           check=True).stdout.strip()
 
 
+TOPS = ("protocol", "gateway", "supervisor", "workers", "cli", "bench")
+
+
+def importable(tree: Path) -> tuple[str, str]:
+    """(PYTHONPATH, bench module) that run ``tree``'s own code. A tree that installs
+    as the turnout namespace is read through a view laid out as installed
+    (turnout/gateway -> TREE/gateway), which comes before the editable install on
+    sys.path; an older tree has the folders as top-level packages."""
+    if 'package-dir' not in (tree / "pyproject.toml").read_text():
+        return str(tree), "bench.overhead"
+    view = Path(tempfile.mkdtemp(prefix="ab-view-")) / "turnout"
+    view.mkdir()
+    for d in TOPS:
+        (view / d).symlink_to(tree.resolve() / d)
+    return str(view.parent), "turnout.bench.overhead"
+
+
 def run_once(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, "-m", "bench.overhead", "--requests", str(args.requests),
+    path, module = importable(tree)
+    env = {**os.environ, "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", module, "--requests", str(args.requests),
            "--streams", str(args.streams), "--cancels", str(args.cancels)]
     out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
@@ -83,7 +102,7 @@ def main() -> int:
         table.append({"measure": name, "a": a, "b": b, "b_over_a": round(b / a, 4) if a else None})
     ratio = table[0]["b_over_a"]
     out = {
-        "command": " ".join(["python -m bench.ab_overhead", *sys.argv[1:]]),
+        "command": " ".join(["python -m turnout.bench.ab_overhead", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "a": {"tree": str(args.a), "commit": git_head(args.a)}, "b": {"tree": str(args.b), "commit": git_head(args.b)},
@@ -94,7 +113,7 @@ def main() -> int:
     (RESULTS / "ab-overhead.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [f"# bench.overhead, {out['a']['commit']} (A) vs {out['b']['commit']} (B), alternated", "",
              f"Command: `{out['command']}`  ", f"Date: {out['date']} · machine: {out['machine']}  ",
-             f"Medians over {args.rounds} runs of `python -m bench.overhead` in each tree (A B, B A, ...).", "",
+             f"Medians over {args.rounds} runs of `python -m turnout.bench.overhead` in each tree (A B, B A, ...).", "",
              "| measure | A | B | B ÷ A |", "|---|---|---|---|"]
     lines += [f"| {r['measure']} | {r['a']} | {r['b']} | {r['b_over_a']} |" for r in table]
     lines += ["", f"Added TTFT p50, B ÷ A = {ratio}: {'within' if out['within_3_percent'] else 'NOT within'} 3%.", ""]

@@ -1,6 +1,6 @@
 """Chaos benchmark (issue 4): many concurrent streams while workers are SIGKILLed.
 
-Run:  .venv/bin/python -m bench.chaos --duration 60 --streams 200
+Run:  .venv/bin/python -m turnout.bench.chaos --duration 60 --streams 200
 Writes bench/results/chaos.json and bench/results/chaos.md.
 
 A real turnout (supervisor, gateway, ``--workers`` fake workers with a token delay,
@@ -46,12 +46,12 @@ import aiohttp
 import msgspec
 import zmq
 
-from bench.stats import pct
-from protocol import messages as m
-from protocol.sockets import Endpoints, make_socket
-from supervisor.control import ControlClient, NotRunning
-from supervisor.launch import TurnoutProcess
-from workers.fake import reference_tokens
+from turnout.bench.stats import pct
+from turnout.protocol import messages as m
+from turnout.protocol.sockets import Endpoints, make_socket
+from turnout.supervisor.control import ControlClient, NotRunning
+from turnout.supervisor.launch import TurnoutProcess
+from turnout.workers.fake import reference_tokens
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _TAG = re.compile(r"\bq\d+x\d+\b")
@@ -290,7 +290,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def write(res: dict[str, Any], args: argparse.Namespace, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": " ".join([".venv/bin/python", "-m", "bench.chaos", *sys.argv[1:]]),
+        "command": " ".join([".venv/bin/python", "-m", "turnout.bench.chaos", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -338,7 +338,7 @@ def write(res: dict[str, Any], args: argparse.Namespace, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m turnout.bench.chaos", description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--workers", type=int, default=4)

@@ -24,10 +24,16 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from bench import report
-from bench.runner import Plan, run_plan
-from bench.targets import ChatTarget, CompletionsTarget, InProcessLlamaTarget, Target, TurnoutTarget
-from bench.workloads import WORKLOADS
+from turnout.bench import report
+from turnout.bench.runner import Plan, run_plan
+from turnout.bench.targets import (
+    ChatTarget,
+    CompletionsTarget,
+    InProcessLlamaTarget,
+    Target,
+    TurnoutTarget,
+)
+from turnout.bench.workloads import WORKLOADS
 
 
 def _get_json(url: str, token: str) -> Any:
@@ -56,9 +62,9 @@ def turnout_targets(url: str, token: str, only: list[str] | None) -> list[Target
 
 
 def load_inprocess(path: str | None) -> InProcessLlamaTarget:
-    from workers.base import WorkerSpec
-    from workers.llama_cpp import create
-    from workers.models import ensure_default_model
+    from turnout.workers.base import WorkerSpec
+    from turnout.workers.llama_cpp import create
+    from turnout.workers.models import ensure_default_model
 
     model_path = path or str(ensure_default_model())
     backend = create(WorkerSpec(id="bench", backend="llama_cpp", model="inprocess", runtime_dir="", gateway_ids=[],
@@ -73,7 +79,7 @@ class LlamaServer:
     ``--logits_all false`` (its default doubles prefill)."""
 
     def __init__(self, model_path: str, n_ctx: int) -> None:
-        from supervisor.launch import free_port
+        from turnout.supervisor.launch import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -125,7 +131,7 @@ async def amain(args: argparse.Namespace) -> int:
     server: LlamaServer | None = None
     url, token = args.url.rstrip("/"), args.token
     if args.start is not None:
-        from supervisor.launch import TurnoutProcess
+        from turnout.supervisor.launch import TurnoutProcess
 
         cfg = Path(args.start).read_text() if args.start else (
             '[[models]]\nname = "gemma3-270m"\nbackend = "llama_cpp"\naliases = ["claude-*"]\n')
@@ -134,7 +140,7 @@ async def amain(args: argparse.Namespace) -> int:
         started.start(timeout=600)
         url, token = started.base_url, started.token
     if not token:
-        from gateway.auth import load_or_create_token
+        from turnout.gateway.auth import load_or_create_token
 
         token = load_or_create_token()
     targets: list[Target] = []
@@ -155,7 +161,7 @@ async def amain(args: argparse.Namespace) -> int:
             elif name == "llama-server":
                 if inproc is None:
                     inproc = load_inprocess(rest or args.model_path)  # its template renders the prompts
-                from workers.models import ensure_default_model
+                from turnout.workers.models import ensure_default_model
 
                 server = LlamaServer(rest or args.model_path or str(ensure_default_model()), inproc.context_window)
                 targets.append(CompletionsTarget("llama_cpp.server", server.url, "model", inproc.render,

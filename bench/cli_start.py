@@ -2,9 +2,9 @@
 (against a running turnout with a fake model), beside a bare ``python -c pass``,
 interleaved run by run so host noise hits every command alike; with ``--base DIR``
 also the same commands from another checkout (e.g. the commit before cli/ existed,
-``git archive COMMIT | tar -x -C DIR``), run as ``python -m supervisor.cli``.
+``git archive COMMIT | tar -x -C DIR``), run as ``python -m turnout.supervisor.cli``.
 
-    .venv/bin/python -m bench.cli_start --runs 15 [--base DIR]
+    .venv/bin/python -m turnout.bench.cli_start --runs 15 [--base DIR]
 
 Writes ``bench/results/cli_start.json`` and ``.md`` (medians, seconds) and the
 ``-X importtime`` top entries (cumulative) of each command of this tree.
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from supervisor.launch import TurnoutProcess
+from turnout.supervisor.launch import TurnoutProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = '[[models]]\nname = "fake"\nbackend = "fake"\n'
@@ -53,25 +53,26 @@ def importtime_top(argv: list[str], env: dict[str, str], n: int = 8) -> list[tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.cli_start", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m turnout.bench.cli_start", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--base", help="another checkout to time beside this one (python -m supervisor.cli)")
+    ap.add_argument("--base", help="another checkout to time beside this one (python -m turnout.supervisor.cli)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/cli_start"))
     args = ap.parse_args(argv)
 
     t = TurnoutProcess(FAKE).start()
     try:
         inst = ["--port", str(t.port), "--runtime-dir", str(t.runtime_dir)]
-        env = dict(t.env, PYTHONPATH=str(ROOT))
+        env = dict(t.env)
         py = sys.executable
         commands: dict[str, tuple[list[str], dict[str, str]]] = {
             "python -c pass": ([py, "-c", "pass"], env),
-            "turnout --help": ([py, "-m", "cli", "--help"], env),
-            "turnout ps": ([py, "-m", "cli", "ps", *inst], env),
+            "turnout --help": ([py, "-m", "turnout.cli", "--help"], env),
+            "turnout ps": ([py, "-m", "turnout.cli", "ps", *inst], env),
         }
         if args.base:
             base_env = dict(env, PYTHONPATH=str(Path(args.base).resolve()))
+            # a checkout from before the turnout namespace: the command's old module
             commands["base: turnout --help"] = ([py, "-m", "supervisor.cli", "--help"], base_env)
             commands["base: turnout ps"] = ([py, "-m", "supervisor.cli", "ps", *inst], base_env)
         times: dict[str, list[float]] = {k: [] for k in commands}
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         t.stop()
 
     doc = {
-        "command": "python -m bench.cli_start " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m turnout.bench.cli_start " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "runs": args.runs,

@@ -1,6 +1,6 @@
 """Cloud proxy overhead and upstream abort time (issue 5).
 
-Run:  .venv/bin/python -m bench.cloud [--n 300] [--no-litellm] [--litellm PATH]
+Run:  .venv/bin/python -m turnout.bench.cloud [--n 300] [--no-litellm] [--litellm PATH]
 LiteLLM is found in .venv/bin, then .tools/litellm/bin (its own virtualenv:
 ``python3 -m venv .tools/litellm && .tools/litellm/bin/pip install 'litellm[proxy]'``,
 which keeps its pins out of turnout's), then on PATH.
@@ -42,8 +42,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.stats import pct
-from supervisor.launch import TurnoutProcess, free_port
+from turnout.bench.stats import pct
+from turnout.supervisor.launch import TurnoutProcess, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEY = "sk-test-SECRET-openai-9z8y7x6w"  # what the fake upstream expects
@@ -264,8 +264,8 @@ def main() -> None:
         sys.exit(2)
     res = asyncio.run(run(args.n, litellm, args.aborts))
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-           "command": " ".join(["python -m bench.cloud", *sys.argv[1:]]), "results": res}
-    write(out, " ".join([".venv/bin/python -m bench.cloud", *sys.argv[1:]]))
+           "command": " ".join(["python -m turnout.bench.cloud", *sys.argv[1:]]), "results": res}
+    write(out, " ".join([".venv/bin/python -m turnout.bench.cloud", *sys.argv[1:]]))
     print(json.dumps(res, indent=2))
 
 

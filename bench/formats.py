@@ -1,7 +1,7 @@
 """Chat formats: what reading a model's output costs, and how much of llama.cpp's
 parser test suite turnout passes, per family (issue 12).
 
-Run:  .venv/bin/python -m bench.formats [--rounds N]
+Run:  .venv/bin/python -m turnout.bench.formats [--rounds N]
 Writes bench/results/formats.json and bench/results/formats.md.
 
 Measured side by side in one run on this machine:
@@ -93,11 +93,11 @@ def token_pieces(model: Path, text: str) -> list[str]:
 
 def parse_cost(family: Any, pieces: list[str], rounds: int) -> tuple[float, float, int]:
     """(reader s/token, writer s/token, calls read) over ``rounds`` runs."""
-    from protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig, Tool
-    from workers.formats import ToolSet
-    from workers.formats.events import Call
-    from workers.formats.render import Rendered
-    from workers.tool_calls import AnswerWriter
+    from turnout.protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig, Tool
+    from turnout.workers.formats import ToolSet
+    from turnout.workers.formats.events import Call
+    from turnout.workers.formats.render import Rendered
+    from turnout.workers.tool_calls import AnswerWriter
 
     tools = [Tool("Write", "write a file", {"type": "object", "properties": {
         "file_path": {"type": "string"}, "content": {"type": "string"}}, "required": ["file_path", "content"]})]
@@ -125,8 +125,8 @@ def parse_cost(family: Any, pieces: list[str], rounds: int) -> tuple[float, floa
 
 
 def case_results() -> dict[str, dict[str, int]]:
-    from workers import formats
-    from workers.formats.events import Call, Text, Thinking
+    from turnout.workers import formats
+    from turnout.workers.formats.events import Call, Text, Thinking
 
     cases = [json.loads(line) for line in (FIXTURES / "chat-formats" / "cases.jsonl").read_text().splitlines()]
     templates: dict[str, str] = {}
@@ -180,7 +180,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="3 rounds, results not written")
     args = p.parse_args()
     rounds = 3 if args.quick else args.rounds
-    from workers import formats, models
+    from turnout.workers import formats, models
 
     model = models.ensure_default_model(progress=False)
     gen = generation_s_per_token(model)
@@ -217,7 +217,7 @@ def main() -> None:
            "| family | cases | passed |", "|---|---|---|"]
     for name, v in sorted(cases.items()):
         md.append(f"| {name} | {v['cases']} | {v['passed']} |")
-    md += ["", "Command: `.venv/bin/python -m bench.formats`", ""]
+    md += ["", "Command: `.venv/bin/python -m turnout.bench.formats`", ""]
     (RESULTS / "formats.md").write_text("\n".join(md))
 
 

@@ -1,7 +1,7 @@
 """The default model served three ways, side by side: turnout vs llama-cpp-python
 in-process vs ``python -m llama_cpp.server`` (issue 3).
 
-Run:  .venv/bin/python -m bench.llm [--runs N] [--quick]
+Run:  .venv/bin/python -m turnout.bench.llm [--runs N] [--quick]
 Writes bench/results/llm.json and bench/results/llm.md (not with --quick).
 
 Systems (all on the default model, Gemma 3 270M Q4_K_M, the same GGUF file):
@@ -47,11 +47,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker sets it (ME
 
 import psutil
 
-from bench.stats import summary
-from protocol.chat import ChatRequest, Message, TextPart
-from supervisor.launch import TurnoutProcess, free_port
-from workers import chat_templates as ct
-from workers import models
+from turnout.bench.stats import summary
+from turnout.protocol.chat import ChatRequest, Message, TextPart
+from turnout.supervisor.launch import TurnoutProcess, free_port
+from turnout.workers import chat_templates as ct
+from turnout.workers import models
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_CTX = 32768
@@ -272,7 +272,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     res: dict[str, Any] = {
-        "command": " ".join(["python -m bench.llm", *sys.argv[1:]]),
+        "command": " ".join(["python -m turnout.bench.llm", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "model": str(path.name), "n_ctx": N_CTX, "n_batch": N_BATCH, "threads": threads,

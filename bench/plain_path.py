@@ -7,7 +7,7 @@ configured (no config file) serving the bundled default model, then the real
   with nothing else set (the settings it wrote carry the URL, the token, the
   models and the limits, and its MCP server is registered).
 
-Run:  .venv/bin/python -m bench.plain_path [--runs N] [--out bench/results/plain-path]
+Run:  .venv/bin/python -m turnout.bench.plain_path [--runs N] [--out bench/results/plain-path]
 (under the shared lock: ``flock /tmp/turnout-heavy.lock …``). Writes
 ``plain-path.json`` and ``plain-path.md``.
 
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.launch import TurnoutProcess, free_port
+from turnout.supervisor.launch import TurnoutProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -277,7 +277,7 @@ def walk(path: str, cache: Path, timeout: float = 900.0) -> Walk:
             # store (here TURNOUT_TOKEN, as the test turnout runs), files under HOME.
             setup_env = dict(env, TURNOUT_TOKEN=t.token, PYTHONPATH=str(ROOT),
                              XDG_STATE_HOME=str(home / ".local/state"), XDG_CONFIG_HOME=str(home / ".config"))
-            out = subprocess.run([sys.executable, "-m", "supervisor.cli", "claude", "--url", proxy.url, "setup"],
+            out = subprocess.run([sys.executable, "-m", "turnout.cli", "claude", "--url", proxy.url, "setup"],
                                  env=setup_env, cwd=work, capture_output=True, text=True, timeout=120)
             w.setup_output = (out.stdout + out.stderr).replace(t.token, "<token>")
             if out.returncode != 0:
@@ -341,7 +341,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.plain_path", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m turnout.bench.plain_path", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=2, help="walks of each path (alternating)")
     ap.add_argument("--out", default=str(RESULTS / "plain-path"), help="results path without extension")
     ap.add_argument("--paths", default="by hand,after setup")
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     doc = {"date": time.strftime("%Y-%m-%d"), "host": f"{platform.machine()}, {os.cpu_count()} cores",
-           "command": ".venv/bin/python -m bench.plain_path " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "command": ".venv/bin/python -m turnout.bench.plain_path " + " ".join(argv if argv is not None else sys.argv[1:]),
            "target_s": TARGET_S, "runs": runs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Claude Code's shared prefix, computed once: across sessions, subagents, a restart and
 several workers (issue 13). The default model, real captured Claude Code requests.
 
-Run:  .venv/bin/python -m bench.prefix [--phase sessions|routing|all] [--quick]
+Run:  .venv/bin/python -m turnout.bench.prefix [--phase sessions|routing|all] [--quick]
 Writes bench/results/prefix.json and bench/results/prefix.md (not with --quick).
 
 Every request is a real one from tests/fixtures/claude-code, sent as Claude Code sent it
@@ -60,7 +60,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from supervisor.launch import TurnoutProcess
+from turnout.supervisor.launch import TurnoutProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "claude-code"
@@ -183,7 +183,7 @@ class Daemon:
     config under ``workdir``, the cache in ``cache_dir``)."""
 
     def __init__(self, cfg: str, cache_dir: Path, workdir: Path) -> None:
-        from supervisor.launch import free_port
+        from turnout.supervisor.launch import free_port
 
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.toml").write_text(cfg)
@@ -195,7 +195,7 @@ class Daemon:
                     "XDG_STATE_HOME": str(workdir / "state"), "OMP_WAIT_POLICY": "PASSIVE"}
 
     def cli(self, *args: str) -> None:
-        subprocess.run([sys.executable, "-m", "supervisor.cli", *args, "--port", str(self.port)], env=self.env,
+        subprocess.run([sys.executable, "-m", "turnout.cli", *args, "--port", str(self.port)], env=self.env,
                        check=True, capture_output=True, timeout=600)
 
     def up(self) -> Daemon:
@@ -351,7 +351,7 @@ def phase_routing(base: Path, sessions: int, turns: int) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> str:
     lines = ["# Claude Code's shared prefix, computed once (issue 13)", "",
-             "Command: `python -m bench.prefix`  ",
+             "Command: `python -m turnout.bench.prefix`  ",
              f"Date: {res['date']} · machine: {res['machine']} · model: the default (Gemma 3 270M Q4_K_M), "
              "one llama_cpp worker (sessions) or three (routing), default options · greedy answers", ""]
     s = res.get("sessions")
@@ -404,7 +404,7 @@ def main() -> int:
     # The default model, assembled once into this run's cache (its kv/ starts empty).
     env_before = os.environ.get("TURNOUT_CACHE_DIR")
     os.environ["TURNOUT_CACHE_DIR"] = str(base / "cache")
-    from workers import models
+    from turnout.workers import models
 
     models.ensure_default_model(progress=False)
     if env_before is not None:

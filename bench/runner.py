@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import prompts
-from bench.stats import summary
-from bench.targets import StreamResult, Target
+from turnout.bench import prompts
+from turnout.bench.stats import summary
+from turnout.bench.targets import StreamResult, Target
 
 CONCURRENCY_LEVELS = (1, 4, 16)
 OVERFLOW = "context_overflow"

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from bench.prompts import BenchRequest
+from turnout.bench.prompts import BenchRequest
 
 _dec = msgspec.json.Decoder()
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -230,7 +230,7 @@ class InProcessLlamaTarget(Target):
         self.lock = threading.Lock()
 
     def render(self, req: BenchRequest) -> str:
-        from gateway.anthropic import parse_messages
+        from turnout.gateway.anthropic import parse_messages
 
         chat = parse_messages(json.dumps(req.body("x")).encode(), {})
         return str(self.backend._render(chat).prompt)

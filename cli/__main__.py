@@ -1,7 +1,7 @@
-"""``python -m cli``: the same as the ``turnout`` command."""
+"""``python -m turnout.cli``: the same as the ``turnout`` command."""
 
 import sys
 
-from cli.main import main
+from turnout.cli.main import main
 
 sys.exit(main())

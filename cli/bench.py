@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from bench.workloads import WORKLOADS
-from cli.common import Lazy
+from turnout.bench.workloads import WORKLOADS
+from turnout.cli.common import Lazy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,4 +27,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--model-path", help="GGUF for the local peers (default: the bundled model)")
     p.add_argument("--out", help="results directory")
     p.add_argument("--no-plots", action="store_true")
-    p.set_defaults(func=Lazy("bench.cli", "cmd_bench"))
+    p.set_defaults(func=Lazy("turnout.bench.cli", "cmd_bench"))

@@ -12,13 +12,13 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from cli.common import load
+from turnout.cli.common import load
 
 
 def cmd_claude(args: argparse.Namespace) -> int:
     # Everything after turnout's own options is claude's (argparse's REMAINDER does
     # not take a first argument that looks like an option: `turnout claude -p hi`).
-    load("gateway.claude_setup", "claude")  # fails loudly, naming it, before anything runs
+    load("turnout.gateway.claude_setup", "claude")  # fails loudly, naming it, before anything runs
     args.claude_args = claude_argv(args.argv)
     return _dispatch(args)
 
@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _context(cs: ModuleType, args: argparse.Namespace) -> tuple[str, str, Any]:
-    from gateway.auth import load_or_create_token
-    from protocol.config import config_path, gateway_url, load_config
+    from turnout.gateway.auth import load_or_create_token
+    from turnout.protocol.config import config_path, gateway_url, load_config
 
     cfg = load_config(config_path(args.config))
     url = (args.url or gateway_url(args.port, args.config)).rstrip("/")
@@ -43,7 +43,7 @@ def _context(cs: ModuleType, args: argparse.Namespace) -> tuple[str, str, Any]:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    cs = load("gateway.claude_setup", "claude")
+    cs = load("turnout.gateway.claude_setup", "claude")
     try:
         url, token, cfg = _context(cs, args)
         picks = cs.pick_models(cs.model_options(cfg, cs.local_windows(cfg, url, token)), cfg, opus=args.opus or "",
@@ -72,7 +72,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    cs = load("gateway.claude_setup", "claude")
+    cs = load("turnout.gateway.claude_setup", "claude")
     try:
         for line in cs.apply_remove(cs.Paths.for_home()):
             print(line)
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     """``claude`` with turnout's environment; no file is read or written but the
     turnout config. The MCP server comes in on the command line as stdio
     (``turnout mcp``), so the token never appears in the process list."""
-    cs = load("gateway.claude_setup", "claude")
+    cs = load("turnout.gateway.claude_setup", "claude")
     exe = claude_binary()
     if exe is None:
         print("turnout: the `claude` command is not on PATH; install it with "
@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
         pass
     if cs.MCP_NAME not in servers:
         cfg_json = {"mcpServers": {cs.MCP_NAME: {"type": "stdio", "command": sys.executable,
-                                              "args": ["-m", "supervisor.cli", "mcp"]}}}
+                                              "args": ["-m", "turnout.cli", "mcp"]}}}
         argv += ["--mcp-config", json.dumps(cfg_json)]
     argv += rest
     os.execvpe(exe, argv, env)

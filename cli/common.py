@@ -17,7 +17,7 @@ class ImplementationMissing(Exception):
 def config_path(arg: str | None) -> str | None:
     """The config file ``turnout up`` reads (:func:`protocol.config.config_path`,
     imported only when a command needs it)."""
-    from protocol.config import config_path as find
+    from turnout.protocol.config import config_path as find
 
     return find(arg)
 

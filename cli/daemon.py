@@ -22,17 +22,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.common import Lazy, config_path, load
+from turnout.cli.common import Lazy, config_path, load
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    config = load("protocol.config", "up")
+    config = load("turnout.protocol.config", "up")
     try:
         cfg = config.load_config(config_path(args.config))
     except config.ConfigError as e:
         print(f"turnout: {e}", file=sys.stderr)
         return 2
-    problems = load("gateway.routing", "up").validate(cfg)  # here, not in a gateway that would crash-loop
+    problems = load("turnout.gateway.routing", "up").validate(cfg)  # here, not in a gateway that would crash-loop
     if problems:
         print("turnout: config: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -41,23 +41,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.port is not None:
         cfg.server.port = args.port
     if getattr(args, "daemon", False):
-        return int(load("supervisor.daemon", "up").start_daemon(args, cfg.server.host, cfg.server.port))
-    from protocol.logs import setup_logging
+        return int(load("turnout.supervisor.daemon", "up").start_daemon(args, cfg.server.host, cfg.server.port))
+    from turnout.protocol.logs import setup_logging
 
     setup_logging("supervisor")
     if any(mc.backend == "llama_cpp" and not mc.path for mc in cfg.models):
         # Assemble the bundled default model here, so its progress bar shows in the
         # user's terminal before any worker starts (the worker would do it otherwise).
-        load("workers.models", "up").ensure_default_model()
-    auth = load("gateway.auth", "up")
+        load("turnout.workers.models", "up").ensure_default_model()
+    auth = load("turnout.gateway.auth", "up")
     try:
         auth.load_or_create_token()  # once, before the gateway starts: no race to create it
     except RuntimeError as e:
         print(f"turnout: {e}", file=sys.stderr)
         return 2
-    arbiter = load("supervisor.arbiter", "up")
-    from protocol.paths import UnsafePathError
-    from supervisor.control import runtime_base_for, runtime_dir_for
+    arbiter = load("turnout.supervisor.arbiter", "up")
+    from turnout.protocol.paths import UnsafePathError
+    from turnout.supervisor.control import runtime_base_for, runtime_dir_for
 
     runtime = runtime_dir_for(cfg.server.port, args.runtime_dir)
     pidfile = Path(args.pidfile) if getattr(args, "pidfile", None) else None
@@ -70,7 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    auth = load("gateway.auth", "token")
+    auth = load("turnout.gateway.auth", "token")
     try:
         print(auth.load_or_create_token())
     except RuntimeError as e:
@@ -103,32 +103,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _instance_options(down)
     down.add_argument("--wait", dest="wait_s", type=float, default=30.0,
                       help="seconds to wait for a graceful stop before killing (default 30)")
-    down.set_defaults(func=Lazy("supervisor.daemon", "cmd_down"))
+    down.set_defaults(func=Lazy("turnout.supervisor.daemon", "cmd_down"))
     for name in ("status", "ps"):
         p = sub.add_parser(name, help="workers, models and memory of a running turnout")
         _instance_options(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(func=Lazy("supervisor.daemon", "cmd_status"))
+        p.set_defaults(func=Lazy("turnout.supervisor.daemon", "cmd_status"))
     sc = sub.add_parser("scale", help="run N workers of a model (or of each model of a backend)")
     _instance_options(sc)
     sc.add_argument("target", metavar="MODEL_OR_BACKEND")
     sc.add_argument("workers", type=int, metavar="N")
-    sc.set_defaults(func=Lazy("supervisor.daemon", "cmd_scale"))
+    sc.set_defaults(func=Lazy("turnout.supervisor.daemon", "cmd_scale"))
     ld = sub.add_parser("load", help="load a model now (also un-parks a failed one)")
     _instance_options(ld)
     ld.add_argument("model")
     ld.add_argument("--no-wait", action="store_true", help="return without waiting for it to be ready")
     ld.add_argument("--wait", dest="wait_s", type=float, default=120.0, help=argparse.SUPPRESS)
-    ld.set_defaults(func=Lazy("supervisor.daemon", "cmd_load"))
+    ld.set_defaults(func=Lazy("turnout.supervisor.daemon", "cmd_load"))
     ev = sub.add_parser("evict", help="drain and stop every worker of a model")
     _instance_options(ev)
     ev.add_argument("model")
-    ev.set_defaults(func=Lazy("supervisor.daemon", "cmd_evict"))
+    ev.set_defaults(func=Lazy("turnout.supervisor.daemon", "cmd_evict"))
     lg = sub.add_parser("logs", help="print the daemon's log")
     _instance_options(lg)
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("-n", "--lines", type=int, default=100, help="last N lines (0: all; default 100)")
-    lg.set_defaults(func=Lazy("supervisor.daemon", "cmd_logs"))
+    lg.set_defaults(func=Lazy("turnout.supervisor.daemon", "cmd_logs"))
 
     tok = sub.add_parser("token", help="print the API token (created on first use)")
     tok.set_defaults(func=cmd_token)

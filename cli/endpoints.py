@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import Lazy
+from turnout.cli.common import Lazy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--base-url", help="default: the provider's public API")
     a.add_argument("--key", help="keyring entry of its key (default: the endpoint's name)")
     a.add_argument("--model", action="append", help="NAME[:WINDOW[:IN:OUT]] (repeatable)")
-    a.set_defaults(func=Lazy("gateway.endpoints", "cmd_add"))
+    a.set_defaults(func=Lazy("turnout.gateway.endpoints", "cmd_add"))
     ls = es.add_parser("list", help="endpoints, models, windows, prices and whether a key is set")
-    ls.set_defaults(func=Lazy("gateway.endpoints", "cmd_list"))
+    ls.set_defaults(func=Lazy("turnout.gateway.endpoints", "cmd_list"))
     r = es.add_parser("remove", help="remove an endpoint")
     r.add_argument("name")
-    r.set_defaults(func=Lazy("gateway.endpoints", "cmd_remove"))
+    r.set_defaults(func=Lazy("turnout.gateway.endpoints", "cmd_remove"))

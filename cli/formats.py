@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import Lazy
+from turnout.cli.common import Lazy
 
-IMPL = "cli.formats_impl"
+IMPL = "turnout.cli.formats_impl"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -23,14 +23,14 @@ from typing import Any
 
 
 def _template(path: str, tool_format: str) -> Any:
-    from workers import chat_templates as ct
+    from turnout.workers import chat_templates as ct
 
     p = Path(path)
     if not p.exists():
         raise SystemExit(f"turnout formats: no such file: {path}")
     template, arch, bos, eos = "", "", "", ""
     if p.suffix == ".gguf":
-        from protocol.modelfiles import ModelError, gguf_info
+        from turnout.protocol.modelfiles import ModelError, gguf_info
 
         try:
             info = gguf_info(p)
@@ -46,7 +46,7 @@ def _template(path: str, tool_format: str) -> Any:
 
 
 def _tools(path: str | None) -> list[Any]:
-    from protocol.chat import Tool
+    from turnout.protocol.chat import Tool
 
     if not path:
         return []
@@ -63,7 +63,7 @@ def _tools(path: str | None) -> list[Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from workers.formats import registry
+    from turnout.workers.formats import registry
 
     fams = list(registry().values())
     if args.json:
@@ -76,9 +76,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
-    from protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig, Tool
-    from workers import chat_templates as ct
-    from workers.formats.events import Call, Text, Thinking
+    from turnout.protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig, Tool
+    from turnout.workers import chat_templates as ct
+    from turnout.workers.formats.events import Call, Text, Thinking
 
     tpl = _template(args.template, args.tool_format)
     tools: list[Tool] = _tools(args.tools)
@@ -88,7 +88,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     if tools:
         reader = rendered.new_reader()
     else:  # no --tools: read calls of any name (a bare JSON answer stays text)
-        from workers.formats.schema import ToolSet
+        from turnout.workers.formats.schema import ToolSet
 
         reader = rendered.family.new_reader(ToolSet(), reasoning_open=rendered.reasoning_open, tools_enabled=True)
     output = sys.stdin.read()
@@ -115,10 +115,10 @@ def _request(path: str, api: str) -> Any:
     raw = json.dumps(body).encode()
     try:
         if api == "openai":
-            from gateway.openai_chat import parse_chat
+            from turnout.gateway.openai_chat import parse_chat
 
             return parse_chat(raw)[0]
-        from gateway.anthropic import parse_messages
+        from turnout.gateway.anthropic import parse_messages
 
         return parse_messages(raw)
     except Exception as e:  # the gateway's own validation error: say which field
@@ -126,7 +126,7 @@ def _request(path: str, api: str) -> Any:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from workers import chat_templates as ct
+    from turnout.workers import chat_templates as ct
 
     tpl = _template(args.template, args.tool_format)
     req = _request(args.request, args.api)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import bench, claude, daemon, endpoints, formats, keys, mcp, models
-from cli.common import IMPORT_FAILED, ImplementationMissing
+from turnout.cli import bench, claude, daemon, endpoints, formats, keys, mcp, models
+from turnout.cli.common import IMPORT_FAILED, ImplementationMissing
 
 # In `turnout --help` order.
 GROUPS = (daemon, models, formats, keys, endpoints, bench, mcp, claude)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import Lazy
+from turnout.cli.common import Lazy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("mcp", help="the MCP server over stdio (forwards to the running gateway's /mcp)")
     p.add_argument("--config", help="config file, to find the gateway's port")
     p.add_argument("--port", type=int, help="the gateway's port (default: the config's, else 8765)")
-    p.set_defaults(func=Lazy("gateway.mcp.stdio", "cmd_mcp"))
+    p.set_defaults(func=Lazy("turnout.gateway.mcp.stdio", "cmd_mcp"))

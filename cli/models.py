@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import Lazy
+from turnout.cli.common import Lazy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,4 +20,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pl.add_argument("--name")
     rm = ms.add_parser("remove", help="forget a model (deletes files turnout downloaded)")
     rm.add_argument("name")
-    p.set_defaults(func=Lazy("workers.models", "run_cli"))
+    p.set_defaults(func=Lazy("turnout.workers.models", "run_cli"))

@@ -32,8 +32,8 @@ from typing import Literal
 
 import msgspec
 
-from protocol import prompt_prefix as pp
-from protocol.chat import ChatRequest
+from turnout.protocol import prompt_prefix as pp
+from turnout.protocol.chat import ChatRequest
 
 Reason = Literal["session", "prefix", "balance", "least_loaded"]
 

@@ -26,8 +26,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway import (
+from turnout.gateway import (
     anthropic,
+    anthropic_stream,
     embeddings,
     media,
     openai_chat,
@@ -36,16 +37,16 @@ from gateway import (
     routing,
     telemetry,
 )
-from gateway.auth import check_token
-from gateway.bus import Bus
-from gateway.collect import Collected, collect
-from gateway.errors import ApiError, ApiShape, from_fail
-from gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
-from gateway.mcp import http as mcp_http
-from gateway.routing import BUS, ROUTER, Source, open_source, resolve
-from protocol import messages as m
-from protocol.chat import ChatRequest
-from protocol.ids import hex_id
+from turnout.gateway.auth import check_token
+from turnout.gateway.bus import Bus
+from turnout.gateway.collect import Collected, collect
+from turnout.gateway.errors import ApiError, ApiShape, from_fail
+from turnout.gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
+from turnout.gateway.mcp import http as mcp_http
+from turnout.gateway.routing import BUS, ROUTER, Source, open_source, resolve
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest
+from turnout.protocol.ids import hex_id
 
 log = structlog.get_logger()
 
@@ -190,14 +191,14 @@ async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[S
 async def messages(request: web.Request) -> web.StreamResponse:
     req = anthropic.parse_messages(await read_body(request), request.headers, max_tokens_limit=_tokens_cap(request))
     want_thinking = req.thinking is not None and req.thinking.type != "disabled"
-    msg_id = anthropic.new_message_id()
+    msg_id = anthropic_stream.new_message_id()
 
     async def body(st: Source) -> web.StreamResponse:
         if not req.stream:
             c = await collect(st, _answer_cap(request))
-            return _json(anthropic.message_body(c, req.model, msg_id, want_thinking))
+            return _json(anthropic_stream.message_body(c, req.model, msg_id, want_thinking))
         first = await _first(st)
-        enc = anthropic.SseEncoder(req.model, msg_id, want_thinking)
+        enc = anthropic_stream.SseEncoder(req.model, msg_id, want_thinking)
         head = b""
         if isinstance(first[0], m.Passthrough):
             enc.raw = True  # an Anthropic upstream: its events go out as they came

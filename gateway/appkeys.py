@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.bus import Bus
+from turnout.gateway.bus import Bus
 
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)

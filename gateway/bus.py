@@ -56,12 +56,12 @@ import psutil
 import structlog
 import zmq
 
-from gateway import affinity as aff
-from gateway.dispatch import Dispatch, JobStream, RequestStream, WorkerRef
-from protocol import messages as m
-from protocol.config import Config, ModelConfig
-from protocol.paths import peer_credentials
-from protocol.sockets import (
+from turnout.gateway import affinity as aff
+from turnout.gateway.dispatch import Dispatch, JobStream, RequestStream, WorkerRef
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config, ModelConfig
+from turnout.protocol.paths import peer_credentials
+from turnout.protocol.sockets import (
     Endpoints,
     ZapHandler,
     bind,

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.config import NON_CHAT_BACKENDS
-from protocol.paths import ensure_private_dir, open_private
+from turnout.protocol.config import NON_CHAT_BACKENDS
+from turnout.protocol.paths import ensure_private_dir, open_private
 
 MCP_NAME = "turnout"
 FAMILIES = ("OPUS", "SONNET", "HAIKU")
@@ -141,7 +141,7 @@ def model_options(cfg: Any, windows: dict[str, int] | None = None) -> list[Model
     """Every name turnout routes, from the config: local chat models, cloud
     endpoint/model names, exact routing aliases. ``windows``: local models' context
     windows the config does not give (:func:`local_windows`)."""
-    from gateway.recommend import fmt_tokens
+    from turnout.gateway.recommend import fmt_tokens
 
     out: list[ModelOption] = []
     for mc in cfg.models:
@@ -192,7 +192,7 @@ def local_windows(cfg: Any, url: str = "", token: str = "") -> dict[str, int]:
             continue
         win = 0
         if mc.backend == "llama_cpp":
-            from protocol.modelfiles import context_window_of  # late: reads a GGUF header
+            from turnout.protocol.modelfiles import context_window_of  # late: reads a GGUF header
 
             win = context_window_of(mc.path, mc.options)
         if win:
@@ -217,7 +217,7 @@ def pick_models(options: list[ModelOption], cfg: Any, *, opus: str = "", sonnet:
     def get(name: str, role: str) -> ModelOption:
         if name in by_name:
             return by_name[name]
-        from gateway.routing import resolve_target
+        from turnout.gateway.planning import resolve_target
 
         if resolve_target(cfg, name, 1):
             return ModelOption(name, "turnout", 0)

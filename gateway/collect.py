@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 
-from gateway.errors import ApiError, from_fail
-from gateway.routing import Source
-from protocol import messages as m
-from protocol.chat import Part, TextPart, ThinkingPart, ToolUsePart, Usage
+from turnout.gateway.errors import ApiError, from_fail
+from turnout.gateway.routing import Source
+from turnout.protocol import messages as m
+from turnout.protocol.chat import Part, TextPart, ThinkingPart, ToolUsePart, Usage
 
 
 class AnthropicMessage:

@@ -25,13 +25,13 @@ import msgspec
 import structlog
 import zmq
 
-from gateway import affinity as aff
-from gateway.errors import ApiError
-from gateway.history import without_opaque
-from gateway.streams import MessageQueue
-from protocol import messages as m
-from protocol.chat import ChatRequest
-from protocol.config import Config, ModelConfig
+from turnout.gateway import affinity as aff
+from turnout.gateway.errors import ApiError
+from turnout.gateway.history import without_opaque
+from turnout.gateway.streams import MessageQueue
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest
+from turnout.protocol.config import Config, ModelConfig
 
 log = structlog.get_logger()
 

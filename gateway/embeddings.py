@@ -24,13 +24,14 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
-from gateway.errors import ApiError, json_object
-from gateway.media import job_outputs, openai_errors, pick_model
-from gateway.providers import provider_for
-from gateway.providers.base import env_proxy, error_from_status
-from gateway.routing import BUS, ROUTER, Router, Target, resolve_target
-from protocol import messages as m
-from protocol.config import EndpointConfig
+from turnout.gateway.errors import ApiError, json_object
+from turnout.gateway.media import job_outputs, openai_errors, pick_model
+from turnout.gateway.planning import Target, resolve_target
+from turnout.gateway.providers import provider_for
+from turnout.gateway.providers.base import env_proxy, error_from_status
+from turnout.gateway.routing import BUS, ROUTER, Router
+from turnout.protocol import messages as m
+from turnout.protocol.config import EndpointConfig
 
 MAX_INPUTS = 2048
 _enc = msgspec.json.Encoder()

@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from protocol.config import Config, ConfigError, EndpointConfig, EndpointModel, load_config
+from turnout.protocol.config import Config, ConfigError, EndpointConfig, EndpointModel, load_config
 
 
 def config_path(arg: str | None) -> Path:
@@ -108,7 +108,7 @@ def _load(path: Path) -> Config:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from gateway.providers import PROVIDERS
+    from turnout.gateway.providers import PROVIDERS
 
     path = config_path(args.config)
     if args.provider not in PROVIDERS:
@@ -143,8 +143,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from gateway.keys import get_key
-    from gateway.providers import DEFAULT_BASE_URLS
+    from turnout.gateway.keys import get_key
+    from turnout.gateway.providers import DEFAULT_BASE_URLS
 
     path = config_path(args.config)
     try:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
-from protocol.messages import FailKind
+from turnout.protocol.messages import FailKind
 
 ApiShape = Literal["anthropic", "openai"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.chat import (
+from turnout.protocol.chat import (
     ChatRequest,
     Message,
     OpaquePart,
@@ -33,7 +33,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from protocol.signature import is_turnout_signature
+from turnout.protocol.signature import is_turnout_signature
 
 SIG_PREFIX = "turnout:"
 # Anthropic's signatures are long base64 blobs; a short one (a local model's

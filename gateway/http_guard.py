@@ -40,7 +40,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
-from gateway.errors import ApiError, ApiShape
+from turnout.gateway.errors import ApiError, ApiShape
 
 log = structlog.get_logger()
 

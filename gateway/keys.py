@@ -22,7 +22,7 @@ import time
 
 from keyring.errors import KeyringError, PasswordDeleteError
 
-from gateway.auth import _protect_file, get_keyring
+from turnout.gateway.auth import _protect_file, get_keyring
 
 SERVICE = "turnout-provider"
 _INDEX = "__names__"

@@ -1,4 +1,4 @@
-"""Entry point of the gateway process: ``python -m gateway.main`` with its
+"""Entry point of the gateway process: ``python -m turnout.gateway.main`` with its
 :class:`GatewaySpec` as JSON on stdin (protocol/spawn.py: never on the command
 line, where every local user could read the config).
 
@@ -16,19 +16,19 @@ import sys
 import structlog
 from aiohttp import web
 
-from gateway.app import build_app
-from gateway.auth import load_or_create_token
-from gateway.bus import Bus
-from gateway.dispatch import RequestStream
-from gateway.http_guard import GuardedRunner, HttpLimits, OriginPolicy, is_loopback_bind
-from protocol import messages as m
-from protocol.config import decode_config
-from protocol.exits import EXIT_BIND_ERROR
-from protocol.logs import setup_logging
-from protocol.paths import instance_state_dir
-from protocol.sockets import Endpoints
-from protocol.spawn import read_spec
-from protocol.specs import GatewaySpec
+from turnout.gateway.app import build_app
+from turnout.gateway.auth import load_or_create_token
+from turnout.gateway.bus import Bus
+from turnout.gateway.dispatch import RequestStream
+from turnout.gateway.http_guard import GuardedRunner, HttpLimits, OriginPolicy, is_loopback_bind
+from turnout.protocol import messages as m
+from turnout.protocol.config import decode_config
+from turnout.protocol.exits import EXIT_BIND_ERROR
+from turnout.protocol.logs import setup_logging
+from turnout.protocol.paths import instance_state_dir
+from turnout.protocol.sockets import Endpoints
+from turnout.protocol.spawn import read_spec
+from turnout.protocol.specs import GatewaySpec
 
 log = structlog.get_logger()
 
@@ -100,7 +100,7 @@ async def serve(spec: GatewaySpec) -> int:
 
 
 def main() -> int:
-    spec = read_spec(GatewaySpec, "gateway.main")
+    spec = read_spec(GatewaySpec, "turnout.gateway.main")
     setup_logging("gateway")
     try:
         import uvloop

@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.collect import Collected, parse_tool_args
-from gateway.errors import ApiError, check_max_tokens, from_fail, validation_error
-from protocol import messages as m
-from protocol.chat import (
+from turnout.gateway.collect import Collected, parse_tool_args
+from turnout.gateway.errors import ApiError, check_max_tokens, from_fail, validation_error
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     ImagePart,
     Message,
@@ -30,7 +30,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from protocol.ids import hex_id
+from turnout.protocol.ids import hex_id
 
 DEFAULT_MAX_TOKENS = 4096
 

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.anthropic import CountTokensRequest, MessagesRequest
-from gateway.openai_chat import ChatCompletionRequest
+from turnout.gateway.anthropic import CountTokensRequest, MessagesRequest
+from turnout.gateway.openai_chat import ChatCompletionRequest
 
 
 class ResponsesRequest(msgspec.Struct, kw_only=True):

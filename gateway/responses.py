@@ -28,11 +28,11 @@ from typing import Any
 
 import msgspec
 
-from gateway.collect import Collected
-from gateway.errors import ApiError, check_max_tokens, from_fail, json_object
-from gateway.openai_chat import DEFAULT_MAX_TOKENS, data_url_part
-from protocol import messages as m
-from protocol.chat import (
+from turnout.gateway.collect import Collected
+from turnout.gateway.errors import ApiError, check_max_tokens, from_fail, json_object
+from turnout.gateway.openai_chat import DEFAULT_MAX_TOKENS, data_url_part
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     Message,
     Part,
@@ -43,7 +43,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from protocol.ids import hex_id
+from turnout.protocol.ids import hex_id
 
 _enc = msgspec.json.Encoder()
 

@@ -7,7 +7,7 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable
 
-from protocol import messages as m
+from turnout.protocol import messages as m
 
 
 class MessageQueue:

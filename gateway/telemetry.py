@@ -22,12 +22,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from protocol import messages as m
-from protocol.chat import ChatRequest
-from protocol.config import Config, EndpointConfig
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest
+from turnout.protocol.config import Config, EndpointConfig
 
 if TYPE_CHECKING:
-    from gateway.routing import Source
+    from turnout.gateway.routing import Source
 
 WINDOW = 100
 MAX_SESSIONS = 1000

@@ -20,7 +20,7 @@ from typing import Literal
 
 import msgspec
 
-from protocol.chat import ChatRequest, StopReason, Usage
+from turnout.protocol.chat import ChatRequest, StopReason, Usage
 
 PROTOCOL_VERSION = 1
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from protocol.chat import ChatRequest, Message, TextPart, ToolResultPart
+from turnout.protocol.chat import ChatRequest, Message, TextPart, ToolResultPart
 
 BILLING_HEADER = "x-anthropic-billing-header:"
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import zmq
 
-from protocol.paths import UnsafePathError, ensure_private_dir, peer_credentials
+from turnout.protocol.paths import UnsafePathError, ensure_private_dir, peer_credentials
 
 __all__ = ["Endpoints", "UnsafePathError", "ZapHandler", "bind", "default_runtime_dir", "default_runtime_root",
            "ensure_runtime_dir", "join_bus", "make_socket", "new_bus_secret", "serve_bus", "serve_local",

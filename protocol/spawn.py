@@ -1,6 +1,6 @@
 """The spawn contract: how the supervisor hands a child process its spec.
 
-A child (``python -m gateway.main``, ``python -m workers.main``) reads its spec,
+A child (``python -m turnout.gateway.main``, ``python -m turnout.workers.main``) reads its spec,
 JSON, on stdin, which the supervisor points at an anonymous file (created 0600 in
 the instance's 0700 runtime directory and unlinked at once: no name anyone can
 open). Never on the command line: ``/proc/PID/cmdline`` (what ``ps`` shows) is

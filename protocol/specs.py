@@ -9,7 +9,7 @@ import msgspec
 
 
 class GatewaySpec(msgspec.Struct):
-    """Everything the gateway process (``python -m gateway.main``) needs."""
+    """Everything the gateway process (``python -m turnout.gateway.main``) needs."""
 
     id: str
     runtime_dir: str

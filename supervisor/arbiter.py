@@ -49,10 +49,10 @@ import msgspec
 import structlog
 import zmq
 
-from protocol import messages as m
-from protocol.config import Config
-from protocol.paths import ensure_private_dir, open_private, peer_credentials
-from protocol.sockets import (
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config
+from turnout.protocol.paths import ensure_private_dir, open_private, peer_credentials
+from turnout.protocol.sockets import (
     Endpoints,
     ZapHandler,
     bind,
@@ -63,12 +63,12 @@ from protocol.sockets import (
     serve_local,
     unlink_ipc,
 )
-from supervisor import memory, policy
-from supervisor.control import instance_state_dir, state_base
-from supervisor.fleet import GATEWAY_ID, Fleet
-from supervisor.handlers import Handlers
-from supervisor.pool import MB, ProcessHandle, Slot
-from supervisor.process import Child, spawn, stop_ladder
+from turnout.supervisor import memory, policy
+from turnout.supervisor.control import instance_state_dir, state_base
+from turnout.supervisor.fleet import GATEWAY_ID, Fleet
+from turnout.supervisor.handlers import Handlers
+from turnout.supervisor.pool import MB, ProcessHandle, Slot
+from turnout.supervisor.process import Child, spawn, stop_ladder
 
 log = structlog.get_logger()
 

@@ -35,8 +35,8 @@ import msgspec
 import psutil
 import zmq
 
-from protocol import messages as m
-from protocol.paths import (
+from turnout.protocol import messages as m
+from turnout.protocol.paths import (
     UnsafePathError,
     check_own_socket,
     check_private_dir,
@@ -46,7 +46,12 @@ from protocol.paths import (
     state_base,
     state_dir,  # noqa: F401 - the supervisor's callers read it here
 )
-from protocol.sockets import Endpoints, default_runtime_dir, default_runtime_root, make_socket
+from turnout.protocol.sockets import (
+    Endpoints,
+    default_runtime_dir,
+    default_runtime_root,
+    make_socket,
+)
 
 
 class NotRunning(Exception):
@@ -93,11 +98,13 @@ def runtime_base_for(runtime_dir: str | None = None) -> Path:
 
 
 def _is_supervisor_cmdline(cmd: list[str]) -> bool:
-    """``python -m supervisor.cli up ...``, ``python -m cli up ...`` or the ``turnout up ...`` entry point."""
+    """``python -m turnout.cli up ...``, the ``turnout up ...`` entry point, or a
+    supervisor started before the turnout namespace (``python -m turnout.supervisor.cli up``,
+    ``python -m turnout.cli up``)."""
     if "up" not in cmd:
         return False
     head = cmd[: cmd.index("up")]
-    return any(a in ("supervisor.cli", "cli") or os.path.basename(a) == "turnout" for a in head)
+    return any(a in ("turnout.cli", "supervisor.cli", "cli") or os.path.basename(a) == "turnout" for a in head)
 
 
 def verify_supervisor(pid: int, runtime_dir: Path, peer_pid: int | None, port: int = 0) -> str | None:

@@ -28,11 +28,11 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from protocol import messages as m
-from protocol.config import DEFAULT_PORT, ConfigError, load_config
-from protocol.paths import UnsafePathError
-from protocol.sockets import ensure_runtime_dir
-from supervisor.control import (
+from turnout.protocol import messages as m
+from turnout.protocol.config import DEFAULT_PORT, ConfigError, load_config
+from turnout.protocol.paths import UnsafePathError
+from turnout.protocol.sockets import ensure_runtime_dir
+from turnout.supervisor.control import (
     ControlClient,
     NoAnswer,
     NotRunning,
@@ -75,7 +75,7 @@ def start_daemon(args: argparse.Namespace, host: str, port: int) -> int:
         ensure_instance_state_dir(port)
     except (UnsafePathError, ValueError) as e:
         return _fail(str(e), 2)
-    cmd = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--host", host,
+    cmd = [sys.executable, "-m", "turnout.cli", "up", "--port", str(port), "--host", host,
            "--pidfile", str(pidfile)]
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
@@ -83,7 +83,7 @@ def start_daemon(args: argparse.Namespace, host: str, port: int) -> int:
         cmd += ["--runtime-dir", str(Path(args.runtime_dir).resolve())]
     r, w = os.pipe()
     try:
-        writer = subprocess.Popen([sys.executable, "-m", "supervisor.logwriter", str(logfile)], stdin=r,
+        writer = subprocess.Popen([sys.executable, "-m", "turnout.supervisor.logwriter", str(logfile)], stdin=r,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
                                   close_fds=True, cwd="/")
         assert writer.stdout is not None

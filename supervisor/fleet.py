@@ -18,11 +18,11 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from protocol import messages as m
-from protocol.config import Config, ModelConfig, encode_config
-from protocol.specs import GatewaySpec, WorkerSpec
-from supervisor import memory, policy
-from supervisor.pool import MB, Launch, Pool, PoolEnv, Slot
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config, ModelConfig, encode_config
+from turnout.protocol.specs import GatewaySpec, WorkerSpec
+from turnout.supervisor import memory, policy
+from turnout.supervisor.pool import MB, Launch, Pool, PoolEnv, Slot
 
 log = structlog.get_logger()
 
@@ -75,7 +75,7 @@ class Fleet:
         spec = GatewaySpec(id=slot.id, runtime_dir=str(self.runtime_dir), host=self.config.server.host,
                            port=self.config.server.port, config_json=encode_config(self.config).decode(),
                            bus_secret=self.bus_secret)
-        return "gateway.main", msgspec.json.encode(spec)
+        return "turnout.gateway.main", msgspec.json.encode(spec)
 
     def _worker_spec(self, slot: Slot) -> tuple[str, bytes]:
         assert slot.model is not None
@@ -83,7 +83,7 @@ class Fleet:
         spec = WorkerSpec(id=slot.id, backend=mc.backend, model=mc.name, runtime_dir=str(self.runtime_dir),
                           gateway_ids=[GATEWAY_ID], options=mc.options, path=mc.path,
                           context_window=mc.context_window, aliases=mc.aliases, bus_secret=self.bus_secret)
-        return "workers.main", msgspec.json.encode(spec)
+        return "turnout.workers.main", msgspec.json.encode(spec)
 
     def start(self) -> None:
         """The gateway first, then each model's configured workers."""
@@ -179,7 +179,7 @@ class Fleet:
             return mc.expected_mb
         if mc.backend == "llama_cpp":
             # "" is the bundled model, a name a registered one: their files, if there yet.
-            from protocol.modelfiles import locate  # late: the supervisor seldom needs it
+            from turnout.protocol.modelfiles import locate  # late: the supervisor seldom needs it
 
             path = locate(mc.path)
             return memory.gguf_footprint_mb(str(path), mc.context_window) if path is not None else 0.0

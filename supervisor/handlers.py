@@ -22,8 +22,8 @@ from typing import Any
 import msgspec
 import structlog
 
-from protocol import messages as m
-from supervisor.fleet import Fleet
+from turnout.protocol import messages as m
+from turnout.supervisor.fleet import Fleet
 
 log = structlog.get_logger()
 

@@ -65,7 +65,7 @@ class TurnoutProcess:
     def start(self, wait: bool = True, timeout: float = 60.0) -> TurnoutProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "up",
+            [sys.executable, "-m", "turnout.cli", "up",
              *(["--config", str(self.config_path)] if self.config_path is not None else []),
              "--host", "127.0.0.1", "--port", str(self.port), "--runtime-dir", str(self.runtime_dir)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,

@@ -1,4 +1,4 @@
-"""The daemon's log writer: ``python -m supervisor.logwriter PATH``.
+"""The daemon's log writer: ``python -m turnout.supervisor.logwriter PATH``.
 
 ``turnout up --daemon`` points the supervisor's stdout and stderr (and so every
 child's) at a pipe; this process, started beside it in a session of its own,
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.paths import PRIVATE_FILE_MODE, ensure_private_dir, open_private
+from turnout.protocol.paths import PRIVATE_FILE_MODE, ensure_private_dir, open_private
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 3

@@ -196,7 +196,7 @@ def gguf_footprint_mb(path: str, context: int) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _gguf_footprint_mb(path: str, size: int, mtime_ns: int, context: int) -> float:
-    from protocol.modelfiles import read_gguf_kv  # late: only llama.cpp models need it
+    from turnout.protocol.modelfiles import read_gguf_kv  # late: only llama.cpp models need it
 
     def have_all(kv: dict[str, Any]) -> bool:
         arch = kv.get("general.architecture")

@@ -24,10 +24,10 @@ from typing import Literal, Protocol
 
 import structlog
 
-from protocol import messages as m
-from protocol.config import ModelConfig, SupervisorConfig
-from protocol.exits import EXIT_MODEL_LOAD_ERROR
-from supervisor import memory, policy
+from turnout.protocol import messages as m
+from turnout.protocol.config import ModelConfig, SupervisorConfig
+from turnout.protocol.exits import EXIT_MODEL_LOAD_ERROR
+from turnout.supervisor import memory, policy
 
 log = structlog.get_logger()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from protocol.spawn import spec_file
+from turnout.protocol.spawn import spec_file
 
 CHILDREN_RESCAN_S = 10.0
 

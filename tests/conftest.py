@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from supervisor.launch import TurnoutProcess
 from tests import leakcheck
 from tests.upstreams.fake import FakeUpstreams
+from turnout.supervisor.launch import TurnoutProcess
 
 leakcheck.install()
 

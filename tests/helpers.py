@@ -74,7 +74,7 @@ def other_user_python(*args: str) -> tuple[list[str], dict[str, str]]:
         for cand in (f"/usr/bin/{ver}", f"/usr/local/bin/{ver}", shutil.which(ver) or ""):
             if not cand or not os.path.exists(cand):
                 continue
-            probe = subprocess.run(other_user(cand, "-c", "import zmq, msgspec, protocol.messages"),
+            probe = subprocess.run(other_user(cand, "-c", "import zmq, msgspec, turnout.protocol.messages"),
                                    env=env, capture_output=True, cwd="/")
             if probe.returncode == 0:
                 _OTHER_PYTHON.append(cand)
@@ -84,9 +84,23 @@ def other_user_python(*args: str) -> tuple[list[str], dict[str, str]]:
     return other_user(_OTHER_PYTHON[0], *args), _other_env()
 
 
-def _other_env() -> dict[str, str]:
-    import sysconfig
+_SITE_HOOK: list[str] = []
 
-    paths = [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    return {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
+
+def _other_env() -> dict[str, str]:
+    """PYTHONPATH for the other user: the venv's site-packages, and a
+    ``sitecustomize`` that reads their ``.pth`` files as a venv's interpreter does
+    (turnout's editable install maps ``turnout.*`` onto this tree in one of them)."""
+    import sysconfig
+    import tempfile
+
+    site_dirs = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    if not _SITE_HOOK:
+        hook = tempfile.mkdtemp(prefix="turnout-site-")
+        os.chmod(hook, 0o755)
+        Path(hook, "sitecustomize.py").write_text(
+            "import site\n" + "".join(f"site.addsitedir({d!r})\n" for d in site_dirs))
+        os.chmod(Path(hook, "sitecustomize.py"), 0o644)
+        _SITE_HOOK.append(hook)
+    return {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": os.pathsep.join([_SITE_HOOK[0], *site_dirs]),
             "PYTHONDONTWRITEBYTECODE": "1"}

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp.streams
 
-from supervisor.launch import TurnoutProcess
+from turnout.supervisor.launch import TurnoutProcess
 
 KEY_MARKER = b"-SECRET-"
 

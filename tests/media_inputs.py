@@ -119,8 +119,8 @@ def run_job(backend: object, params: object, data: bytes | None, *, stop_after: 
     many items, as the loop does on a cancel."""
     import zmq
 
-    from protocol import messages as m
-    from workers.base import Pause
+    from turnout.protocol import messages as m
+    from turnout.workers.base import Pause
 
     frames = [zmq.Frame(data)] if data is not None else []
     job = m.Job("req-1", "gw", params, len(frames))  # type: ignore[arg-type]
@@ -138,7 +138,7 @@ def run_job(backend: object, params: object, data: bytes | None, *, stop_after: 
 
 
 def spec(backend: str, path: str = "", **options: object) -> object:
-    from workers.base import WorkerSpec
+    from turnout.workers.base import WorkerSpec
 
     return WorkerSpec(id=f"{backend}-1", backend=backend, model=backend, runtime_dir="/tmp", gateway_ids=[],
                       options=dict(options), path=path)

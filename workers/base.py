@@ -48,14 +48,14 @@ import psutil
 import structlog
 import zmq
 
-from protocol import messages as m
-from protocol.chat import ChatRequest
-from protocol.exits import EXIT_MODEL_LOAD_ERROR, EXIT_OK
-from protocol.sockets import make_socket
-from protocol.specs import WorkerSpec
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest
+from turnout.protocol.exits import EXIT_MODEL_LOAD_ERROR, EXIT_OK
+from turnout.protocol.sockets import make_socket
+from turnout.protocol.specs import WorkerSpec
 
 if TYPE_CHECKING:
-    from workers.io_thread import IOThread
+    from turnout.workers.io_thread import IOThread
 
 log = structlog.get_logger()
 
@@ -466,7 +466,7 @@ def run_worker(spec: WorkerSpec, backend: Backend) -> int:
     # The compute loop holds the GIL while it generates; a short switch interval lets
     # the I/O thread mark a cancel within a millisecond.
     sys.setswitchinterval(0.0005)
-    from workers.io_thread import IOThread
+    from turnout.workers.io_thread import IOThread
 
     ctx = zmq.Context()
     loop = ComputeLoop(spec, backend, ctx)

@@ -16,10 +16,16 @@ from datetime import datetime
 
 import msgspec
 
-from protocol.chat import ChatRequest
-from workers.formats import render as fr
-from workers.formats.jinja_env import TemplateError
-from workers.formats.render import CHAT_FORMATS, Rendered, Template, json_instruction, normalise
+from turnout.protocol.chat import ChatRequest
+from turnout.workers.formats import render as fr
+from turnout.workers.formats.jinja_env import TemplateError
+from turnout.workers.formats.render import (
+    CHAT_FORMATS,
+    Rendered,
+    Template,
+    json_instruction,
+    normalise,
+)
 
 __all__ = ["CHAT_FORMATS", "ChatOptions", "Rendered", "Template", "TemplateError", "TemplateInfo", "detect",
            "json_instruction", "normalise", "render"]

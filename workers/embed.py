@@ -31,8 +31,8 @@ import msgspec
 import numpy as np
 import zmq
 
-from protocol import messages as m
-from workers.base import (
+from turnout.protocol import messages as m
+from turnout.workers.base import (
     BackendError,
     GenContext,
     GenItem,
@@ -41,7 +41,7 @@ from workers.base import (
     WorkerSpec,
     missing_extra,
 )
-from workers.media import MediaBackend, parse_options
+from turnout.workers.media import MediaBackend, parse_options
 
 
 class EmbedOptions(msgspec.Struct, forbid_unknown_fields=True):

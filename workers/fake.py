@@ -29,9 +29,16 @@ from typing import Any
 
 import msgspec
 
-from protocol import messages as m
-from protocol.chat import ChatRequest, Usage, all_text, last_user_text
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, Pause, WorkerSpec
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Usage, all_text, last_user_text
+from turnout.workers.base import (
+    BackendError,
+    GenContext,
+    GenItem,
+    ModelLoadError,
+    Pause,
+    WorkerSpec,
+)
 
 EXIT_FAKE_CRASH = 70
 

@@ -16,14 +16,14 @@ import msgspec
 import structlog
 import zmq
 
-from protocol import messages as m
-from protocol.exits import EXIT_ERROR
-from protocol.sockets import Endpoints, join_bus, make_socket
-from protocol.specs import WorkerSpec
-from workers.base import _DEST_GATEWAY_FRAMES, JobIn
+from turnout.protocol import messages as m
+from turnout.protocol.exits import EXIT_ERROR
+from turnout.protocol.sockets import Endpoints, join_bus, make_socket
+from turnout.protocol.specs import WorkerSpec
+from turnout.workers.base import _DEST_GATEWAY_FRAMES, JobIn
 
 if TYPE_CHECKING:
-    from workers.base import ComputeLoop
+    from turnout.workers.base import ComputeLoop
 
 log = structlog.get_logger()
 

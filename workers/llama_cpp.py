@@ -48,17 +48,17 @@ import msgspec
 import numpy as np
 import structlog
 
-from protocol import messages as m
-from protocol import prompt_prefix as pp
-from protocol.chat import ChatRequest, Usage
-from workers import chat_templates as ct
-from workers import kv_cache as kv
-from workers import tool_calls as tc
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
-from workers.formats.grammar import call_grammar
-from workers.llama_prefix import PrefixStates
-from workers.models import N_CTX_MAX, ModelError, gguf_info, planned_n_ctx, resolve
-from workers.signing import install_signer
+from turnout.protocol import messages as m
+from turnout.protocol import prompt_prefix as pp
+from turnout.protocol.chat import ChatRequest, Usage
+from turnout.workers import chat_templates as ct
+from turnout.workers import kv_cache as kv
+from turnout.workers import tool_calls as tc
+from turnout.workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from turnout.workers.formats.grammar import call_grammar
+from turnout.workers.llama_prefix import PrefixStates
+from turnout.workers.models import N_CTX_MAX, ModelError, gguf_info, planned_n_ctx, resolve
+from turnout.workers.signing import install_signer
 
 log = structlog.get_logger()
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
-from protocol import prompt_prefix as pp
-from protocol.chat import ChatRequest
-from workers import chat_templates as ct
-from workers import kv_cache as kv
-from workers.models import cache_dir
+from turnout.protocol import prompt_prefix as pp
+from turnout.protocol.chat import ChatRequest
+from turnout.workers import chat_templates as ct
+from turnout.workers import kv_cache as kv
+from turnout.workers.models import cache_dir
 
 if TYPE_CHECKING:
-    from workers.llama_cpp import LlamaOptions
+    from turnout.workers.llama_cpp import LlamaOptions
 
 log = structlog.get_logger()
 

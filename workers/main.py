@@ -1,4 +1,4 @@
-"""Entry point of a worker process: ``python -m workers.main``, its
+"""Entry point of a worker process: ``python -m turnout.workers.main``, its
 :class:`WorkerSpec` as JSON on stdin (protocol/spawn.py: never on the command line).
 
 The supervisor starts it (spawn, never fork); the backend
@@ -13,16 +13,16 @@ import sys
 
 import structlog
 
-from protocol.config import BACKENDS
-from protocol.exits import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR
-from protocol.logs import setup_logging
-from protocol.spawn import read_spec
-from protocol.specs import WorkerSpec
-from workers.base import BACKEND_EXTRAS, ModelLoadError, missing_extra, run_worker
+from turnout.protocol.config import BACKENDS
+from turnout.protocol.exits import EXIT_ERROR, EXIT_MODEL_LOAD_ERROR
+from turnout.protocol.logs import setup_logging
+from turnout.protocol.spawn import read_spec
+from turnout.protocol.specs import WorkerSpec
+from turnout.workers.base import BACKEND_EXTRAS, ModelLoadError, missing_extra, run_worker
 
 
 def main() -> int:
-    spec = read_spec(WorkerSpec, "workers.main")
+    spec = read_spec(WorkerSpec, "turnout.workers.main")
     # numpy/BLAS threads fight the model runtime for the same cores (MEASURED.md),
     # except where BLAS is the runtime: the embed worker's encoder is its GEMMs.
     blas = str(spec.options.get("threads") or os.cpu_count() or 1) if spec.backend == "embed" else "1"
@@ -35,7 +35,7 @@ def main() -> int:
         log.error("unknown_backend", backend=spec.backend)
         return EXIT_MODEL_LOAD_ERROR
     try:
-        mod = importlib.import_module(f"workers.{spec.backend}")
+        mod = importlib.import_module(f"turnout.workers.{spec.backend}")
         backend = mod.create(spec)
     except ModelLoadError as e:
         log.error("model_load_failed", error=str(e))

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import msgspec
 import zmq
 
-from protocol.chat import ChatRequest
-from workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
+from turnout.protocol.chat import ChatRequest
+from turnout.workers.base import BackendError, GenContext, GenItem, ModelLoadError, WorkerSpec
 
 OptT = TypeVar("OptT", bound=msgspec.Struct)
 

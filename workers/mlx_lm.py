@@ -56,12 +56,12 @@ import msgspec
 import numpy as np
 import structlog
 
-from protocol import messages as m
-from protocol import prompt_prefix as pp
-from protocol.chat import ChatRequest, Usage
-from workers import chat_templates as ct
-from workers import tool_calls as tc
-from workers.base import (
+from turnout.protocol import messages as m
+from turnout.protocol import prompt_prefix as pp
+from turnout.protocol.chat import ChatRequest, Usage
+from turnout.workers import chat_templates as ct
+from turnout.workers import tool_calls as tc
+from turnout.workers.base import (
     BackendError,
     GenContext,
     GenItem,
@@ -69,8 +69,8 @@ from workers.base import (
     WorkerSpec,
     missing_extra,
 )
-from workers.formats.grammar import forced_prefix
-from workers.signing import install_signer
+from turnout.workers.formats.grammar import forced_prefix
+from turnout.workers.signing import install_signer
 
 log = structlog.get_logger()
 

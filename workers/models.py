@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from protocol.modelfiles import (
+from turnout.protocol.modelfiles import (
     DEFAULT_MODEL_FILE,
     DEFAULT_MODEL_NAME,
     N_CTX_MAX,

@@ -33,8 +33,8 @@ import msgspec
 import numpy as np
 import zmq
 
-from protocol import messages as m
-from workers.base import (
+from turnout.protocol import messages as m
+from turnout.workers.base import (
     BackendError,
     GenContext,
     GenItem,
@@ -42,7 +42,7 @@ from workers.base import (
     WorkerSpec,
     missing_extra,
 )
-from workers.media import MediaBackend, input_bytes, open_images, parse_options
+from turnout.workers.media import MediaBackend, input_bytes, open_images, parse_options
 
 
 class OcrOptions(msgspec.Struct, forbid_unknown_fields=True):

@@ -24,7 +24,7 @@ import os
 import secrets
 from pathlib import Path
 
-from protocol.signature import PREFIX, is_turnout_signature
+from turnout.protocol.signature import PREFIX, is_turnout_signature
 
 __all__ = ["PREFIX", "Signer", "install_signer", "is_turnout_signature", "key_path", "load_key"]
 KEY_BYTES = 32

@@ -30,8 +30,8 @@ from typing import Any
 import msgspec
 import zmq
 
-from protocol import messages as m
-from workers.base import (
+from turnout.protocol import messages as m
+from turnout.workers.base import (
     BackendError,
     GenContext,
     GenItem,
@@ -39,7 +39,7 @@ from workers.base import (
     WorkerSpec,
     missing_extra,
 )
-from workers.media import MediaBackend, input_bytes, parse_options
+from turnout.workers.media import MediaBackend, input_bytes, parse_options
 
 SAMPLE_RATE = 16000
 

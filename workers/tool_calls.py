@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from protocol import messages as m
-from protocol.chat import (
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     StopReason,
     ToolChoice,
@@ -27,11 +27,11 @@ from protocol.chat import (
     ToolUsePart,
     Usage,
 )
-from protocol.ids import hex_id
-from workers.formats.events import Call, Text, Thinking
-from workers.formats.jsonpartial import ArgsPrefix
-from workers.formats.reader import holdback
-from workers.formats.render import Rendered
+from turnout.protocol.ids import hex_id
+from turnout.workers.formats.events import Call, Text, Thinking
+from turnout.workers.formats.jsonpartial import ArgsPrefix
+from turnout.workers.formats.render import Rendered
+from turnout.workers.formats.syntax import holdback
 
 ARGS_CHUNK = 64  # characters of tool-call JSON per ToolArgsDelta
 

@@ -33,9 +33,9 @@ import msgspec
 import numpy as np
 import zmq
 
-from protocol import messages as m
-from workers.audio_encode import FORMATS, StreamEncoder
-from workers.base import (
+from turnout.protocol import messages as m
+from turnout.workers.audio_encode import FORMATS, StreamEncoder
+from turnout.workers.base import (
     BackendError,
     GenContext,
     GenItem,
@@ -44,7 +44,7 @@ from workers.base import (
     WorkerSpec,
     missing_extra,
 )
-from workers.media import MediaBackend, parse_options
+from turnout.workers.media import MediaBackend, parse_options
 
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
 

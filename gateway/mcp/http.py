@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import ApiError
-from gateway.mcp.server import build_server
-from gateway.routing import BUS
+from turnout.gateway.errors import ApiError
+from turnout.gateway.mcp.server import build_server
+from turnout.gateway.routing import BUS
 
 # ---------------------------------------------------------------- bookkeeping
 

@@ -16,8 +16,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from gateway.errors import ApiError
-from gateway.mcp.switching import (
+from turnout.gateway.appkeys import BUS
+from turnout.gateway.errors import ApiError
+from turnout.gateway.mcp.switching import (
     ToolFailure,
     endpoint_recommend,
     endpoint_set,
@@ -25,10 +26,10 @@ from gateway.mcp.switching import (
     router_of,
     session_for,
 )
-from gateway.mcp.targets import choices, match_target
-from gateway.routing import BUS, resolve_target
-from protocol import messages as m
-from protocol.config import Config, ModelConfig
+from turnout.gateway.mcp.targets import choices, match_target
+from turnout.gateway.planning import resolve_target
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config, ModelConfig
 
 # Argument types, at module level: the SDK resolves the tools' (string) annotations
 # against the module's globals to build each JSON schema.
@@ -299,7 +300,7 @@ def build_server(app: web.Application) -> Any:
 def _register_media_tools(app: web.Application, tool: Callable[..., None]) -> None:
     """ocr_image, transcribe_audio, speak_text, upscale_image from gateway/media/,
     when that module provides them."""
-    from gateway import media
+    from turnout.gateway import media
 
     async def call(fn: Callable[..., Awaitable[str]], *args: Any) -> str:
         try:

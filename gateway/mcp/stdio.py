@@ -8,8 +8,8 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.mcp.switching import SESSION_HEADER
-from protocol.config import gateway_url
+from turnout.gateway.mcp.switching import SESSION_HEADER
+from turnout.protocol.config import gateway_url
 
 
 async def serve_stdio(url: str, token: str) -> None:
@@ -68,7 +68,7 @@ async def serve_stdio(url: str, token: str) -> None:
 
 
 def cmd_mcp(args: Any) -> int:
-    from gateway.auth import load_or_create_token
+    from turnout.gateway.auth import load_or_create_token
 
     try:
         token = load_or_create_token()

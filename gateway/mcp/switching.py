@@ -10,10 +10,11 @@ import structlog
 from aiohttp import web
 from mcp.server.mcpserver.exceptions import ToolError
 
-from gateway import recommend as rec
-from gateway.errors import ApiError
-from gateway.mcp.targets import Choice, choices, match_target
-from gateway.routing import BUS, ROUTER, Router, resolve_target
+from turnout.gateway import recommend as rec
+from turnout.gateway.errors import ApiError
+from turnout.gateway.mcp.targets import Choice, choices, match_target
+from turnout.gateway.planning import resolve_target
+from turnout.gateway.routing import BUS, ROUTER, Router
 
 log = structlog.get_logger()
 

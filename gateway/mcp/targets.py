@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.routing import BUS, resolve_target
-from protocol.config import NON_CHAT_BACKENDS, Config
+from turnout.gateway.appkeys import BUS
+from turnout.gateway.planning import resolve_target
+from turnout.protocol.config import NON_CHAT_BACKENDS, Config
 
 _CLEAR_WORDS = {"default", "auto", "automatic", "reset", "clear", "none", "off", "unset", "normal"}
 _LOCAL_WORDS = {"local", "locally", "offline", "on-device", "ondevice", "mine", "own", "laptop", "machine"}

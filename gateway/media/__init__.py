@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.media.audio import (
+from turnout.gateway.media.audio import (
     LANGUAGE_NAMES,
     SPEECH_FORMATS,
     SPEECH_TYPES,
@@ -52,9 +52,28 @@ from gateway.media.audio import (
     verbose_json,
     wav_header,
 )
-from gateway.media.common import job_outputs, media_error, openai_errors, pick_model, read_upload
-from gateway.media.images import OcrResult, ocr, ocr_chat_images, ocr_route, upscale, upscale_route
-from gateway.media.tools import media_roots, ocr_image, speak_text, transcribe_audio, upscale_image
+from turnout.gateway.media.common import (
+    job_outputs,
+    media_error,
+    openai_errors,
+    pick_model,
+    read_upload,
+)
+from turnout.gateway.media.images import (
+    OcrResult,
+    ocr,
+    ocr_chat_images,
+    ocr_route,
+    upscale,
+    upscale_route,
+)
+from turnout.gateway.media.tools import (
+    media_roots,
+    ocr_image,
+    speak_text,
+    transcribe_audio,
+    upscale_image,
+)
 
 __all__ = [
     "LANGUAGE_NAMES", "SPEECH_FORMATS", "SPEECH_TYPES", "TRANSCRIPTION_FORMATS", "OcrResult", "Transcript",

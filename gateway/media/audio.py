@@ -13,10 +13,10 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.appkeys import BUS
-from gateway.bus import Bus
-from gateway.errors import ApiError, json_object
-from gateway.media.common import (
+from turnout.gateway.appkeys import BUS
+from turnout.gateway.bus import Bus
+from turnout.gateway.errors import ApiError, json_object
+from turnout.gateway.media.common import (
     Upload,
     form_bool,
     form_choice,
@@ -28,8 +28,8 @@ from gateway.media.common import (
     read_limited,
     read_upload,
 )
-from protocol import messages as m
-from protocol.config import ModelConfig
+from turnout.protocol import messages as m
+from turnout.protocol.config import ModelConfig
 
 log = structlog.get_logger()
 _json = msgspec.json.Encoder()

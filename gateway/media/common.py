@@ -14,12 +14,12 @@ import msgspec
 import structlog
 from aiohttp import BodyPartReader, web
 
-from gateway.appkeys import BUS
-from gateway.bus import Bus
-from gateway.dispatch import JobStream
-from gateway.errors import ApiError, from_fail, json_object
-from protocol import messages as m
-from protocol.config import ModelConfig
+from turnout.gateway.appkeys import BUS
+from turnout.gateway.bus import Bus
+from turnout.gateway.dispatch import JobStream
+from turnout.gateway.errors import ApiError, from_fail, json_object
+from turnout.protocol import messages as m
+from turnout.protocol.config import ModelConfig
 
 log = structlog.get_logger()
 _json = msgspec.json.Encoder()

@@ -13,10 +13,10 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.appkeys import BUS
-from gateway.bus import Bus
-from gateway.errors import ApiError
-from gateway.media.common import (
+from turnout.gateway.appkeys import BUS
+from turnout.gateway.bus import Bus
+from turnout.gateway.errors import ApiError
+from turnout.gateway.media.common import (
     form_choice,
     job_outputs,
     need_file,
@@ -24,9 +24,9 @@ from gateway.media.common import (
     pick_model,
     read_upload,
 )
-from protocol import messages as m
-from protocol.chat import ChatRequest, ImagePart, Message, TextPart, ToolResultPart
-from protocol.config import ModelConfig
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, ImagePart, Message, TextPart, ToolResultPart
+from turnout.protocol.config import ModelConfig
 
 log = structlog.get_logger()
 _json = msgspec.json.Encoder()

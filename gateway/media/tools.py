@@ -9,12 +9,12 @@ from pathlib import Path
 
 import structlog
 
-from gateway.bus import Bus
-from gateway.errors import ApiError
-from gateway.media.audio import speech_chunks, transcribe, tts_model, wav_header
-from gateway.media.common import decode_base64, pick_model
-from gateway.media.images import ocr, upscale
-from protocol import messages as m
+from turnout.gateway.bus import Bus
+from turnout.gateway.errors import ApiError
+from turnout.gateway.media.audio import speech_chunks, transcribe, tts_model, wav_header
+from turnout.gateway.media.common import decode_base64, pick_model
+from turnout.gateway.media.images import ocr, upscale
+from turnout.protocol import messages as m
 
 log = structlog.get_logger()
 

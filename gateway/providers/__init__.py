@@ -11,23 +11,23 @@ provider's stream back into turnout's stream messages.
 
 from __future__ import annotations
 
-from gateway.providers.base import Provider
-from protocol.config import PROVIDERS
+from turnout.gateway.providers.base import Provider
+from turnout.protocol.config import PROVIDERS
 
 __all__ = ["DEFAULT_BASE_URLS", "PROVIDERS", "provider_for"]
 
 
 def provider_for(kind: str) -> Provider:
     if kind == "anthropic":
-        from gateway.providers.anthropic import AnthropicProvider
+        from turnout.gateway.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider()
     if kind in ("openai", "openai_compatible"):
-        from gateway.providers.openai import OpenAIProvider
+        from turnout.gateway.providers.openai import OpenAIProvider
 
         return OpenAIProvider(compatible=kind == "openai_compatible")
     if kind == "gemini":
-        from gateway.providers.gemini import GeminiProvider
+        from turnout.gateway.providers.gemini import GeminiProvider
 
         return GeminiProvider()
     raise ValueError(f"unknown provider {kind!r}: use anthropic, openai, gemini or openai_compatible")

@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from gateway import history
-from gateway.providers.base import Upstream, decode, mk_done
-from protocol import messages as m
-from protocol.chat import (
+from turnout.gateway import history
+from turnout.gateway.providers.base import Upstream, decode, mk_done
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     ImagePart,
     OpaquePart,
@@ -30,7 +30,7 @@ from protocol.chat import (
     ToolUsePart,
     Usage,
 )
-from protocol.config import EndpointConfig
+from turnout.protocol.config import EndpointConfig
 
 API_VERSION = "2023-06-01"
 JSON_ONLY = "Answer with one JSON object and nothing else: no prose, no code fence."

@@ -26,11 +26,11 @@ import msgspec
 import structlog
 from yarl import URL
 
-from gateway.errors import ApiError
-from gateway.streams import MessageQueue
-from protocol import messages as m
-from protocol.chat import ChatRequest, StopReason, Usage
-from protocol.config import EndpointConfig
+from turnout.gateway.errors import ApiError
+from turnout.gateway.streams import MessageQueue
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, StopReason, Usage
+from turnout.protocol.config import EndpointConfig
 
 log = structlog.get_logger()
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import msgspec
 
-from gateway import history
-from gateway.providers.base import Upstream, decode, mk_done
-from protocol import messages as m
-from protocol.chat import (
+from turnout.gateway import history
+from turnout.gateway.providers.base import Upstream, decode, mk_done
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     ImagePart,
     TextPart,
@@ -31,8 +31,8 @@ from protocol.chat import (
     ToolUsePart,
     Usage,
 )
-from protocol.config import EndpointConfig
-from protocol.ids import hex_id
+from turnout.protocol.config import EndpointConfig
+from turnout.protocol.ids import hex_id
 
 _enc = msgspec.json.Encoder()
 SKIP_SIGNATURE = "skip_thought_signature_validator"

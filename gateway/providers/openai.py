@@ -16,12 +16,19 @@ from typing import Any
 
 import msgspec
 
-from gateway import history
-from gateway.providers.base import Upstream, decode, mk_done
-from protocol import messages as m
-from protocol.chat import ChatRequest, ImagePart, TextPart, ToolResultPart, ToolUsePart, Usage
-from protocol.config import EndpointConfig
-from protocol.ids import hex_id
+from turnout.gateway import history
+from turnout.gateway.providers.base import Upstream, decode, mk_done
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
+    ChatRequest,
+    ImagePart,
+    TextPart,
+    ToolResultPart,
+    ToolUsePart,
+    Usage,
+)
+from turnout.protocol.config import EndpointConfig
+from turnout.protocol.ids import hex_id
 
 _enc = msgspec.json.Encoder()
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",

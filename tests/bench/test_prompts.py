@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench import prompts
+from turnout.bench import prompts
 
 
 def test_same_seed_same_prompt_other_seed_other_prompt() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report
+from turnout.bench import report
 
 DOC = {"command": "turnout bench", "date": "2026-12-02 00:00 UTC", "machine": "x86_64", "runs": 1,
        "sizes": {}, "targets": [{"name": "a", "kind": "local", "context_window": 32768}],

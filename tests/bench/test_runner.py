@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import runner
-from bench.prompts import BenchRequest
-from bench.targets import StreamResult, Target
+from turnout.bench import runner
+from turnout.bench.prompts import BenchRequest
+from turnout.bench.targets import StreamResult, Target
 
 
 class Recorder(Target):

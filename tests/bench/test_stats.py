@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.stats import pct, summary
+from turnout.bench.stats import pct, summary
 
 
 def test_nearest_rank() -> None:

@@ -6,8 +6,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from bench.prompts import conversation
-from bench.targets import sse_events, to_openai_chat
+from turnout.bench.prompts import conversation
+from turnout.bench.targets import sse_events, to_openai_chat
 
 
 class _Content:
@@ -62,8 +62,8 @@ def test_chat_target_counts_content_and_tool_argument_chunks() -> None:
     """ChatTarget against a local server that streams OpenAI chat chunks."""
     from aiohttp import web
 
-    from bench.prompts import single_turn
-    from bench.targets import ChatTarget
+    from turnout.bench.prompts import single_turn
+    from turnout.bench.targets import ChatTarget
 
     seen: list[dict[str, object]] = []
 

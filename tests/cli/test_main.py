@@ -1,7 +1,7 @@
 """The ``turnout`` command line (cli/): every command is there without importing any
 implementation, each names an implementation that exists, a command whose
-implementation cannot be imported fails loudly, and ``python -m cli`` is the same
-command as ``python -m supervisor.cli`` down to stopping a supervisor it started."""
+implementation cannot be imported fails loudly, and ``python -m turnout.cli`` is the
+same command as the ``turnout`` entry point down to stopping a supervisor it started."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli import main as cli_main
-from cli.common import Lazy
-from supervisor.launch import free_port
 from tests.helpers import poll_until
+from turnout.cli import main as cli_main
+from turnout.cli.common import Lazy
+from turnout.supervisor.launch import free_port
 
 COMMANDS = ["up", "down", "status", "ps", "scale", "load", "evict", "logs", "token", "models", "formats",
             "keys", "endpoints", "bench", "mcp", "claude"]
@@ -39,7 +39,7 @@ def _handlers(parser: argparse.ArgumentParser, path: tuple[str, ...] = (),
     return out
 
 
-def _run(*args: str, env: dict[str, str] | None = None, module: str = "cli",
+def _run(*args: str, env: dict[str, str] | None = None, module: str = "turnout.cli",
          timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -47,14 +47,16 @@ def _run(*args: str, env: dict[str, str] | None = None, module: str = "cli",
 
 def test_help_lists_every_command_without_importing_an_implementation() -> None:
     code = ("import sys, contextlib, io\n"
-            "from cli.main import main\n"
+            "from turnout.cli.main import main\n"
             "out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
             "    main(['--help'])\n"
             "print(out.getvalue())\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gateway', 'supervisor', 'workers',"
-            " 'protocol', 'msgspec', 'zmq', 'structlog', 'mcp', 'aiohttp', 'llama_cpp', 'numpy')"
-            " or m.startswith('bench.') and m != 'bench.workloads'))\n")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('msgspec', 'zmq', 'structlog', 'mcp',"
+            " 'aiohttp', 'llama_cpp', 'numpy')"
+            " or m.split('.')[:2] in (['turnout', 'gateway'], ['turnout', 'supervisor'], ['turnout', 'workers'],"
+            " ['turnout', 'protocol'])"
+            " or m.startswith('turnout.bench.') and m != 'turnout.bench.workloads'))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     *help_lines, imported = r.stdout.strip().splitlines()
     assert imported == "[]"
@@ -75,11 +77,11 @@ def test_every_command_names_an_implementation_that_exists() -> None:
 
 
 @pytest.mark.parametrize(("argv", "module"), [
-    (["keys", "list"], "gateway.keys"),
-    (["ps"], "supervisor.daemon"),
-    (["models", "list"], "workers.models"),
-    (["claude", "remove"], "gateway.claude_setup"),
-    (["token"], "gateway.auth"),
+    (["keys", "list"], "turnout.gateway.keys"),
+    (["ps"], "turnout.supervisor.daemon"),
+    (["models", "list"], "turnout.workers.models"),
+    (["claude", "remove"], "turnout.gateway.claude_setup"),
+    (["token"], "turnout.gateway.auth"),
 ])
 def test_a_command_whose_implementation_cannot_be_imported_says_which(
         argv: list[str], module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,16 +99,18 @@ def test_a_broken_dependency_loses_no_command_and_fails_loudly(tmp_path: Path) -
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     r = _run("mcp", "--port", "1", env=env)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip() == "turnout mcp: cannot import gateway.mcp.stdio (ImportError: half-installed)"
+    assert r.stderr.strip() == "turnout mcp: cannot import turnout.gateway.mcp.stdio (ImportError: half-installed)"
     assert "mcp" in _run("--help", env=env).stdout
     ok = _run("formats", "list", "--json", env=env)
     assert ok.returncode == 0 and json.loads(ok.stdout)
 
 
-def test_python_m_cli_and_the_old_name_are_one_command() -> None:
-    new, old = _run("--help"), _run("--help", module="supervisor.cli")
-    assert new.returncode == old.returncode == 0
-    assert new.stdout == old.stdout
+def test_python_m_turnout_cli_and_the_entry_point_are_one_command() -> None:
+    new = _run("--help")
+    entry = subprocess.run([str(Path(sys.executable).parent / "turnout"), "--help"], capture_output=True, text=True,
+                           timeout=60)
+    assert new.returncode == entry.returncode == 0
+    assert new.stdout == entry.stdout
     bad = _run("ps", "--bogus")
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
@@ -119,7 +123,7 @@ def test_a_supervisor_started_by_python_m_cli_is_stopped_by_it(tmp_path: Path) -
     os.rmdir(runtime)
     inst = ["--port", str(port), "--runtime-dir", str(runtime)]
     env = dict(os.environ, TURNOUT_TOKEN="test-token-0123456789")
-    up = subprocess.Popen([sys.executable, "-m", "cli", "up", "--config", str(cfg), *inst],
+    up = subprocess.Popen([sys.executable, "-m", "turnout.cli", "up", "--config", str(cfg), *inst],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         def ready() -> bool:

@@ -16,7 +16,7 @@ import sys
 import msgspec
 import zmq
 
-from protocol import messages as m
+from turnout.protocol import messages as m
 
 
 def main() -> int:

@@ -9,8 +9,8 @@ import anthropic
 import pytest
 import urllib3
 
-from supervisor.launch import TurnoutProcess
 from tests.helpers import FIXTURES
+from turnout.supervisor.launch import TurnoutProcess
 
 
 def client(t: TurnoutProcess, **kw: object) -> anthropic.Anthropic:

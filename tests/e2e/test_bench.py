@@ -35,7 +35,7 @@ path = "{gguf}"
     out = tmp_path / "results"
     env = {**os.environ, "TURNOUT_TOKEN": "bench-test-token-123"}
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "bench", "--start", str(cfg), "--runs", "2",
+        [sys.executable, "-m", "turnout.cli", "bench", "--start", str(cfg), "--runs", "2",
          "--workloads", "single_2k,multi_20k_tools,cancel,concurrency", "--size", "single_2k=300",
          "--concurrency", "1,4", "--max-tokens", "8", "--peer", "inprocess", "--peer", "llama-server",
          "--model-path", str(gguf), "--out", str(out)],

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.launch import TurnoutProcess
 from tests.helpers import claude_bin
+from turnout.supervisor.launch import TurnoutProcess
 
 pytestmark = pytest.mark.slow  # the real Claude Code CLI
 

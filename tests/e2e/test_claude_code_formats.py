@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.launch import TurnoutProcess
 from tests.e2e.test_claude_code_llama import run_claude
 from tests.workers.formats.cases import template
+from turnout.supervisor.launch import TurnoutProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 from tiny_gguf import write_tiny_gguf

@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 
-from supervisor.launch import TurnoutProcess, free_port
 from tests.helpers import claude_bin
+from turnout.supervisor.launch import TurnoutProcess, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -65,7 +65,7 @@ FORCED_CONFIG = CONFIG + 'force_tool = "Bash"\n'
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The default model assembled once for the module (turnout would do it on
     start, into each test's own empty cache)."""
-    from workers import models
+    from turnout.workers import models
 
     cache = tmp_path_factory.mktemp("turnout-cache")
     old = os.environ.get("TURNOUT_CACHE_DIR")
@@ -303,7 +303,7 @@ def test_supervisor_with_the_default_model_answers_and_stops_on_sigterm(model_ca
     code = -1
     try:
         for _ in range(3):
-            r = subprocess.run([sys.executable, "-m", "supervisor.cli", "ps", "--json", "--runtime-dir", str(t.runtime_dir)],
+            r = subprocess.run([sys.executable, "-m", "turnout.cli", "ps", "--json", "--runtime-dir", str(t.runtime_dir)],
                                env=t.env, capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stderr
             models = json.loads(r.stdout)["models"]

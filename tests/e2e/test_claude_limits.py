@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.plain_path import Proxy, claude_bin
-from supervisor.launch import TurnoutProcess
+from turnout.bench.plain_path import Proxy, claude_bin
+from turnout.supervisor.launch import TurnoutProcess
 
 pytestmark = pytest.mark.slow  # the real Claude Code CLI
 
@@ -40,7 +40,7 @@ def test_run_mode_sends_the_fitted_output_limit(turnout_factory: Callable[..., T
            "XDG_CONFIG_HOME": str(home / ".config"), "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
            "DISABLE_TELEMETRY": "1"}
     try:
-        out = subprocess.run([sys.executable, "-m", "supervisor.cli", "claude", "--config", str(t.config_path),
+        out = subprocess.run([sys.executable, "-m", "turnout.cli", "claude", "--config", str(t.config_path),
                               "--url", proxy.url, "-p", "say hi", "--output-format", "json"],
                              env=env, cwd=home / "work", capture_output=True, text=True, timeout=180)
     finally:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.launch import TurnoutProcess
 from tests.e2e.test_claude_code import claude_bin
 from tests.e2e.test_mcp import TWO_FAKES
+from turnout.supervisor.launch import TurnoutProcess
 
 pytestmark = pytest.mark.slow  # the real Claude Code CLI
 
@@ -45,7 +45,7 @@ def test_setup_switch_in_conversation_and_remove(turnout_factory: object, tmp_pa
     env = {"PATH": f"{Path(exe).parent}:{os.environ['PATH']}", "HOME": str(home),
            "XDG_STATE_HOME": str(home / ".local/state"), "XDG_CONFIG_HOME": str(home / ".config"),
            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"}
-    turnout = [sys.executable, "-m", "supervisor.cli"]
+    turnout = [sys.executable, "-m", "turnout.cli"]
     # the token comes from the keyring normally; here turnout runs with TURNOUT_TOKEN
     setup_env = {**env, "TURNOUT_TOKEN": t.token, "PYTHONPATH": str(ROOT)}
 

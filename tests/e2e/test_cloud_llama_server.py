@@ -14,7 +14,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from supervisor.launch import TurnoutProcess, free_port
+from turnout.supervisor.launch import TurnoutProcess, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 from tiny_gguf import write_tiny_gguf

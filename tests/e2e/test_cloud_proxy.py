@@ -11,9 +11,9 @@ import threading
 import anthropic
 import pytest
 
-from gateway.providers.base import env_proxy
-from supervisor.launch import TurnoutProcess
 from tests.upstreams.fake import FakeUpstreams
+from turnout.gateway.providers.base import env_proxy
+from turnout.supervisor.launch import TurnoutProcess
 
 CONFIG = """
 [[endpoints]]

@@ -17,9 +17,9 @@ import openai
 import pytest
 import urllib3
 
-from supervisor.launch import TurnoutProcess
 from tests.helpers import poll_until
 from tests.upstreams.fake import ANTHROPIC_SIG, GEMINI_SIG, FakeUpstreams
+from turnout.supervisor.launch import TurnoutProcess
 
 SEEN: list[str] = []  # every response body the tests got, for the key grep at the end
 BAD_KEY = "sk-test-SECRET-wrong-key-77777777"
@@ -107,11 +107,11 @@ def cloud(upstreams: FakeUpstreams, tmp_path_factory: pytest.TempPathFactory) ->
     full = {**os.environ, **env}
     for name, key in (("oai", upstreams.keys["openai"]), ("gem", upstreams.keys["gemini"]),
                       ("ant", upstreams.keys["anthropic"]), ("badkey", BAD_KEY)):
-        r = subprocess.run([sys.executable, "-m", "supervisor.cli", "keys", "set", name], input=key + "\n",
+        r = subprocess.run([sys.executable, "-m", "turnout.cli", "keys", "set", name], input=key + "\n",
                            capture_output=True, text=True, env=full, timeout=60)
         assert r.returncode == 0, r.stderr
         SEEN.append(r.stdout + r.stderr)
-    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "keys", "list"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "turnout.cli", "keys", "list"], capture_output=True, text=True,
                        env=full, timeout=60)
     assert "oai" in r.stdout and "…" in r.stdout
     SEEN.append(r.stdout + r.stderr)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.launch import TurnoutProcess
 from tests.helpers import tool_bin
+from turnout.supervisor.launch import TurnoutProcess
 
 pytestmark = pytest.mark.slow  # the real Codex CLI
 

@@ -16,8 +16,8 @@ import openai
 import pytest
 import urllib3
 
-from supervisor.launch import TurnoutProcess
 from tests.upstreams.fake import FakeUpstreams
+from turnout.supervisor.launch import TurnoutProcess
 
 CONFIG = """
 [[models]]

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from gateway import openapi
-from supervisor.launch import TurnoutProcess
 from tests.conftest import FAKE_CONFIG
+from turnout.gateway import openapi
+from turnout.supervisor.launch import TurnoutProcess
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "25"))
 # Three tokens an answer; nothing configured beyond the fake (no media worker: those

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from supervisor.launch import TurnoutProcess
 from tests.conftest import FAKE_CONFIG
 from tests.helpers import poll_until
+from turnout.supervisor.launch import TurnoutProcess
 
 # The fake streams exactly max_tokens tokens, as fast as it can.
 FLOOD_CONFIG = FAKE_CONFIG.replace("reply_tokens = 12", "reply_tokens = 0")
@@ -302,7 +302,7 @@ def test_twenty_thousand_slow_connections_do_not_starve_real_requests(turnout_fa
     if per < 1000:
         pytest.skip(f"the fd hard limit ({hard}) is too low to open 20,000 connections from a few processes")
     t = turnout_factory()
-    gw = next(p for p in psutil.Process(t.proc.pid).children(recursive=True) if "gateway.main" in " ".join(p.cmdline()))
+    gw = next(p for p in psutil.Process(t.proc.pid).children(recursive=True) if "turnout.gateway.main" in " ".join(p.cmdline()))
     procs = min(25, math.ceil(20_500 / per))
     clients = [subprocess.Popen([sys.executable, "-c", _SLOW_CLIENT, str(t.port), str(math.ceil(20_500 / procs)),
                                  f"127.0.0.{2 + i}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -13,10 +13,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 from tiny_gguf import write_tiny_gguf
 
-from gateway.anthropic import parse_count_tokens
-from supervisor.launch import TurnoutProcess
-from workers.base import WorkerSpec
-from workers.llama_cpp import LlamaBackend
+from turnout.gateway.anthropic import parse_count_tokens
+from turnout.supervisor.launch import TurnoutProcess
+from turnout.workers.base import WorkerSpec
+from turnout.workers.llama_cpp import LlamaBackend
 
 
 def post(t: TurnoutProcess, path: str, body: dict[str, Any]) -> Any:

@@ -30,10 +30,10 @@ import msgspec
 import psutil
 import pytest
 
-from protocol import messages as m
-from supervisor.launch import TurnoutProcess, free_port
 from tests.helpers import OTHER_UID, ROOT, other_user, other_user_python, poll_until
 from tests.supervisor.helpers import command, status
+from turnout.protocol import messages as m
+from turnout.supervisor.launch import TurnoutProcess, free_port
 
 CONFIG = """
 [[models]]
@@ -73,7 +73,7 @@ def _env(tmp_path: Path, tmpdir: Path) -> dict[str, str]:
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "turnout.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -90,7 +90,7 @@ def _up(tmp_path: Path, env: dict[str, str], port: int) -> Up:
     cfg.write_text(CONFIG)
     err_path = tmp_path / "up.stderr"
     with open(tmp_path / "up.stdout", "wb") as out, open(err_path, "wb") as err:
-        p = Up([sys.executable, "-m", "supervisor.cli", "up", "--config", str(cfg), "--port", str(port)],
+        p = Up([sys.executable, "-m", "turnout.cli", "up", "--config", str(cfg), "--port", str(port)],
                stdout=out, stderr=err, env=env)
     p.err_path = err_path
     return p
@@ -301,7 +301,7 @@ class Rogue:
     def __init__(self, t: TurnoutProcess) -> None:
         import zmq
 
-        from protocol.sockets import Endpoints
+        from turnout.protocol.sockets import Endpoints
 
         self.zmq = zmq
         self.ctx = zmq.Context()

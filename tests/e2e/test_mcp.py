@@ -23,9 +23,9 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from supervisor.launch import TurnoutProcess
 from tests.conftest import FAKE_CONFIG
 from tests.helpers import poll_until
+from turnout.supervisor.launch import TurnoutProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -201,7 +201,7 @@ def test_workers_scale_load_and_unload_through_the_supervisor(t: TurnoutProcess)
 def stdio_params(t: TurnoutProcess) -> StdioServerParameters:
     env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], "TURNOUT_URL": t.base_url,
            "TURNOUT_TOKEN": t.token, "CLAUDE_CODE_SESSION_ID": "sess-stdio"}
-    return StdioServerParameters(command=sys.executable, args=["-m", "supervisor.cli", "mcp"], env=env, cwd=str(ROOT))
+    return StdioServerParameters(command=sys.executable, args=["-m", "turnout.cli", "mcp"], env=env, cwd=str(ROOT))
 
 
 def test_stdio_transport_forwards_to_the_gateway(t: TurnoutProcess) -> None:
@@ -242,7 +242,7 @@ def test_mcp_inspector_cli_lists_the_tools(t: TurnoutProcess) -> None:
     # (stdio), which forwards to /mcp with the token.
     out = subprocess.run(
         [str(exe), "--cli", "-e", f"TURNOUT_URL={t.base_url}", "-e", f"TURNOUT_TOKEN={t.token}",
-         "-e", f"HOME={os.environ['HOME']}", sys.executable, "-m", "supervisor.cli", "mcp", "--method", "tools/list"],
+         "-e", f"HOME={os.environ['HOME']}", sys.executable, "-m", "turnout.cli", "mcp", "--method", "tools/list"],
         capture_output=True, text=True, timeout=90, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     listed = {x["name"]: x for x in json.loads(out.stdout)["tools"]}
@@ -281,7 +281,7 @@ def test_switches_survive_a_gateway_crash_and_a_restart(tmp_path: Path) -> None:
     dir): a gateway the supervisor restarts, or a whole `turnout up` again on the
     same port, routes as it was told; clearing is kept too."""
     def gateway_pid(tp: TurnoutProcess) -> int:
-        return next(p.pid for p in tp.descendants() if "gateway.main" in " ".join(p.cmdline()))
+        return next(p.pid for p in tp.descendants() if "turnout.gateway.main" in " ".join(p.cmdline()))
 
     t1 = TurnoutProcess(TWO_FAKES, workdir=str(tmp_path))
     t1.start()

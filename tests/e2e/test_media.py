@@ -14,7 +14,6 @@ import pytest
 import requests
 from PIL import Image
 
-from supervisor.launch import TurnoutProcess
 from tests.helpers import poll_until
 from tests.media_inputs import (
     SPOKEN,
@@ -26,6 +25,7 @@ from tests.media_inputs import (
     text_image,
     wer,
 )
+from turnout.supervisor.launch import TurnoutProcess
 
 MEDIA_CONFIG = """
 [server]

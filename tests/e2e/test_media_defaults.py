@@ -13,10 +13,10 @@ import pytest
 import requests
 from PIL import Image
 
-from bench.plain_path import assembled_cache
-from protocol.config import DEFAULT_MEDIA_MODELS
-from supervisor.launch import TurnoutProcess
 from tests.media_inputs import png, text_image, wer
+from turnout.bench.plain_path import assembled_cache
+from turnout.protocol.config import DEFAULT_MEDIA_MODELS
+from turnout.supervisor.launch import TurnoutProcess
 
 pytestmark = pytest.mark.slow  # the bundled default LLM starts with it
 

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from supervisor.launch import TurnoutProcess
+from turnout.supervisor.launch import TurnoutProcess
 
 TOOLS: list[Any] = [{"type": "function", "name": "get_weather", "description": "weather for a city",
                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]

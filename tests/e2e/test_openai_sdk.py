@@ -8,8 +8,8 @@ import openai
 import pytest
 import urllib3
 
-from supervisor.launch import TurnoutProcess
 from tests.conftest import SLOW_CONFIG
+from turnout.supervisor.launch import TurnoutProcess
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "weather for a city",

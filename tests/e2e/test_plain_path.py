@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.plain_path import assembled_cache, walk
+from turnout.bench.plain_path import assembled_cache, walk
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

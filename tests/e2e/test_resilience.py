@@ -12,9 +12,9 @@ import anthropic
 import pytest
 import urllib3
 
-from supervisor.launch import TurnoutProcess
 from tests.conftest import FAKE_CONFIG, SLOW_CONFIG
 from tests.helpers import poll_until
+from turnout.supervisor.launch import TurnoutProcess
 
 
 def client(t: TurnoutProcess) -> anthropic.Anthropic:
@@ -169,7 +169,7 @@ def test_stop_leaves_nothing_behind(turnout_factory, sig: int) -> None:  # type:
 
 def test_gateway_crash_is_restarted(turnout_factory) -> None:  # type: ignore[no-untyped-def]
     t = turnout_factory()
-    gw = next(k for k in t.descendants() if "gateway.main" in " ".join(k.cmdline()))
+    gw = next(k for k in t.descendants() if "turnout.gateway.main" in " ".join(k.cmdline()))
     gw.kill()
     gw.wait(5)
     assert poll_until(lambda: _try(t), timeout=20) == "hello again hello"

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 from tiny_gguf import write_tiny_gguf
 
-from supervisor.launch import TurnoutProcess
+from turnout.supervisor.launch import TurnoutProcess
 
 
 class Verdict(BaseModel):

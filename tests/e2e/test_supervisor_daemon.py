@@ -20,9 +20,9 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.control import logfile_path, pidfile_path
-from supervisor.launch import free_port
 from tests.helpers import other_user, poll_until
+from turnout.supervisor.control import logfile_path, pidfile_path
+from turnout.supervisor.launch import free_port
 
 CONFIG = """
 [[models]]
@@ -35,7 +35,7 @@ reply_tokens = 4
 
 def turnout(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TURNOUT_TOKEN="test-token-0123456789")
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "turnout.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -53,7 +53,7 @@ def test_a_supervisor_that_does_not_answer_is_not_called_stopped() -> None:
     # A control socket that is there but silent (a busy or hung supervisor).
     import zmq
 
-    from protocol.sockets import Endpoints
+    from turnout.protocol.sockets import Endpoints
 
     runtime = Path(tempfile.mkdtemp(prefix="to-", dir="/tmp"))
     ctx = zmq.Context()
@@ -158,7 +158,7 @@ def test_daemon_log_is_private_rotates_and_every_line_is_json_even_a_crash(tmp_p
     os.chmod(log, 0o644)
     pid = 0
     try:
-        up = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--daemon", "--config", str(cfg), *inst],
+        up = subprocess.run([sys.executable, "-m", "turnout.cli", "up", "--daemon", "--config", str(cfg), *inst],
                             capture_output=True, text=True, timeout=60, env=env)
         assert up.returncode == 0, up.stderr
         pid = int((logdir / "turnout.pid").read_text())
@@ -170,7 +170,7 @@ def test_daemon_log_is_private_rotates_and_every_line_is_json_even_a_crash(tmp_p
             assert r.returncode != 0 and b"spawned" not in r.stdout
         # A native crash of a worker: Python's fault handler writes a multi-line dump.
         worker = next(p for p in psutil.Process(pid).children(recursive=True)
-                      if "workers.main" in " ".join(p.cmdline()))
+                      if "turnout.workers.main" in " ".join(p.cmdline()))
         os.kill(worker.pid, signal.SIGSEGV)
         poll_until(lambda: "Fatal Python error" in log.read_text(errors="replace"), 20)
         # A request whose header holds a NUL (aiohttp's parser refuses it).

@@ -8,9 +8,9 @@ import anthropic
 import pytest
 import urllib3
 
-from protocol import messages as m
 from tests.helpers import poll_until
 from tests.supervisor.helpers import command, expected_text, status, stream, workers_of
+from turnout.protocol import messages as m
 
 CRASHY = """
 [server]

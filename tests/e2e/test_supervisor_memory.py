@@ -10,9 +10,9 @@ import aiohttp
 import psutil
 import urllib3
 
-from protocol import messages as m
 from tests.helpers import poll_until
 from tests.supervisor.helpers import command, expected_text, log_events, status, stream, workers_of
+from turnout.protocol import messages as m
 
 MB = 1024 * 1024
 

@@ -7,9 +7,9 @@ import asyncio
 
 import aiohttp
 
-from protocol import messages as m
 from tests.helpers import poll_until
 from tests.supervisor.helpers import command, expected_text, log_events, status, stream, workers_of
+from turnout.protocol import messages as m
 
 CONFIG = """
 [server]

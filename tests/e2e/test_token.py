@@ -14,7 +14,7 @@ import pytest
 def test_keyring_token_end_to_end(turnout_factory) -> None:  # type: ignore[no-untyped-def]
     t = turnout_factory(env={"TURNOUT_TOKEN": ""})
     env = {k: v for k, v in os.environ.items() if k != "TURNOUT_TOKEN"}
-    token = subprocess.run([sys.executable, "-m", "supervisor.cli", "token"], capture_output=True,
+    token = subprocess.run([sys.executable, "-m", "turnout.cli", "token"], capture_output=True,
                            text=True, env=env, check=True).stdout.strip()
     assert token.startswith("tt-")
     ok = anthropic.Anthropic(base_url=t.base_url, api_key=token, max_retries=0)

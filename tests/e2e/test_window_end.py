@@ -12,8 +12,8 @@ import anthropic
 import openai
 import pytest
 
-from supervisor.launch import TurnoutProcess
 from tests.upstreams.fake import FakeUpstreams
+from turnout.supervisor.launch import TurnoutProcess
 
 CONFIG = """
 [server]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway import affinity as aff
-from protocol.chat import ChatRequest, Message, TextPart, Tool
+from turnout.gateway import affinity as aff
+from turnout.protocol.chat import ChatRequest, Message, TextPart, Tool
 
 C = aff.Candidate
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import anthropic as a
-from gateway.errors import ApiError
-from protocol import messages as m
-from protocol.chat import TextPart, ThinkingPart, ToolResultPart, ToolUsePart, Usage
 from tests.helpers import FIXTURES
+from turnout.gateway import anthropic as a
+from turnout.gateway import anthropic_stream as s
+from turnout.gateway.errors import ApiError
+from turnout.protocol import messages as m
+from turnout.protocol.chat import TextPart, ThinkingPart, ToolResultPart, ToolUsePart, Usage
 
 
 def _posts() -> list[Path]:
@@ -91,7 +92,7 @@ def _events(raw: bytes) -> list[tuple[str, dict[str, object]]]:
 
 
 def test_sse_grammar_text_thinking_tool() -> None:
-    enc = a.SseEncoder("mdl", "msg_1", want_thinking=True)
+    enc = s.SseEncoder("mdl", "msg_1", want_thinking=True)
     raw = enc.start(10, 4)
     for msg in [m.ThinkingDelta("r", 0, text="t"), m.ThinkingDelta("r", 0, signature="s"),
                 m.Ping("r", 0), m.TextDelta("r", 0, "he"), m.TextDelta("r", 0, "llo"),
@@ -113,12 +114,12 @@ def test_sse_grammar_text_thinking_tool() -> None:
 
 
 def test_sse_thinking_hidden_when_not_requested() -> None:
-    enc = a.SseEncoder("mdl", "msg_1", want_thinking=False)
+    enc = s.SseEncoder("mdl", "msg_1", want_thinking=False)
     assert enc.encode(m.ThinkingDelta("r", 0, text="secret")) == b""
 
 
 def test_sse_error_mid_stream() -> None:
-    enc = a.SseEncoder("mdl", "msg_1", want_thinking=False)
+    enc = s.SseEncoder("mdl", "msg_1", want_thinking=False)
     enc.start(1, 0)
     enc.encode(m.TextDelta("r", 0, "x"))
     (ev, data), = _events(enc.encode(m.Failed("r", 0, "worker_died", "worker gone")))

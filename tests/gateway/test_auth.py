@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gateway import auth
+from turnout.gateway import auth
 
 
 def test_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,7 +29,7 @@ def test_generated_once_and_kept_in_the_keyring_file(monkeypatch: pytest.MonkeyP
         assert path.startswith(os.environ["XDG_DATA_HOME"])
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     # another process (the CLI) reads the same token
-    out = subprocess.run([sys.executable, "-m", "supervisor.cli", "token"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "turnout.cli", "token"], capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if k != "TURNOUT_TOKEN"}, check=True)
     assert out.stdout.strip() == first
 

@@ -17,11 +17,11 @@ import msgspec
 import pytest
 import zmq
 
-from gateway.bus import Bus
-from gateway.dispatch import WorkerRef
-from protocol import messages as m
-from protocol.config import Config
-from protocol.sockets import Endpoints, ZapHandler, bind, make_socket, serve_bus
+from turnout.gateway.bus import Bus
+from turnout.gateway.dispatch import WorkerRef
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config
+from turnout.protocol.sockets import Endpoints, ZapHandler, bind, make_socket, serve_bus
 
 
 def _info(wid: str, pid: int) -> m.WorkerInfo:
@@ -163,16 +163,16 @@ async def test_a_request_its_worker_cannot_read_ends_at_once_as_a_400_naming_the
     a temperature once sent a message the worker dropped, and the request hung until
     its cancel was overdue and the worker was restarted. A real worker process (the
     fake backend) now answers it with Failed(invalid_request), and goes on serving."""
-    from gateway.errors import from_fail
-    from protocol.chat import ChatRequest, Message, TextPart
-    from protocol.config import ModelConfig
-    from protocol.specs import WorkerSpec
-    from supervisor.process import spawn, stop_ladder
+    from turnout.gateway.errors import from_fail
+    from turnout.protocol.chat import ChatRequest, Message, TextPart
+    from turnout.protocol.config import ModelConfig
+    from turnout.protocol.specs import WorkerSpec
+    from turnout.supervisor.process import spawn, stop_ladder
 
     sup, bus = sup_and_bus
     spec = WorkerSpec(id="fake-0", backend="fake", model="fake", runtime_dir=str(sup.dir),
                       gateway_ids=["gw-test"], bus_secret=SECRET)
-    child = spawn("fake-0", "workers.main", msgspec.json.encode(spec), spec_dir=str(sup.dir))
+    child = spawn("fake-0", "turnout.workers.main", msgspec.json.encode(spec), spec_dir=str(sup.dir))
     try:
         deadline = time.monotonic() + 30
         while not bus.ready_workers("fake"):

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from cli.claude import claude_argv
-from gateway.claude_setup import (
+from tests.helpers import other_user
+from turnout.cli.claude import claude_argv
+from turnout.gateway.claude_setup import (
     Paths,
     SetupError,
     apply_remove,
@@ -29,8 +30,13 @@ from gateway.claude_setup import (
     served_windows,
     settings_env,
 )
-from protocol.config import Config, EndpointConfig, EndpointModel, ModelConfig, RoutingConfig
-from tests.helpers import other_user
+from turnout.protocol.config import (
+    Config,
+    EndpointConfig,
+    EndpointModel,
+    ModelConfig,
+    RoutingConfig,
+)
 
 URL = "http://127.0.0.1:8765"
 TOKEN = "tt-secret-token-value"
@@ -87,7 +93,7 @@ def test_the_default_models_window_is_read_from_its_file_before_it_is_assembled(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No config file, nothing assembled yet: the bundled model's header (in its
     first chunk package) gives 32K, capped as the llama_cpp worker caps it."""
-    from protocol.config import default_config
+    from turnout.protocol.config import default_config
 
     monkeypatch.setenv("TURNOUT_CACHE_DIR", str(tmp_path / "empty-cache"))
     c = default_config()
@@ -301,7 +307,7 @@ def test_files_setup_creates_are_private(paths: Paths) -> None:
 
 def test_cli_setup_tells_the_user_what_it_tightened(open_home: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.claude import cmd_setup
+    from turnout.cli.claude import cmd_setup
 
     monkeypatch.setenv("HOME", str(open_home))
     monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from gateway.collect import AnthropicMessage, Collected, collect
-from gateway.errors import ApiError
-from protocol import messages as m
-from protocol.chat import TextPart, ThinkingPart, ToolUsePart
+from turnout.gateway.collect import AnthropicMessage, Collected, collect
+from turnout.gateway.errors import ApiError
+from turnout.protocol import messages as m
+from turnout.protocol.chat import TextPart, ThinkingPart, ToolUsePart
 
 
 class Flood:

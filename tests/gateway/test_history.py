@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.history import make_safe, signature_owner, tag_signature
-from protocol.chat import ChatRequest, Message, TextPart, ThinkingPart
-from workers.signing import Signer
+from turnout.gateway.history import make_safe, signature_owner, tag_signature
+from turnout.protocol.chat import ChatRequest, Message, TextPart, ThinkingPart
+from turnout.workers.signing import Signer
 
 
 def test_local_signatures_are_recognised_and_never_sent_to_a_cloud() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.mcp.targets import Choice, match_target
-from gateway.telemetry import ToolUseIndex
-from protocol.config import Config, EndpointConfig, EndpointModel, ModelConfig
+from turnout.gateway.mcp.targets import Choice, match_target
+from turnout.gateway.telemetry import ToolUseIndex
+from turnout.protocol.config import Config, EndpointConfig, EndpointModel, ModelConfig
 
 CFG = Config(models=[ModelConfig(name="gemma3-270m", backend="llama_cpp")],
              endpoints=[EndpointConfig(name="gemini", provider="gemini", models=[

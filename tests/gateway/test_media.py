@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway import media
-from gateway.errors import ApiError
-from protocol import messages as m
-from protocol.config import Config, ModelConfig
+from turnout.gateway import media
+from turnout.gateway.errors import ApiError
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config, ModelConfig
 
 SEGS = [m.Segment(id=0, start=0.0, end=1.5, text=" Hello there."),
         m.Segment(id=1, start=1.5, end=3661.25, text=" General Kenobi.",
@@ -199,7 +199,7 @@ async def test_mcp_media_tools_are_confined_to_media_dirs(tmp_path: Path, monkey
 
 
 async def test_chat_images_become_their_ocr_text() -> None:
-    from protocol.chat import ChatRequest, ImagePart, Message, TextPart
+    from turnout.protocol.chat import ChatRequest, ImagePart, Message, TextPart
 
     bus: Any = FakeBus([(m.JobOutput("r", 0, lines=[m.OcrLine("INVOICE 42", 0.99)], pages=1), [])])
     req = ChatRequest(model="chat", max_tokens=10, messages=[Message("user", [

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.app import listings
-from gateway.bus import Bus
-from gateway.dispatch import WorkerRef
-from protocol.config import Config
-from protocol.sockets import Endpoints
+from turnout.gateway.app import listings
+from turnout.gateway.bus import Bus
+from turnout.gateway.dispatch import WorkerRef
+from turnout.protocol.config import Config
+from turnout.protocol.sockets import Endpoints
 
 
 def test_listing_covers_local_cloud_and_aliases() -> None:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from gateway import openai_chat as o
-from gateway.errors import ApiError
-from protocol import messages as m
-from protocol.chat import ImagePart, TextPart, ToolResultPart, ToolUsePart, Usage
+from turnout.gateway import openai_chat as o
+from turnout.gateway.errors import ApiError
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ImagePart, TextPart, ToolResultPart, ToolUsePart, Usage
 
 
 def parse(body: dict[str, object]) -> tuple[object, bool]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from gateway.history import gemini_schema, make_safe, needs_repair, tag_signature
-from gateway.providers.anthropic import AnthropicParser, AnthropicProvider
-from gateway.providers.gemini import GeminiParser, GeminiProvider
-from gateway.providers.openai import OpenAIParser, OpenAIProvider
-from protocol import messages as m
-from protocol.chat import (
+from turnout.gateway.history import gemini_schema, make_safe, needs_repair, tag_signature
+from turnout.gateway.providers.anthropic import AnthropicParser, AnthropicProvider
+from turnout.gateway.providers.gemini import GeminiParser, GeminiProvider
+from turnout.gateway.providers.openai import OpenAIParser, OpenAIProvider
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     ImagePart,
     Message,
@@ -20,7 +20,7 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from protocol.config import EndpointConfig
+from turnout.protocol.config import EndpointConfig
 
 LONG_SIG = "E" * 120
 
@@ -170,8 +170,8 @@ def test_history_repair_duplicate_ids_and_foreign_thinking() -> None:
 
 
 def test_structured_output_reaches_each_provider_in_its_own_words() -> None:
-    from gateway import anthropic as a
-    from gateway import openai_chat as o
+    from turnout.gateway import anthropic as a
+    from turnout.gateway import openai_chat as o
 
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "required": ["n"],
               "additionalProperties": False, "$schema": "http://json-schema.org/draft-07/schema#"}

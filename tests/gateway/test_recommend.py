@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.recommend import Candidate, fmt_tokens, recommend
+from turnout.gateway.recommend import Candidate, fmt_tokens, recommend
 
 LOCAL = Candidate("gemma3-270m", local=True, window=32_768, ttft_s=0.3, tokens_per_s=25)
 FLASH = Candidate("gemini/gemini-2.0-flash", local=False, window=1_048_576, ttft_s=0.6, tokens_per_s=180,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.routing import estimate_tokens, plan, validate
-from protocol.chat import ChatRequest, ImagePart, Message, TextPart, ThinkingConfig, Tool
-from protocol.config import Config
+from turnout.gateway.planning import estimate_tokens, plan
+from turnout.protocol.chat import ChatRequest, ImagePart, Message, TextPart, ThinkingConfig, Tool
+from turnout.protocol.config import Config, validate
 
 CFG = msgspec.toml.decode(b"""
 [[models]]

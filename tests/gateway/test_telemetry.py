@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.telemetry import Telemetry, observe
-from protocol import messages as m
-from protocol.chat import ChatRequest, Message, TextPart, Tool, Usage
-from protocol.config import Config, EndpointConfig, EndpointModel
+from turnout.gateway.telemetry import Telemetry, observe
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Message, TextPart, Tool, Usage
+from turnout.protocol.config import Config, EndpointConfig, EndpointModel
 
 
 class Src:

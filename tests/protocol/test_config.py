@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from protocol.config import ConfigError, config_path, default_config, gateway_url, load_config
+from turnout.protocol.config import (
+    ConfigError,
+    config_path,
+    default_config,
+    gateway_url,
+    load_config,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:

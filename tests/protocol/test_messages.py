@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from protocol import messages as m
-from protocol.chat import ChatRequest, Message, TextPart, ToolResultPart, ToolUsePart, Usage
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Message, TextPart, ToolResultPart, ToolUsePart, Usage
 
 
 def _req() -> ChatRequest:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.paths import (
+from tests.helpers import OTHER_UID
+from turnout.protocol.paths import (
     UnsafePathError,
     check_own_socket,
     check_private_dir,
@@ -19,7 +20,6 @@ from protocol.paths import (
     open_private,
     peer_credentials,
 )
-from tests.helpers import OTHER_UID
 
 
 def _mode(p: Path) -> int:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway.anthropic import parse_messages
-from protocol import prompt_prefix as pp
-from protocol.chat import ChatRequest, Message, TextPart, Tool
-from workers import chat_templates as ct
+from turnout.gateway.anthropic import parse_messages
+from turnout.protocol import prompt_prefix as pp
+from turnout.protocol.chat import ChatRequest, Message, TextPart, Tool
+from turnout.workers import chat_templates as ct
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude-code"
 GEMMA = ct.detect("", "gemma3", bos_token="<bos>", eos_token="<eos>", tool_detail="full")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.config import load_config, validate
-from workers.llama_cpp import LlamaOptions
+from turnout.protocol.config import load_config, validate
+from turnout.workers.llama_cpp import LlamaOptions
 
 
 def test_readme_example_config_loads(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from protocol.sockets import ZapHandler, join_bus, make_socket, serve_bus, serve_local
+from turnout.protocol.sockets import ZapHandler, join_bus, make_socket, serve_bus, serve_local
 
 SECRET = "instance-bus-secret"
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 
-from protocol import messages as m
-from supervisor.control import ControlClient
-from supervisor.launch import TurnoutProcess
-from workers.fake import reference_tokens
+from turnout.protocol import messages as m
+from turnout.supervisor.control import ControlClient
+from turnout.supervisor.launch import TurnoutProcess
+from turnout.workers.fake import reference_tokens
 
 
 def command(t: TurnoutProcess, cmd: m.Command) -> m.FromSupervisor:

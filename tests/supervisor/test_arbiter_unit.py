@@ -11,13 +11,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from protocol import messages as m
-from protocol.config import Config, ModelConfig, SupervisorConfig
-from supervisor.fleet import GATEWAY_ID, Fleet
-from supervisor.handlers import Handlers
-from supervisor.policy import BackoffPolicy
-from supervisor.pool import MB, Slot
-from workers.base import EXIT_MODEL_LOAD_ERROR
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config, ModelConfig, SupervisorConfig
+from turnout.supervisor.fleet import GATEWAY_ID, Fleet
+from turnout.supervisor.handlers import Handlers
+from turnout.supervisor.policy import BackoffPolicy
+from turnout.supervisor.pool import MB, Slot
+from turnout.workers.base import EXIT_MODEL_LOAD_ERROR
 
 TOTAL = 24 * 1024 * MB
 
@@ -152,7 +152,7 @@ def model(name: str, workers: int = 1, **kw: typing.Any) -> ModelConfig:
 def test_start_spawns_the_gateway_then_each_models_workers_with_their_specs() -> None:
     h = harness(model("a", workers=2), model("b"))
     assert [(p.id, p.module) for p in h.procs] == [
-        (GATEWAY_ID, "gateway.main"), ("a-0", "workers.main"), ("a-1", "workers.main"), ("b-0", "workers.main")]
+        (GATEWAY_ID, "turnout.gateway.main"), ("a-0", "turnout.workers.main"), ("a-1", "turnout.workers.main"), ("b-0", "turnout.workers.main")]
     spec = msgspec.json.decode(h.proc("b-0").spec)
     assert spec["model"] == "b" and spec["gateway_ids"] == [GATEWAY_ID] and spec["bus_secret"] == "unit-bus-token"
     assert msgspec.json.decode(h.proc(GATEWAY_ID).spec)["runtime_dir"] == "/run/turnout-unit"

@@ -17,7 +17,7 @@ import pytest
 def test_bad_config_exits_2_with_the_reason(tmp_path: Path, text: str, needle: str) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
-    out = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--config", str(cfg), "--port", "1"],
+    out = subprocess.run([sys.executable, "-m", "turnout.cli", "up", "--config", str(cfg), "--port", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert needle in out.stderr and "Traceback" not in out.stderr

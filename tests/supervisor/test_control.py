@@ -13,9 +13,9 @@ import msgspec
 import pytest
 import zmq
 
-from protocol import messages as m
-from protocol.sockets import Endpoints, bind, make_socket
-from supervisor.control import ControlClient, NoAnswer
+from turnout.protocol import messages as m
+from turnout.protocol.sockets import Endpoints, bind, make_socket
+from turnout.supervisor.control import ControlClient, NoAnswer
 
 
 @pytest.fixture

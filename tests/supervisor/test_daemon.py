@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol import messages as m
-from supervisor import control
-from supervisor.daemon import format_status
+from turnout.protocol import messages as m
+from turnout.supervisor import control
+from turnout.supervisor.daemon import format_status
 
 MB = 1024 * 1024
 

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from supervisor.logwriter import Pump, wrap_raw
 from tests.helpers import ROOT
+from turnout.supervisor.logwriter import Pump, wrap_raw
 
 CRASHER = """
 import sys
@@ -34,7 +34,7 @@ def _records(path: Path) -> list[dict[str, object]]:
 
 
 def _writer(path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    w = subprocess.Popen([sys.executable, "-m", "supervisor.logwriter", str(path)], stdin=subprocess.PIPE,
+    w = subprocess.Popen([sys.executable, "-m", "turnout.supervisor.logwriter", str(path)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
     assert w.stdout is not None and w.stdout.readline() == b"ok\n"
     return w

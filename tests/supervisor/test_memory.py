@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import memory
-from supervisor.memory import Watermarks, WorkerSnap
+from turnout.supervisor import memory
+from turnout.supervisor.memory import Watermarks, WorkerSnap
 
 W = Watermarks(soft_mb=1000.0, hard_mb=500.0, hysteresis_mb=100.0, cooldown_s=5.0, headroom_mb=0.0)
 
@@ -152,19 +152,19 @@ def test_gguf_footprint_reads_no_further_than_it_needs_and_only_once(tmp_path, m
     # The supervisor asks on every status request and admission, on its main loop:
     # a whole-vocabulary parse there (19 s for the default model with gguf.GGUFReader)
     # held up SIGTERM and /healthz.
-    import protocol.modelfiles
+    import turnout.protocol.modelfiles
     from tests.workers.tiny_gguf import write_tiny_gguf
 
     p = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=2048)
     seen: list[dict[str, object]] = []
-    real = protocol.modelfiles.read_gguf_kv
+    real = turnout.protocol.modelfiles.read_gguf_kv
 
     def spy(path, until=None):  # type: ignore[no-untyped-def]
         kv = real(path, until)
         seen.append(kv)
         return kv
 
-    monkeypatch.setattr(protocol.modelfiles, "read_gguf_kv", spy)
+    monkeypatch.setattr(turnout.protocol.modelfiles, "read_gguf_kv", spy)
     first = memory.gguf_footprint_mb(str(p), 4096)
     assert memory.gguf_footprint_mb(str(p), 4096) == first > 0
     assert len(seen) == 1  # remembered

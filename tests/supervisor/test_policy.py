@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from supervisor import policy
-from supervisor.policy import BackoffPolicy, DrainView, SlotView
+from turnout.supervisor import policy
+from turnout.supervisor.policy import BackoffPolicy, DrainView, SlotView
 
 P = BackoffPolicy(first_s=0.05, base_s=0.5, factor=2.0, max_s=30.0, jitter=0.2, healthy_s=30.0, park_after=4)
 

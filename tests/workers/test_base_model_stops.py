@@ -3,7 +3,7 @@ which the ``stop`` option replaces or turns off."""
 
 from __future__ import annotations
 
-from workers import chat_templates as ct
+from turnout.workers import chat_templates as ct
 
 
 def test_base_models_get_default_end_of_turn_strings_that_stop_replaces() -> None:

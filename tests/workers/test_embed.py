@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import StubCtx
 
-from protocol import messages as m
-from workers.base import BackendError, ModelLoadError, WithFrames, WorkerSpec
-from workers.embed import EmbedBackend, create
+from turnout.protocol import messages as m
+from turnout.workers.base import BackendError, ModelLoadError, WithFrames, WorkerSpec
+from turnout.workers.embed import EmbedBackend, create
 
 
 def backend(path: str = "", **options: object) -> EmbedBackend:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.base import BACKEND_EXTRAS, EXIT_MODEL_LOAD_ERROR
+from turnout.workers.base import BACKEND_EXTRAS, EXIT_MODEL_LOAD_ERROR
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bus-secret-of-no-supervisor-0123456789"  # no bus to join: the worker only needs one to try
@@ -34,8 +34,8 @@ MISSING = {
 RUN_WITHOUT = """
 import runpy, sys
 sys.modules[sys.argv[1]] = None  # `import X` now raises ModuleNotFoundError
-sys.argv = ["workers.main"]
-runpy.run_module("workers.main", run_name="__main__", alter_sys=True)
+sys.argv = ["turnout.workers.main"]
+runpy.run_module("turnout.workers.main", run_name="__main__", alter_sys=True)
 """
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import messages as m
-from protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig
-from workers.base import BackendError, ModelLoadError, Pause, WorkerSpec
-from workers.fake import FakeBackend, reference_tokens
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig
+from turnout.workers.base import BackendError, ModelLoadError, Pause, WorkerSpec
+from turnout.workers.fake import FakeBackend, reference_tokens
 
 
 def backend(**opts: object) -> FakeBackend:

@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 import zmq
 
-from protocol import messages as m
-from workers.base import ComputeLoop, GenContext, GenItem, JobIn, Pause, WithFrames, WorkerSpec
+from turnout.protocol import messages as m
+from turnout.workers.base import (
+    ComputeLoop,
+    GenContext,
+    GenItem,
+    JobIn,
+    Pause,
+    WithFrames,
+    WorkerSpec,
+)
 
 
 class StepBackend:

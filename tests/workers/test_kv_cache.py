@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers import kv_cache as kv
+from turnout.workers import kv_cache as kv
 
 IDENTITY = {"model": "m1", "build": "b1", "template": "t1", "settings": "s1"}
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from conftest import StubCtx
 
-from protocol import messages as m
-from protocol.chat import ChatRequest, Message, ResponseFormat, TextPart, Tool, ToolChoice
-from workers.base import BackendError, ModelLoadError, WorkerSpec
-from workers.llama_cpp import LlamaBackend, create
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Message, ResponseFormat, TextPart, Tool, ToolChoice
+from turnout.workers.base import BackendError, ModelLoadError, WorkerSpec
+from turnout.workers.llama_cpp import LlamaBackend, create
 
 LONG = " ".join(f"item{i} is here." for i in range(120))  # ~1500 tokens on the tiny vocab
 

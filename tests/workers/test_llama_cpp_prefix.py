@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from conftest import StubCtx
 
-from protocol import messages as m
-from protocol.chat import ChatRequest, Message, TextPart, Tool
-from workers import kv_cache as kv
-from workers.base import WorkerSpec
-from workers.llama_cpp import LlamaBackend, create
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Message, TextPart, Tool
+from turnout.workers import kv_cache as kv
+from turnout.workers.base import WorkerSpec
+from turnout.workers.llama_cpp import LlamaBackend, create
 
 STABLE = "You are a coding agent. " + " ".join(f"Rule {i}: be exact." for i in range(40))
 ENV = "# Environment\nYou have been invoked in the following environment:\n - Primary working directory: /p\n" \
@@ -54,7 +54,7 @@ def run(b: LlamaBackend, req: ChatRequest) -> tuple[m.Started, str]:
 
 
 def shared(b: LlamaBackend, req: ChatRequest) -> list[int]:
-    from protocol import prompt_prefix as pp
+    from turnout.protocol import prompt_prefix as pp
 
     p = pp.plan(req)
     tokens = np.asarray(b._tokenize(b._render(p.request, shaped=True).prompt), dtype=np.intc)

@@ -21,8 +21,8 @@ from conftest import StubCtx
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_mlx import write_tiny_mlx
 
-from protocol import messages as m
-from protocol.chat import (
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     Message,
     ResponseFormat,
@@ -33,10 +33,10 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from supervisor.launch import TurnoutProcess
-from workers.base import BackendError, ModelLoadError, WorkerSpec
-from workers.mlx_lm import MlxBackend, create
-from workers.signing import Signer, load_key
+from turnout.supervisor.launch import TurnoutProcess
+from turnout.workers.base import BackendError, ModelLoadError, WorkerSpec
+from turnout.workers.mlx_lm import MlxBackend, create
+from turnout.workers.signing import Signer, load_key
 
 LONG = " ".join(f"item{i} is here." for i in range(60))  # ~1000 byte-level tokens
 

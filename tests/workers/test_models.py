@@ -13,8 +13,8 @@ from typing import ClassVar
 
 import pytest
 
-from cli import models as cli_models
-from workers import models
+from turnout.cli import models as cli_models
+from turnout.workers import models
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_truncated_or_lying_headers_are_a_clear_error(tmp_path: Path) -> None:
         f.write_bytes(data)
         with pytest.raises(models.ModelError, match=name):
             models.gguf_info(f)
-    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "models", "add", str(tmp_path / "eight.gguf")],
+    r = subprocess.run([sys.executable, "-m", "turnout.cli", "models", "add", str(tmp_path / "eight.gguf")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("turnout models: ") and "eight.gguf" in r.stderr and r.stderr.count("\n") == 1

@@ -8,10 +8,10 @@ import shutil
 import pytest
 from PIL import Image
 
-from protocol import messages as m
 from tests.media_inputs import png, run_job, spec, text_image
-from workers.base import BackendError, ModelLoadError
-from workers.ocr import OcrBackend, create
+from turnout.protocol import messages as m
+from turnout.workers.base import BackendError, ModelLoadError
+from turnout.workers.ocr import OcrBackend, create
 
 LINES = ["The quick brown fox", "jumps over 13 lazy dogs", "Invoice #2041: $87.50"]
 

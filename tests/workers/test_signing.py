@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from protocol import messages as m
-from protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig
-from workers import chat_templates as ct
-from workers import signing
-from workers.tool_calls import AnswerWriter
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Message, TextPart, ThinkingConfig
+from turnout.workers import chat_templates as ct
+from turnout.workers import signing
+from turnout.workers.tool_calls import AnswerWriter
 
 
 def writer(req: ChatRequest, s: signing.Signer) -> AnswerWriter:

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from protocol import messages as m
 from tests.media_inputs import SPOKEN, espeak_speech, piper_speech, run_job, silence_wav, spec, wer
-from workers.base import BackendError, ModelLoadError
-from workers.stt import SttBackend, create
+from turnout.protocol import messages as m
+from turnout.workers.base import BackendError, ModelLoadError
+from turnout.workers.stt import SttBackend, create
 
 # Measured with tiny.en int8, greedy decoding (deterministic on a given input):
 # Piper (noise-free voice) 0.00; espeak-ng 0.29 ("quick round-fark stump over the lazy nog": its

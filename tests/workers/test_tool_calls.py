@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from protocol import messages as m
-from protocol.chat import (
+from turnout.protocol import messages as m
+from turnout.protocol.chat import (
     ChatRequest,
     Message,
     TextPart,
@@ -21,12 +21,12 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from workers import chat_templates as ct
-from workers import formats
-from workers import tool_calls as tc
-from workers.formats.events import Call
-from workers.formats.render import Rendered
-from workers.tool_calls import effective_choice
+from turnout.workers import chat_templates as ct
+from turnout.workers import formats
+from turnout.workers import tool_calls as tc
+from turnout.workers.formats.events import Call
+from turnout.workers.formats.render import Rendered
+from turnout.workers.tool_calls import effective_choice
 
 BASH = Tool("Bash", "run", {"type": "object", "properties": {"command": {"type": "string"}}})
 

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from protocol import messages as m
 from tests.media_inputs import run_job, spec, wav_bytes, wer
-from workers.base import BackendError, ModelLoadError, WithFrames
-from workers.tts import TtsBackend, _read_wav, create, resample
+from turnout.protocol import messages as m
+from turnout.workers.base import BackendError, ModelLoadError, WithFrames
+from turnout.workers.tts import TtsBackend, _read_wav, create, resample
 
 THREE = "This is the first sentence. Here is a second one! And is this the third?"
 
@@ -98,7 +98,7 @@ def test_missing_voice_is_a_load_error() -> None:
 
 
 def test_round_trip_text_speech_text(piper: TtsBackend) -> None:
-    from workers.stt import create as create_stt
+    from turnout.workers.stt import create as create_stt
 
     stt = create_stt(spec("stt"))  # type: ignore[arg-type]
     stt.load()

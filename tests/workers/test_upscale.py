@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protocol import messages as m
 from tests.media_inputs import png, psnr, realish_image, run_job, spec
-from workers.base import BackendError, WithFrames
-from workers.upscale import UpscaleBackend, create, tiles
+from turnout.protocol import messages as m
+from turnout.workers.base import BackendError, WithFrames
+from turnout.workers.upscale import UpscaleBackend, create, tiles
 
 
 @pytest.fixture(scope="module")

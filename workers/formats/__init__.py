@@ -8,9 +8,9 @@ how that family's answers are read back (text, reasoning, tool calls).
 
 from __future__ import annotations
 
-from workers.formats.events import Call, Event, NotACall, Text, Thinking
-from workers.formats.families import Family, by_name, detect, registry
-from workers.formats.schema import ToolSet
+from turnout.workers.formats.events import Call, Event, NotACall, Text, Thinking
+from turnout.workers.formats.families import Family, by_name, detect, registry
+from turnout.workers.formats.schema import ToolSet
 
 __all__ = ["Call", "Event", "Family", "NotACall", "Text", "Thinking", "ToolSet", "by_name", "detect",
            "reasoning_open", "registry"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protocol.chat import Tool
-from workers.formats.families import Family, by_name
+from turnout.protocol.chat import Tool
+from turnout.workers.formats.families import Family, by_name
 
 # (the second key sorts after the first: some writers order arguments by key)
 _KEY, _KEY2, _VAL = "tkey7f3a", "tkey9b8d", "tval9c1e"

@@ -6,8 +6,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from workers.formats.events import Call, NotACall
-from workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.schema import ToolSet, dumps
 
 
 def json_end(s: str, start: int = 0) -> int | None:

@@ -10,9 +10,9 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from workers.formats.events import Call, NotACall
-from workers.formats.jsoncalls import JsonEnd, args_object, call_from_obj, loads
-from workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.jsoncalls import JsonEnd, args_object, call_from_obj, loads
+from turnout.workers.formats.schema import ToolSet, dumps
 
 PartialFn = Callable[[str, ToolSet], list[Call]]
 """Reads the body of a call that is still being written: the calls in it so far

@@ -42,7 +42,7 @@ from typing import Any
 
 import jinja2
 
-from protocol.chat import (
+from turnout.protocol.chat import (
     ChatRequest,
     ImagePart,
     TextPart,
@@ -50,11 +50,11 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from workers.formats import jinja_env as je
-from workers.formats.families import Family, by_name, detect
-from workers.formats.jinja_env import Caps, TemplateError
-from workers.formats.schema import ToolSet
-from workers.formats.tooltext import calls_as_text, join_text, tool_instructions, tool_specs
+from turnout.workers.formats import jinja_env as je
+from turnout.workers.formats.families import Family, by_name, detect
+from turnout.workers.formats.jinja_env import Caps, TemplateError
+from turnout.workers.formats.schema import ToolSet
+from turnout.workers.formats.tooltext import calls_as_text, join_text, tool_instructions, tool_specs
 
 __all__ = ["BUILTIN", "Rendered", "Template", "TemplateError", "fit_messages", "load_template", "normalise", "render",
            "render_messages"]
@@ -436,7 +436,7 @@ def render_messages(msgs: list[dict[str, Any]], tpl: Template, *, tools: list[di
 
 def render(req: ChatRequest, tpl: Template, *, now: datetime | None = None) -> Rendered:
     """The prompt for ``req`` (ending where the assistant's answer starts)."""
-    from workers.formats import reasoning_open
+    from turnout.workers.formats import reasoning_open
 
     choice = req.tool_choice.type if req.tool_choice else "auto"
     tools_enabled = bool(req.tools) and choice != "none"

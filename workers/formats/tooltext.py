@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protocol.chat import Tool
-from workers.formats.families import Family, by_name
+from turnout.protocol.chat import Tool
+from turnout.workers.formats.families import Family, by_name
 
 
 def join_text(a: str, b: str) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from workers.formats.events import Call, NotACall
-from workers.formats.schema import ToolSet, coerce, dumps
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.schema import ToolSet, coerce, dumps
 
 
 def trim_value(v: str) -> str:

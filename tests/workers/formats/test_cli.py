@@ -13,12 +13,12 @@ CLAUDE_CODE = Path(__file__).resolve().parents[2] / "fixtures" / "claude-code"
 
 
 def turnout(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", "formats", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "turnout.cli", "formats", *args], input=stdin,
                           capture_output=True, text=True, timeout=60)
 
 
 def test_list_names_every_family() -> None:
-    from workers import formats
+    from turnout.workers import formats
 
     r = turnout("list", "--json")
     assert r.returncode == 0, r.stderr

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from tests.workers.formats.cases import TEMPLATES, template
-from workers import formats
-from workers.formats.events import Call, Text
+from turnout.workers import formats
+from turnout.workers.formats.events import Call, Text
 
 TOOLS = formats.ToolSet([
     {"name": "Bash", "parameters": {"type": "object", "properties": {

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from workers import formats
-from workers.formats.events import Call, Text, Thinking
+from turnout.workers import formats
+from turnout.workers.formats.events import Call, Text, Thinking
 
 TOOLS = formats.ToolSet([
     {"name": "get_time", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},

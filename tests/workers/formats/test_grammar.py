@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from conftest import StubCtx, fixture_body
 
-from protocol import messages as m
-from protocol.chat import ChatRequest, Message, TextPart, Tool, ToolChoice
-from workers import formats
-from workers.base import WorkerSpec
-from workers.formats.grammar import call_grammar, clean_schema, forced_prefix
-from workers.llama_cpp import create
+from turnout.protocol import messages as m
+from turnout.protocol.chat import ChatRequest, Message, TextPart, Tool, ToolChoice
+from turnout.workers import formats
+from turnout.workers.base import WorkerSpec
+from turnout.workers.formats.grammar import call_grammar, clean_schema, forced_prefix
+from turnout.workers.llama_cpp import create
 
 FAMILIES = [f for f in formats.registry().values() if f.forced_call is not None]
 BASH = Tool("Bash", "run", {"type": "object", "properties": {

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from tests.workers.formats.cases import case_id, cases, template
-from workers import formats
-from workers.formats.events import Call, Text, Thinking
+from turnout.workers import formats
+from turnout.workers.formats.events import Call, Text, Thinking
 
 PARSE_CASES = cases()
 PARTIAL_CALLS = [c for c in cases() if c["is_partial"] and c["expect"].get("tool_calls")]

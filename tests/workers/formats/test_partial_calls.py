@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from workers import formats
-from workers.formats.events import Call
-from workers.formats.jsonpartial import ArgsPrefix
+from turnout.workers import formats
+from turnout.workers.formats.events import Call
+from turnout.workers.formats.jsonpartial import ArgsPrefix
 
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}, "n": {"type": "integer"},
                                            "tags": {"type": "array"}}}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers import formats
-from workers.formats.events import Call, Text, Thinking
+from turnout.workers import formats
+from turnout.workers.formats.events import Call, Text, Thinking
 
 TOOLS = formats.ToolSet([
     {"name": "Bash", "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}},

@@ -10,7 +10,8 @@ from datetime import datetime
 import pytest
 from conftest import claude_code_request
 
-from protocol.chat import (
+from tests.workers.formats.cases import TEMPLATES, cases, template
+from turnout.protocol.chat import (
     ChatRequest,
     Message,
     TextPart,
@@ -21,9 +22,8 @@ from protocol.chat import (
     ToolResultPart,
     ToolUsePart,
 )
-from tests.workers.formats.cases import TEMPLATES, cases, template
-from workers import chat_templates as ct
-from workers.formats import render as fr
+from turnout.workers import chat_templates as ct
+from turnout.workers.formats import render as fr
 
 CHATML_JINJA = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -258,7 +258,7 @@ def test_prompts_match_llama_cpps_for_its_own_cases(case: dict) -> None:
 
 
 def test_brief_tool_lines_take_any_schema_a_client_sends() -> None:
-    from workers.formats.tooltext import brief_tool_lines
+    from turnout.workers.formats.tooltext import brief_tool_lines
 
     deep: dict[str, object] = {"type": "string"}
     for _ in range(2000):

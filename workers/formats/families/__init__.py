@@ -2,7 +2,7 @@
 
 Each module in this package defines ``FAMILIES``: :class:`Family` entries, each
 with the template signatures that identify it, how its output is read (a
-:class:`~workers.formats.reader.Syntax` or a reader of its own), and how a forced
+:class:`~workers.formats.syntax.Syntax` or a reader of its own), and how a forced
 tool call is written in its format. :func:`detect` tries them in ``order`` and
 takes the first whose ``match`` accepts the template; ``generic`` (JSON calls in
 the prompt's instructions) catches the rest.
@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.formats.events import Event
-from workers.formats.reader import Reader, Syntax
-from workers.formats.schema import ToolSet
+from turnout.workers.formats.events import Event
+from turnout.workers.formats.reader import Reader
+from turnout.workers.formats.schema import ToolSet
+from turnout.workers.formats.syntax import Syntax
 
 
 class StreamReader:

@@ -7,12 +7,12 @@ Command R+ writes ``Action:`` and a fenced JSON list of ``{"tool_name",
 
 from __future__ import annotations
 
-from workers.formats.events import Call
-from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonEnd, calls_from_json
-from workers.formats.jsonpartial import json_calls_so_far
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet
+from turnout.workers.formats.events import Call
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.jsoncalls import JsonEnd, calls_from_json
+from turnout.workers.formats.jsonpartial import json_calls_so_far
+from turnout.workers.formats.schema import ToolSet
+from turnout.workers.formats.syntax import CallSyntax, Syntax
 
 START_ACTION, END_ACTION = "<|START_ACTION|>", "<|END_ACTION|>"
 THINK = (("<|START_THINKING|>", "<|END_THINKING|>"),)

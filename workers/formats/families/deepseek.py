@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family, has
-from workers.formats.jsoncalls import args_object, loads
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet, dumps
-from workers.formats.xmlargs import invoke_parser, invoke_so_far
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.jsoncalls import args_object, loads
+from turnout.workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"

@@ -11,12 +11,12 @@ import json
 import re
 from typing import Any
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family, has
-from workers.formats.families.generic import GENERIC, json_call
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet, dumps
-from workers.formats.xmlargs import open_args
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.families.generic import GENERIC, json_call
+from turnout.workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import open_args
 
 Q = '<|"|>'  # Gemma 4's string quote
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")

@@ -5,17 +5,17 @@ answer (fenced or not) is a call. ``<think>`` blocks are read too."""
 
 from __future__ import annotations
 
-from workers.formats.families import Family
-from workers.formats.jsoncalls import calls_from_json, json_complete
-from workers.formats.jsonpartial import JsonCallsSoFar
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet
+from turnout.workers.formats.families import Family
+from turnout.workers.formats.jsoncalls import calls_from_json, json_complete
+from turnout.workers.formats.jsonpartial import JsonCallsSoFar
+from turnout.workers.formats.schema import ToolSet
+from turnout.workers.formats.syntax import CallSyntax, Syntax
 
 
 def _bare(body: str, tools: ToolSet) -> list:  # type: ignore[type-arg]
     calls = calls_from_json(body, tools)
     # a JSON answer is a call only if it names an offered tool
-    from workers.formats.events import NotACall
+    from turnout.workers.formats.events import NotACall
 
     if tools and any(c.name not in tools.schemas for c in calls):
         raise NotACall("names no offered tool")

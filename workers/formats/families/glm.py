@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from workers.formats.families import Family, has
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.xmlargs import ArgKeyValueSoFar, parse_arg_key_value
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import ArgKeyValueSoFar, parse_arg_key_value
 
 THINK = (("<think>", "</think>"),)
 SPARK_END = "<\uff5cend\u2581of\u2581sentence\uff5c>"  # Spark 2.5 ends its turn with DeepSeek's marker

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.formats.events import Call, Event, NotACall, Text, Thinking
-from workers.formats.families import Family, StreamReader, has
-from workers.formats.jsoncalls import args_object, loads
-from workers.formats.reader import Syntax, find_first, finished_call, holdback
-from workers.formats.schema import ToolSet, dumps
-from workers.formats.xmlargs import invoke_parser
+from turnout.workers.formats.events import Call, Event, NotACall, Text, Thinking
+from turnout.workers.formats.families import Family, StreamReader, has
+from turnout.workers.formats.jsoncalls import args_object, loads
+from turnout.workers.formats.reader import finished_call
+from turnout.workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.syntax import Syntax, find_first, holdback
+from turnout.workers.formats.xmlargs import invoke_parser
 
 HEADER_MAX = 512  # a "header" longer than this without <|message|> is text, not a header
 

@@ -17,13 +17,13 @@ import html
 import json
 import re
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family, has
-from workers.formats.jsoncalls import JsonAfter, args_object, loads
-from workers.formats.jsonpartial import HeadThenJson
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet, coerce, dumps
-from workers.formats.xmlargs import open_args
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.jsoncalls import JsonAfter, args_object, loads
+from turnout.workers.formats.jsonpartial import HeadThenJson
+from turnout.workers.formats.schema import ToolSet, coerce, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import open_args
 
 # ---------------------------------------------------------------- K2
 

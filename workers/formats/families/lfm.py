@@ -8,11 +8,11 @@ import json
 import re
 from typing import Any
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet, dumps
-from workers.formats.xmlargs import open_args
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family
+from turnout.workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import open_args
 
 _NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")

@@ -16,12 +16,19 @@ import ast
 import re
 from typing import Any
 
-from workers.formats.events import Call, Event, NotACall, Text
-from workers.formats.families import Family, StreamReader, has
-from workers.formats.jsoncalls import JsonEnd, args_object, calls_from_json, json_scan, loads
-from workers.formats.jsonpartial import JsonCallsSoFar
-from workers.formats.reader import CallSyntax, Syntax, finished_call, holdback
-from workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.events import Call, Event, NotACall, Text
+from turnout.workers.formats.families import Family, StreamReader, has
+from turnout.workers.formats.jsoncalls import (
+    JsonEnd,
+    args_object,
+    calls_from_json,
+    json_scan,
+    loads,
+)
+from turnout.workers.formats.jsonpartial import JsonCallsSoFar
+from turnout.workers.formats.reader import finished_call
+from turnout.workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax, holdback
 
 PYTHON_TAG, EOM, EOT = "<|python_tag|>", "<|eom_id|>", "<|eot_id|>"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from workers.formats.families import Family, has
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.xmlargs import invoke_parser, invoke_so_far
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 MINICPM5 = Syntax(
     think=(("<think>", "</think>"),),

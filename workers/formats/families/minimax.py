@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family, has
-from workers.formats.jsoncalls import calls_from_json
-from workers.formats.jsonpartial import JsonCallsSoFar
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet, allows, coerce, dumps
-from workers.formats.xmlargs import invoke_parser, invoke_so_far
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.jsoncalls import calls_from_json
+from turnout.workers.formats.jsonpartial import JsonCallsSoFar
+from turnout.workers.formats.schema import ToolSet, allows, coerce, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import invoke_parser, invoke_so_far
 
 THINK = (("<think>", "</think>"),)
 

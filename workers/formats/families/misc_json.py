@@ -15,12 +15,12 @@
 
 from __future__ import annotations
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family, has
-from workers.formats.jsoncalls import args_object, calls_from_json, json_scan, loads
-from workers.formats.jsonpartial import JsonCallsSoFar
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.jsoncalls import args_object, calls_from_json, json_scan, loads
+from turnout.workers.formats.jsonpartial import JsonCallsSoFar
+from turnout.workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax
 
 THINK = (("<think>", "</think>"),)
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family
-from workers.formats.jsoncalls import JsonAfter, JsonEnd, args_object, calls_from_json, loads
-from workers.formats.jsonpartial import HeadThenJson, JsonCallsSoFar, PartialFn
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family
+from turnout.workers.formats.jsoncalls import (
+    JsonAfter,
+    JsonEnd,
+    args_object,
+    calls_from_json,
+    loads,
+)
+from turnout.workers.formats.jsonpartial import HeadThenJson, JsonCallsSoFar, PartialFn
+from turnout.workers.formats.schema import ToolSet, dumps
+from turnout.workers.formats.syntax import CallSyntax, Syntax
 
 TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 EOS = "</s>"

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from workers.formats.events import Call, NotACall
-from workers.formats.families import Family, has
-from workers.formats.jsoncalls import calls_from_json
-from workers.formats.jsonpartial import JsonCallsSoFar, PartialFn
-from workers.formats.reader import CallSyntax, Syntax
-from workers.formats.schema import ToolSet
-from workers.formats.xmlargs import FunctionTagsSoFar, parse_function_tags
+from turnout.workers.formats.events import Call, NotACall
+from turnout.workers.formats.families import Family, has
+from turnout.workers.formats.jsoncalls import calls_from_json
+from turnout.workers.formats.jsonpartial import JsonCallsSoFar, PartialFn
+from turnout.workers.formats.schema import ToolSet
+from turnout.workers.formats.syntax import CallSyntax, Syntax
+from turnout.workers.formats.xmlargs import FunctionTagsSoFar, parse_function_tags
 
 
 def tool_call_body(body: str, tools: ToolSet) -> list[Call]:
