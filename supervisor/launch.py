@@ -35,10 +35,16 @@ class TurnoutProcess:
             new user runs it (the user's own config directory is not looked at).
         env: extra environment (e.g. TURNOUT_LOG_LEVEL).
         workdir: where the config, log and runtime dir go (a temp dir by default).
+        cli: the module that is the ``turnout`` command (another checkout's, in an
+            A/B benchmark: ``supervisor.cli`` before the turnout namespace).
+        cwd: the processes' working directory (an A/B benchmark runs each tree from its own).
     """
 
     def __init__(self, config_toml: str | None, *, env: dict[str, str] | None = None,
-                 workdir: str | None = None, token: str = "test-token-0123456789") -> None:
+                 workdir: str | None = None, token: str = "test-token-0123456789",
+                 cli: str = "turnout.cli", cwd: str | None = None) -> None:
+        self.cli = cli
+        self.cwd = cwd
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="turnout-"))
         self.port = free_port()
         self.token = token
@@ -65,10 +71,10 @@ class TurnoutProcess:
     def start(self, wait: bool = True, timeout: float = 60.0) -> TurnoutProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "turnout.cli", "up",
+            [sys.executable, "-m", self.cli, "up",
              *(["--config", str(self.config_path)] if self.config_path is not None else []),
              "--host", "127.0.0.1", "--port", str(self.port), "--runtime-dir", str(self.runtime_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
         )
         if wait:
             self.wait_healthy(timeout)
