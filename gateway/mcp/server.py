@@ -294,6 +294,10 @@ def build_server(app: web.Application) -> Any:
     tool(usage, "Tokens (input, output, cache reads) and cost in USD per endpoint and per session since the gateway "
                 "started.")
     _register_media_tools(app, tool)
+    if any(mc.backend == "browser" for mc in app[BUS].config.models):
+        from turnout.gateway.mcp.browser import register_browser_tools
+
+        register_browser_tools(app, tool)
     return server
 
 
