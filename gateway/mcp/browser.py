@@ -88,8 +88,12 @@ async def run_action(app: web.Application, ctx: Context | None, action: m.Browse
     return text, png
 
 
-def register_browser_tools(app: web.Application, tool: Callable[..., None]) -> None:
-    """Add the browser tools to the MCP server (``tool`` is build_server's helper)."""
+def register_browser_tools(app: web.Application, add: Callable[..., None]) -> None:
+    """Add the browser tools to the MCP server (``add`` is build_server's helper).
+    Their answers are text for the model (a page snapshot), not structured data."""
+
+    def tool(fn: Callable[..., Any], description: str, read_only: bool = True) -> None:
+        add(fn, description, read_only=read_only, structured=False)
 
     async def browser_navigate(ctx: Context, url: Annotated[str, Field(
             description="the address to open (http or https)")]) -> str:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,7 +27,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.conftest import FAKE_CONFIG
-from tests.helpers import poll_until
+from tests.e2e.test_claude_code import claude_bin
+from tests.helpers import ROOT, poll_until
 from turnout.supervisor.launch import TurnoutProcess
 from turnout.workers.cdp import find_executable
 
@@ -300,3 +304,43 @@ def test_no_chromium_is_a_tool_error_naming_what_to_install(tmp_path_factory: py
     assert r.is_error and "apt-get install chromium" in r.content[0].text
     assert not tp.leftovers(), tp.leftovers()
 
+
+
+@pytest.mark.slow  # the real Claude Code CLI
+def test_claude_code_lists_and_calls_the_browser_tools(t: TurnoutProcess, site: tuple[str, str],
+                                                       tmp_path: Path) -> None:
+    """`turnout claude setup`, then the real Claude Code CLI in print mode: its tool
+    list has mcp__turnout__browser_*, and a browser_navigate the model asks for (the
+    fake's tool knob) comes back as the page's snapshot."""
+    base, _ = site
+    exe = claude_bin()
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / ".claude").mkdir(parents=True)
+    work.mkdir()
+    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True,
+                                                   "projects": {str(work): {"hasTrustDialogAccepted": True}}}))
+    env = {"PATH": f"{Path(exe).parent}:{os.environ['PATH']}", "HOME": str(home),
+           "XDG_STATE_HOME": str(home / ".local/state"), "XDG_CONFIG_HOME": str(home / ".config"),
+           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"}
+    setup = subprocess.run([sys.executable, "-m", "turnout.cli", "claude", "--config", str(t.config_path), "--url",
+                            t.base_url, "setup"], env={**env, "TURNOUT_TOKEN": t.token, "PYTHONPATH": os.pathsep.join(
+                               x for x in (os.environ.get("PYTHONPATH", ""), str(ROOT)) if x)},
+                           cwd=work, capture_output=True, text=True, timeout=120)
+    assert setup.returncode == 0, setup.stderr
+    prompt = '[[tool:mcp__turnout__browser_navigate {"url": "' + base + '/"}]]'
+    out = subprocess.run([exe, "-p", prompt, "--allowedTools", "mcp__turnout__browser_navigate",
+                          "--output-format", "stream-json", "--verbose"],
+                         env=env, cwd=work, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    init = next(e for e in events if e.get("type") == "system" and e.get("subtype") == "init")
+    listed = {x for x in init["tools"] if x.startswith("mcp__turnout__browser_")}
+    assert {f"mcp__turnout__browser_{n}" for n in ("navigate", "snapshot", "click", "type", "select", "press",
+                                                   "wait_for", "screenshot", "tabs", "close")} <= listed, listed
+    results = [block for e in events if e.get("type") == "user"
+               for block in (e.get("message") or {}).get("content") or []
+               if isinstance(block, dict) and block.get("type") == "tool_result"]
+    assert results, out.stdout[-3000:]
+    content = results[0]["content"]
+    shown = content if isinstance(content, str) else " ".join(c.get("text", "") for c in content)
+    assert not results[0].get("is_error") and "Title: Test form" in shown and 'button "Add item"' in shown, shown
