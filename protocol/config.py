@@ -241,7 +241,9 @@ class BrowserConfig(msgspec.Struct, forbid_unknown_fields=True):
     ``browser_evaluate`` (a page's JavaScript run as the caller says). ``action_timeout_s``:
     the bound on every action (a navigation and its load, a click and what it starts);
     past it the tool answers an error. ``max_sessions``: browser contexts kept at
-    once (one per MCP session); past it the least recently used one is closed."""
+    once (one per MCP session); past it the least recently used one is closed.
+    ``keep_alive_s``: the browser worker (and Chromium, its pages with it) stops after
+    this long without a browser call (0: never); the next call starts it again."""
 
     enabled: bool = True
     executable: str = ""
@@ -249,6 +251,7 @@ class BrowserConfig(msgspec.Struct, forbid_unknown_fields=True):
     evaluate: bool = False
     action_timeout_s: float = 30.0
     max_sessions: int = 16
+    keep_alive_s: float = 900.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -322,7 +325,7 @@ def with_browser(cfg: Config) -> Config:
     if not cfg.browser.enabled or any(mc.backend == "browser" or mc.name == BROWSER_MODEL for mc in cfg.models):
         return cfg
     cfg.models.append(ModelConfig(name=BROWSER_MODEL, backend="browser", workers=0, on_demand=True,
-                                  expected_mb=300.0))
+                                  expected_mb=300.0, keep_alive_s=cfg.browser.keep_alive_s))
     return cfg
 
 
@@ -457,6 +460,8 @@ def browser_problem(b: BrowserConfig) -> str:
         return "browser.action_timeout_s must be between 0 and 3600 seconds"
     if b.max_sessions < 1:
         return "browser.max_sessions must be >= 1"
+    if b.keep_alive_s < 0:
+        return "browser.keep_alive_s must be >= 0 (0: never stop)"
     return ""
 
 

@@ -95,8 +95,10 @@ _WAIT_FN = """(async (t, g, ms) => {
     setTimeout(() => { obs.disconnect(); res(ok()); }, ms);
   });
 })"""
-# After an input event: let the page's handlers and a form submission they scheduled run.
-_SETTLE = "new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)))"
+# After an input event: let the page's handlers and a form submission they scheduled
+# run (a task; not requestAnimationFrame, which waits forever in a tab a popup hid).
+_SETTLE = "new Promise(r => setTimeout(r, 0))"
+SETTLE_S = 2.0
 
 
 class ActionError(Exception):
@@ -301,13 +303,17 @@ class Browser:
                 sess.tabs.append(tab.target_id)
                 if not sess.active:
                     sess.active = tab.target_id
-                await cdp.call("Page.enable", {}, sid)
-                await cdp.call("DOM.enable", {}, sid)
-                await cdp.call("Inspector.enable", {}, sid)
+                # Sent in order, answered together: a target held at start answers
+                # Page.enable only once it runs, and Fetch must be on before it loads.
+                setup = [cdp.call("Page.enable", {}, sid), cdp.call("DOM.enable", {}, sid),
+                         cdp.call("Inspector.enable", {}, sid)]
                 if self.allow:
-                    await cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]}, sid)
+                    setup.append(cdp.call("Fetch.enable", {"patterns": [{"resourceType": "Document"}]}, sid))
+                setup.append(cdp.call("Runtime.runIfWaitingForDebugger", {}, sid))
+                await asyncio.gather(*setup)
                 tab.ready.set()
-            await cdp.call("Runtime.runIfWaitingForDebugger", {}, sid)
+            else:
+                await cdp.call("Runtime.runIfWaitingForDebugger", {}, sid)
         except (BrowserGone, CdpError, TimeoutError) as e:
             log.debug("browser_attach_failed", error=str(e))
 
@@ -538,10 +544,27 @@ class Browser:
             raise ActionError(f"ref: {ref!r} is no longer in the page: take a new browser_snapshot") from None
         return str(res["object"]["objectId"])
 
-    async def _after_input(self, tab: Tab, deadline: float) -> str:
-        with contextlib.suppress(CdpError):
-            await self.call(tab, "Runtime.evaluate", {"expression": _SETTLE, "awaitPromise": True}, deadline)
-        return await self._settled(tab, deadline)
+    async def _after_input(self, tab: Tab, deadline: float, tabs_before: int) -> str:
+        with contextlib.suppress(CdpError, TimeoutError):
+            assert self.cdp is not None
+            await self.cdp.call("Runtime.evaluate", {"expression": _SETTLE, "awaitPromise": True}, tab.cdp_session,
+                                timeout=min(SETTLE_S, _left(deadline)))
+        note = await self._settled(tab, deadline)
+        sess = self.sessions.get(self.contexts.get(self._context_of(tab), ""), None)
+        if sess is not None and len(sess.tabs) > tabs_before:
+            note = (note + "\n" if note else "") + "A new tab opened (browser_tabs lists it and switches to it)"
+        return note
+
+    def _context_of(self, tab: Tab) -> str:
+        for cid, key in self.contexts.items():
+            sess = self.sessions.get(key)
+            if sess is not None and tab.target_id in sess.tabs:
+                return cid
+        return ""
+
+    def _tab_count(self, tab: Tab) -> int:
+        sess = self.sessions.get(self.contexts.get(self._context_of(tab), ""), None)
+        return len(sess.tabs) if sess is not None else 0
 
     async def _click(self, tab: Tab, p: m.BrowserParams, deadline: float) -> str:
         node = await self.node(tab, p.ref)
@@ -556,10 +579,11 @@ class Browser:
         q = quads[0]
         x, y = sum(q[0::2]) / 4, sum(q[1::2]) / 4
         tab.blocked.clear()
+        before = self._tab_count(tab)
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             await self.call(tab, "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
                                                               "clickCount": 1}, deadline)
-        note = await self._after_input(tab, deadline)
+        note = await self._after_input(tab, deadline, before)
         return await self.snapshot(tab, deadline, note)
 
     async def _type(self, tab: Tab, p: m.BrowserParams, deadline: float) -> str:
@@ -569,6 +593,7 @@ class Browser:
         except CdpError:
             raise ActionError(f"ref: {p.ref!r} cannot take text (it cannot be focused)") from None
         obj = await self._object(tab, node, p.ref, deadline)
+        before = self._tab_count(tab)
         await self.call(tab, "Runtime.callFunctionOn", {"objectId": obj, "functionDeclaration": _SELECT_ALL_FN},
                         deadline)
         if p.text:
@@ -577,7 +602,7 @@ class Browser:
             await self._key(tab, "Delete", 0, deadline)
         if p.submit:
             await self._key(tab, "Enter", 0, deadline)
-        note = await self._after_input(tab, deadline)
+        note = await self._after_input(tab, deadline, before)
         return await self.snapshot(tab, deadline, note)
 
     async def _select(self, tab: Tab, p: m.BrowserParams, deadline: float) -> str:
@@ -585,13 +610,14 @@ class Browser:
         if not p.values:
             raise ActionError("values: give the option(s) to select, by value or label")
         obj = await self._object(tab, node, p.ref, deadline)
+        before = self._tab_count(tab)
         res = await self.call(tab, "Runtime.callFunctionOn", {
             "objectId": obj, "functionDeclaration": _SELECT_FN, "arguments": [{"value": list(p.values)}],
             "returnByValue": True}, deadline)
         out = (res.get("result") or {}).get("value") or {}
         if "error" in out:
             raise ActionError(f"ref: {p.ref!r} {out['error']}")
-        note = await self._after_input(tab, deadline)
+        note = await self._after_input(tab, deadline, before)
         return await self.snapshot(tab, deadline, note)
 
     async def _key(self, tab: Tab, spec: str, _unused: int, deadline: float) -> None:
@@ -629,8 +655,9 @@ class Browser:
             with contextlib.suppress(CdpError):
                 await self.call(tab, "DOM.focus", {"backendNodeId": node}, deadline)
         tab.blocked.clear()
+        before = self._tab_count(tab)
         await self._key(tab, p.key, 0, deadline)
-        note = await self._after_input(tab, deadline)
+        note = await self._after_input(tab, deadline, before)
         return await self.snapshot(tab, deadline, note)
 
     async def _wait_for(self, tab: Tab, p: m.BrowserParams, deadline: float) -> str:

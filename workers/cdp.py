@@ -174,6 +174,9 @@ class Chromium:
             "--disable-default-apps", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
             "--password-store=basic", "--use-mock-keychain", "--metrics-recording-only",
             "--disable-features=Translate,MediaRouter,OptimizationHints", "--window-size=1280,800",
+            # a tab behind another (a popup opened) keeps its timers and frames running
+            "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # Chromium refuses to run its sandbox as root; the page processes then run

@@ -60,11 +60,21 @@ class Site:
 
     def __init__(self) -> None:
         self.servers: list[ThreadingHTTPServer] = []
+        self.hits: list[str] = []  # "port path" of every request, in order
 
     def serve(self, pages: dict[str, str]) -> str:
+        site = self
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
+                site.hits.append(f"{self.server.server_address[1]} {path}")
+                if path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("location", f"http://127.0.0.1:{site.servers[0].server_address[1]}/moved")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 if path == "/submit":
                     q = parse_qs(urlsplit(self.path).query)
                     body = (f"<title>Thanks</title><h1>Received</h1><p>name={q.get('name', [''])[0]}</p>"
@@ -96,13 +106,22 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site() -> Iterator[tuple[str, str]]:
+def served() -> Iterator[tuple[str, str, Site]]:
     s = Site()
     other = s.serve({"/": "<title>Outside</title><h1>Another origin</h1>"})
     base = s.serve({"/": FORM.replace("OUTSIDE", other + "/"),
-                    "/other": "<title>Other</title><h1>The other page</h1><a href='/'>Back</a>"})
-    yield base, other
+                    "/other": "<title>Other</title><h1>The other page</h1><a href='/'>Back</a>",
+                    "/sneaky": (f"<title>Sneaky</title><iframe src='{other}/framed'></iframe>"
+                                f"<a href='{other}/popup' target='_blank'>Popup</a>"
+                                f"<a href='/redirect'>Redirect</a>"
+                                "<button onclick=\"alert('hello from the page')\">Alert</button>")})
+    yield base, other, s
     s.close()
+
+
+@pytest.fixture(scope="module")
+def site(served: tuple[str, str, Site]) -> tuple[str, str]:
+    return served[0], served[1]
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +363,32 @@ def test_claude_code_lists_and_calls_the_browser_tools(t: TurnoutProcess, site: 
     content = results[0]["content"]
     shown = content if isinstance(content, str) else " ".join(c.get("text", "") for c in content)
     assert not results[0].get("is_error") and "Title: Test form" in shown and 'button "Add item"' in shown, shown
+
+
+def test_allowlist_holds_for_frames_popups_and_redirects(t: TurnoutProcess, served: tuple[str, str, Site]) -> None:
+    """Not one request reaches the other origin, however the page asks for it."""
+    base, other, s = served
+    other_port = other.rsplit(":", 1)[1]
+
+    async def steps(c: Client) -> tuple[str, str, str, str]:
+        snap = text(await c.call_tool("browser_navigate", {"url": base + "/sneaky"}))
+        popup = text(await c.call_tool("browser_click", {"ref": ref(snap, r'link "Popup"')}))
+        tabs = text(await c.call_tool("browser_tabs", {}))
+        redirected = (await c.call_tool("browser_click", {"ref": ref(snap, r'link "Redirect"')})).content[0].text
+        return snap, popup, tabs, redirected
+
+    snap, _, tabs, redirected = run(t, steps)
+    assert not [h for h in s.hits if h.startswith(other_port + " ")], s.hits
+    assert "Another origin" not in snap + tabs + redirected
+    assert f"{other}/moved" in redirected and "not in [browser] allow" in redirected
+
+
+def test_dialogs_are_answered_and_reported(t: TurnoutProcess, site: tuple[str, str]) -> None:
+    base, _ = site
+
+    async def steps(c: Client) -> str:
+        snap = text(await c.call_tool("browser_navigate", {"url": base + "/sneaky"}))
+        return text(await c.call_tool("browser_click", {"ref": ref(snap, r'button "Alert"')}))
+
+    out = run(t, steps)
+    assert "Dialogs answered: alert: hello from the page" in out
