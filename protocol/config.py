@@ -235,9 +235,11 @@ class BrowserConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     ``executable``: the Chromium or Chrome to run ("": the first of chromium,
     chromium-browser, google-chrome, google-chrome-stable, chrome found on PATH).
-    ``allow``: globs of URLs (or of origins, ``https://*.example.com``) a page may
-    load as a document, the tab itself or a frame, however it gets there (a link, a
-    redirect, a script); [] allows every http(s) URL. ``evaluate``: offer
+    ``allow``: globs of the URLs a page may load as a document (the tab, a frame, a
+    popup), however it gets there (typed, a link, a redirect, a script); matched part
+    by part, ``scheme://host[:port][/path]`` (no scheme: http and https; no port: the
+    default one; no path: any): ``https://*.example.com``, ``127.0.0.1:*``; [] allows
+    every http(s) URL. ``evaluate``: offer
     ``browser_evaluate`` (a page's JavaScript run as the caller says). ``action_timeout_s``:
     the bound on every action (a navigation and its load, a click and what it starts);
     past it the tool answers an error. ``max_sessions``: browser contexts kept at

@@ -32,8 +32,12 @@ from tests.helpers import ROOT, poll_until
 from turnout.supervisor.launch import TurnoutProcess
 from turnout.workers.cdp import find_executable
 
-pytestmark = pytest.mark.skipif(find_executable() is None,
-                                reason="Chromium is not installed (apt-get install chromium)")
+
+def need_chromium() -> None:
+    """Skip a test that drives Chromium when there is none (the one test about that
+    case runs regardless)."""
+    if find_executable() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
 
 FORM = """<!doctype html><html><head><title>Test form</title></head><body>
 <h1>Order</h1>
@@ -107,6 +111,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, str, Site]]:
+    need_chromium()
     s = Site()
     other = s.serve({"/": "<title>Outside</title><h1>Another origin</h1>"})
     base = s.serve({"/": FORM.replace("OUTSIDE", other + "/"),
@@ -392,3 +397,27 @@ def test_dialogs_are_answered_and_reported(t: TurnoutProcess, site: tuple[str, s
 
     out = run(t, steps)
     assert "Dialogs answered: alert: hello from the page" in out
+
+
+def test_evaluate_when_the_config_turns_it_on(tmp_path_factory: pytest.TempPathFactory,
+                                             site: tuple[str, str]) -> None:
+    base, _ = site
+    tp = TurnoutProcess(FAKE_CONFIG + "\n[browser]\nevaluate = true\n",
+                        workdir=str(tmp_path_factory.mktemp("evaluate")))
+    tp.start()
+    try:
+        async def steps(c: Client) -> tuple[set[str], str, Any]:
+            names = {x.name for x in (await c.list_tools()).tools}
+            snap = text(await c.call_tool("browser_navigate", {"url": base + "/"}))
+            await c.call_tool("browser_click", {"ref": ref(snap, r'button "Add item"')})
+            value = text(await c.call_tool("browser_evaluate", {
+                "expression": "[document.title, document.querySelectorAll('#items li').length]"}))
+            thrown = await c.call_tool("browser_evaluate", {"expression": "null.x"})
+            return names, value, thrown
+        names, value, thrown = run(tp, steps)
+    finally:
+        tp.stop()
+    assert "browser_evaluate" in names
+    assert json.loads(value) == ["Test form", 2]
+    assert thrown.is_error and "TypeError" in thrown.content[0].text
+    assert not tp.leftovers(), tp.leftovers()
