@@ -90,7 +90,7 @@ def _ref(snap: str, pattern: str) -> str:
 def _browser_rss(t: TurnoutProcess) -> tuple[float, float]:
     for w in t.admin_workers():
         if w["backend"] == "browser" and w["pid"]:
-            p = psutil.Process(int(w["pid"]))
+            p = psutil.Process(int(str(w["pid"])))
             kids = p.children(recursive=True)
             return p.memory_info().rss / 2**20, sum(k.memory_info().rss for k in kids) / 2**20
     return 0.0, 0.0
@@ -122,7 +122,7 @@ def run_round(url: str, actions: int, workdir: Path) -> dict[str, Any]:
             out["worker_rss_mb"], out["chromium_rss_mb"] = _browser_rss(t)
             for w in t.admin_workers():
                 if w["backend"] == "browser":
-                    for p in psutil.Process(int(w["pid"])).children():
+                    for p in psutil.Process(int(str(w["pid"]))).children():
                         p.kill()
             out["after_kill_navigate_s"] = (await _timed(c, "browser_navigate", {"url": url}))[0]
             return out

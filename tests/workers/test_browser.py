@@ -1,11 +1,11 @@
-"""The browser backend's pure parts (workers/browser.py): which URLs a page may
+"""The browser backend's pure parts (workers/browser_pages.py): which URLs a page may
 load. (Driving Chromium: tests/e2e/test_browser_tools.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from turnout.workers.browser import url_allowed
+from turnout.workers.browser_pages import url_allowed
 from turnout.workers.cdp import find_executable
 
 
