@@ -102,7 +102,12 @@ class Browser(PageActions):
     async def ensure(self, p: m.BrowserParams, deadline: float) -> CdpConnection:
         async with self._start_lock:
             if self.chromium is not None and self.chromium.alive() and self.cdp is not None:
-                return self.cdp
+                # A Chromium killed a moment ago still looks alive until its pipe's end
+                # of file is read: one round trip finds out, and it is restarted now
+                # rather than failing the action.
+                with contextlib.suppress(BrowserGone, TimeoutError, CdpError):
+                    await self.cdp.call("Browser.getVersion", timeout=min(2.0, _left(deadline)))
+                    return self.cdp
             if self.chromium is not None:
                 self.restarts += 1
                 await self.chromium.close(grace=0.5)
@@ -320,7 +325,15 @@ class Browser(PageActions):
         deadline = time.monotonic() + p.timeout_s
         self.allow = list(p.allow)
         try:
-            return await asyncio.wait_for(self._act(p, deadline), timeout=p.timeout_s + 1.0)
+            try:
+                return await asyncio.wait_for(self._act(p, deadline), timeout=p.timeout_s + 1.0)
+            except BrowserGone:
+                if p.action != "navigate" or time.monotonic() > deadline - 1.0:
+                    raise
+                # Chromium died under a navigation: opening the page again in a new
+                # Chromium is the same request, so it is made once more.
+                log.warning("browser_navigate_retried_after_exit")
+                return await asyncio.wait_for(self._act(p, deadline), timeout=max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             raise ActionError(f"browser_{p.action} did not finish within {p.timeout_s:g} s "
                               "([browser] action_timeout_s)") from None
