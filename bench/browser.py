@@ -7,7 +7,7 @@ SDK against a real turnout (fake model) and a page served on 127.0.0.1:
   handler adds a list item), ``browser_type``, p50 / p95 over ``--actions`` calls each;
 * after Chromium is SIGKILLed: the first call (a clean error when it was mid-action;
   here it was idle, so the call starts Chromium again and succeeds);
-* RSS of the browser worker and its Chromium processes after the run.
+* memory (PSS) of the browser worker and of its Chromium processes after the warm calls.
 
     flock /tmp/turnout-heavy.lock .venv/bin/python -m turnout.bench.browser --rounds 3 --actions 20
 
@@ -87,12 +87,15 @@ def _ref(snap: str, pattern: str) -> str:
     raise SystemExit(f"no {pattern!r} in the snapshot")
 
 
-def _browser_rss(t: TurnoutProcess) -> tuple[float, float]:
+def _browser_pss(t: TurnoutProcess) -> tuple[float, float]:
     for w in t.admin_workers():
         if w["backend"] == "browser" and w["pid"]:
             p = psutil.Process(int(str(w["pid"])))
             kids = p.children(recursive=True)
-            return p.memory_info().rss / 2**20, sum(k.memory_info().rss for k in kids) / 2**20
+            # PSS: Chromium's processes share most of their pages (the binary, fonts);
+            # summing their RSS would count those once per process.
+            return (p.memory_full_info().pss / 2**20,
+                    sum(k.memory_full_info().pss for k in kids) / 2**20)
     return 0.0, 0.0
 
 
@@ -119,7 +122,7 @@ def run_round(url: str, actions: int, workdir: Path) -> dict[str, Any]:
                                                                        "text": f"name {i}"}))[0])
             out["warm"] = {k: {"p50_ms": round(statistics.median(v) * 1000, 1),
                                "p95_ms": round(_pctl(v, 0.95) * 1000, 1)} for k, v in warm.items()}
-            out["worker_rss_mb"], out["chromium_rss_mb"] = _browser_rss(t)
+            out["worker_pss_mb"], out["chromium_pss_mb"] = _browser_pss(t)
             for w in t.admin_workers():
                 if w["backend"] == "browser":
                     for p in psutil.Process(int(str(w["pid"]))).children():
@@ -154,12 +157,12 @@ def main() -> None:
              f"{result['date']}, {result['cpus']} CPUs; {a.rounds} fresh turnouts, {a.actions} warm calls of each "
              "action per round (`python -m turnout.bench.browser`).", "",
              "| round | cold first navigate (s) | navigate p50/p95 (ms) | snapshot | click | type | after Chromium "
-             "SIGKILL: navigate (s) | worker / Chromium RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
+             "SIGKILL: navigate (s) | worker / Chromium PSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rounds):
         w = r["warm"]
         cells = [f"{w[k]['p50_ms']} / {w[k]['p95_ms']}" for k in ("navigate", "snapshot", "click", "type")]
         lines.append(f"| {i + 1} | {r['cold_navigate_s']:.2f} | " + " | ".join(cells)
-                     + f" | {r['after_kill_navigate_s']:.2f} | {r['worker_rss_mb']:.0f} / {r['chromium_rss_mb']:.0f} |")
+                     + f" | {r['after_kill_navigate_s']:.2f} | {r['worker_pss_mb']:.0f} / {r['chromium_pss_mb']:.0f} |")
     Path(a.out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

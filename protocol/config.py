@@ -327,7 +327,8 @@ def with_browser(cfg: Config) -> Config:
     if not cfg.browser.enabled or any(mc.backend == "browser" or mc.name == BROWSER_MODEL for mc in cfg.models):
         return cfg
     cfg.models.append(ModelConfig(name=BROWSER_MODEL, backend="browser", workers=0, on_demand=True,
-                                  expected_mb=300.0, keep_alive_s=cfg.browser.keep_alive_s))
+                                  # measured: worker ~25 MiB + headless Chromium with a page ~465 MiB (PSS)
+                                  expected_mb=500.0, keep_alive_s=cfg.browser.keep_alive_s))
     return cfg
 
 
