@@ -234,7 +234,8 @@ class BrowserConfig(msgspec.Struct, forbid_unknown_fields=True):
     the ``browser`` worker (loaded on the first browser tool call).
 
     ``executable``: the Chromium or Chrome to run ("": the first of chromium,
-    chromium-browser, google-chrome, google-chrome-stable, chrome found on PATH).
+    chromium-browser, google-chrome, google-chrome-stable, chrome found on PATH, else
+    the macOS app).
     ``allow``: globs of the URLs a page may load as a document (the tab, a frame, a
     popup), however it gets there (typed, a link, a redirect, a script); matched part
     by part, ``scheme://host[:port][/path]`` (no scheme: http and https; no port: the

@@ -32,6 +32,9 @@ import structlog
 log = structlog.get_logger()
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+# Where macOS keeps them (not on PATH).
+APP_PATHS = ("/Applications/Chromium.app/Contents/MacOS/Chromium",
+             "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome")
 INSTALL_HINT = ("install Chromium (Debian/Ubuntu: sudo apt-get install chromium; macOS: brew install --cask "
                 "chromium) or Google Chrome, or set [browser] executable to its path")
 
@@ -68,12 +71,16 @@ class CdpError(Exception):
 
 def find_executable(configured: str = "") -> str | None:
     """The Chromium to run: ``configured`` (a path or a name on PATH), else the first
-    of :data:`CANDIDATES` on PATH; None when there is none."""
+    of :data:`CANDIDATES` on PATH, else a macOS app (:data:`APP_PATHS`); None when
+    there is none."""
     if configured:
         return shutil.which(configured) or (configured if os.access(configured, os.X_OK) else None)
     for name in CANDIDATES:
         path = shutil.which(name)
         if path:
+            return path
+    for path in APP_PATHS:
+        if os.access(path, os.X_OK):
             return path
     return None
 
