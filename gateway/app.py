@@ -279,6 +279,8 @@ def listings(bus: Bus) -> list[Listing]:
     cfg = bus.config
     out: list[Listing] = []
     for mc in cfg.models:
+        if mc.backend == "browser":
+            continue  # the MCP browser tools' worker: not a model a client names
         win = bus.context_window(mc)
         out.append(Listing(mc.name, mc.backend, win))
         out.extend(Listing(a, mc.backend, win, mc.name) for a in mc.aliases if not any(c in a for c in "*?["))

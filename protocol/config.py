@@ -32,7 +32,7 @@ DEFAULT_MODEL_NAME = "gemma3-270m"
 
 # The vocabularies a config names. A value outside them is a load-time error that
 # names the field and the allowed values (:func:`load_config`).
-Backend = Literal["fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed"]
+Backend = Literal["fake", "llama_cpp", "mlx_lm", "ocr", "stt", "tts", "upscale", "embed", "browser"]
 Provider = Literal["anthropic", "openai", "gemini", "openai_compatible"]
 RuleKind = Literal["background", "thinking", "long_context", "images"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -229,6 +229,34 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True):
     usd_per_second: float = 0.01
 
 
+class BrowserConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``[browser]`` (issue 18): the MCP browser tools, driving a headless Chromium in
+    the ``browser`` worker (loaded on the first browser tool call).
+
+    ``executable``: the Chromium or Chrome to run ("": the first of chromium,
+    chromium-browser, google-chrome, google-chrome-stable, chrome found on PATH, else
+    the macOS app).
+    ``allow``: globs of the URLs a page may load as a document (the tab, a frame, a
+    popup), however it gets there (typed, a link, a redirect, a script); matched part
+    by part, ``scheme://host[:port][/path]`` (no scheme: http and https; no port: the
+    default one; no path: any): ``https://*.example.com``, ``127.0.0.1:*``; [] allows
+    every http(s) URL. ``evaluate``: offer
+    ``browser_evaluate`` (a page's JavaScript run as the caller says). ``action_timeout_s``:
+    the bound on every action (a navigation and its load, a click and what it starts);
+    past it the tool answers an error. ``max_sessions``: browser contexts kept at
+    once (one per MCP session); past it the least recently used one is closed.
+    ``keep_alive_s``: the browser worker (and Chromium, its pages with it) stops after
+    this long without a browser call (0: never); the next call starts it again."""
+
+    enabled: bool = True
+    executable: str = ""
+    allow: list[str] = msgspec.field(default_factory=list)
+    evaluate: bool = False
+    action_timeout_s: float = 30.0
+    max_sessions: int = 16
+    keep_alive_s: float = 900.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
@@ -237,6 +265,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     mcp: McpConfig = msgspec.field(default_factory=McpConfig)
+    browser: BrowserConfig = msgspec.field(default_factory=BrowserConfig)
 
     def resolve_model(self, name: str) -> ModelConfig | None:
         """The model a request's ``model`` string names: exact name first, then
@@ -259,7 +288,10 @@ class ConfigError(Exception):
 
 
 # Backends that do not chat: never a chat target, a Claude Code model, a routing choice.
-NON_CHAT_BACKENDS = ("ocr", "stt", "tts", "upscale", "embed")
+NON_CHAT_BACKENDS = ("ocr", "stt", "tts", "upscale", "embed", "browser")
+# The browser worker's model: added to every config that declares none (and keeps
+# ``[browser] enabled``), loaded on the first browser tool call, never listed as a model.
+BROWSER_MODEL = "browser"
 DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
 # The media extra's bundled models (docs/media.md), by backend: the name, and aliases
 # for OpenAI's model names (other names of that backend's routes reach them anyway).
@@ -276,7 +308,7 @@ def default_config() -> Config:
     """No config file: the bundled default model answers every Claude model id; the
     bundled embedding, OCR, speech-to-text, text-to-speech and upscale models (the
     media extra) answer their routes, each loaded on its first request."""
-    return Config(
+    return with_browser(Config(
         models=[
             ModelConfig(
                 name=DEFAULT_MODEL_NAME,
@@ -286,7 +318,19 @@ def default_config() -> Config:
             *(ModelConfig(name=name, backend=backend, aliases=list(aliases), workers=0, on_demand=True)
               for backend, (name, aliases) in DEFAULT_MEDIA_MODELS.items()),
         ]
-    )
+    ))
+
+
+def with_browser(cfg: Config) -> Config:
+    """``cfg`` with the browser worker's model (:data:`BROWSER_MODEL`, no worker until
+    a browser tool asks for one) unless it declares a ``browser`` model already, has
+    one by that name, or turns the browser tools off."""
+    if not cfg.browser.enabled or any(mc.backend == "browser" or mc.name == BROWSER_MODEL for mc in cfg.models):
+        return cfg
+    cfg.models.append(ModelConfig(name=BROWSER_MODEL, backend="browser", workers=0, on_demand=True,
+                                  # measured: worker ~25 MiB + headless Chromium with a page ~465 MiB (PSS)
+                                  expected_mb=500.0, keep_alive_s=cfg.browser.keep_alive_s))
+    return cfg
 
 
 def config_path(arg: str | None = None) -> str | None:
@@ -376,13 +420,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     for m in cfg.models:
         if m.workers < 0:
             raise ConfigError(f"{p}: models.{m.name}.workers must be >= 0")
-    problem = server_problem(cfg.server)
+    problem = server_problem(cfg.server) or browser_problem(cfg.browser)
     if problem:
         raise ConfigError(f"{p}: {problem}")
     problems = validate(cfg)
     if problems:
         raise ConfigError(f"{p}: " + "; ".join(problems))
-    return cfg
+    return with_browser(cfg)
 
 
 def validate(cfg: Config) -> list[str]:
@@ -411,6 +455,17 @@ def server_problem(s: ServerConfig) -> str:
         return "server.max_response_mb must be >= 0 (0: no bound)"
     if s.header_timeout_s < 0 or s.idle_timeout_s < 0 or s.max_connections < 0:
         return "server.header_timeout_s, idle_timeout_s and max_connections must be >= 0 (0: off)"
+    return ""
+
+
+def browser_problem(b: BrowserConfig) -> str:
+    """What is wrong with ``[browser]`` ("" when nothing)."""
+    if not 0 < b.action_timeout_s <= 3600:
+        return "browser.action_timeout_s must be between 0 and 3600 seconds"
+    if b.max_sessions < 1:
+        return "browser.max_sessions must be >= 1"
+    if b.keep_alive_s < 0:
+        return "browser.keep_alive_s must be >= 0 (0: never stop)"
     return ""
 
 

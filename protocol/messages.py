@@ -96,7 +96,39 @@ class EmbedParams(_Params, tag="embed"):
     texts: list[str] = msgspec.field(default_factory=list)
 
 
-JobParams = OcrParams | SttParams | TtsParams | UpscaleParams | EmbedParams
+BrowserAction = Literal["navigate", "snapshot", "click", "type", "select", "press", "wait_for", "screenshot",
+                        "evaluate", "tabs", "close"]
+
+
+class BrowserParams(_Params, tag="browser"):
+    """One browser action (issue 18) for the ``browser`` worker, in the browser context
+    of ``session`` (one per MCP session). The ``[browser]`` settings ride along, as
+    the media limits do: ``allow`` (URL globs; []: any http(s)), ``evaluate``,
+    ``timeout_s`` (the action's bound), ``executable`` ("" : found on PATH),
+    ``max_sessions``. Answered by ``JobOutput`` messages whose ``text`` is the
+    result (a screenshot's PNG as a frame), then ``Done``."""
+
+    action: BrowserAction = "snapshot"
+    session: str = ""
+    url: str = ""
+    ref: str = ""
+    text: str = ""
+    values: list[str] = msgspec.field(default_factory=list)
+    key: str = ""
+    submit: bool = False
+    text_gone: str = ""
+    expression: str = ""
+    tab_action: str = ""  # tabs: list | new | select | close
+    tab: int = -1
+    full_page: bool = False
+    timeout_s: float = 30.0
+    allow: list[str] = msgspec.field(default_factory=list)
+    evaluate: bool = False
+    executable: str = ""
+    max_sessions: int = 16
+
+
+JobParams = OcrParams | SttParams | TtsParams | UpscaleParams | EmbedParams | BrowserParams
 
 
 class Job(_Msg, tag="job"):
@@ -257,6 +289,7 @@ class JobOutput(_Msg, tag="jobout"):
     height: int = 0
     pages: int = 0
     tokens: int = 0  # embed: the input's tokens
+    text: str = ""  # appended (issue 18): a browser action's result
 
 
 StreamMsg = (Started | Ping | TextDelta | ThinkingDelta | ToolCallStart | ToolArgsDelta | Done | Failed | Counted

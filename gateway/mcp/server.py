@@ -110,9 +110,11 @@ def build_server(app: web.Application) -> Any:
     )
 
     def tool(fn: Callable[..., Awaitable[Any]], description: str, *, read_only: bool = True,
-             name: str | None = None) -> None:
+             name: str | None = None, structured: bool | None = None) -> None:
+        # structured=False: a text answer goes to the model as text only (a str is
+        # otherwise also sent as {"result": ...}, which Claude Code shows as JSON).
         server.add_tool(fn, name=name or fn.__name__, description=description,
-                        annotations=ToolAnnotations(read_only_hint=read_only))
+                        annotations=ToolAnnotations(read_only_hint=read_only), structured_output=structured)
 
     async def endpoint_list() -> dict[str, Any]:
         router = router_of(app)
@@ -294,6 +296,10 @@ def build_server(app: web.Application) -> Any:
     tool(usage, "Tokens (input, output, cache reads) and cost in USD per endpoint and per session since the gateway "
                 "started.")
     _register_media_tools(app, tool)
+    if any(mc.backend == "browser" for mc in app[BUS].config.models):
+        from turnout.gateway.mcp.browser import register_browser_tools
+
+        register_browser_tools(app, tool)
     return server
 
 

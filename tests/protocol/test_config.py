@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from turnout.protocol.config import (
+    BROWSER_MODEL,
+    Config,
     ConfigError,
     config_path,
     default_config,
@@ -124,7 +126,7 @@ def test_default_config_has_every_media_route_loaded_on_demand() -> None:
     """No config file: each media backend has its bundled model, kept off until its
     route's first request (no worker at start), and OpenAI's model names reach it."""
     cfg = default_config()
-    media = {m.backend: m for m in cfg.models if m.backend != "llama_cpp"}
+    media = {m.backend: m for m in cfg.models if m.backend not in ("llama_cpp", "browser")}
     assert set(media) == {"embed", "ocr", "stt", "tts", "upscale"}
     for mc in media.values():
         assert mc.workers == 0 and mc.loads_on_demand() and mc.path == "", mc
@@ -133,3 +135,31 @@ def test_default_config_has_every_media_route_loaded_on_demand() -> None:
         found = cfg.resolve_model(name)
         assert found is not None and found.backend == backend, (name, found)
     assert cfg.resolve_model("claude-sonnet-4-5").backend == "llama_cpp"  # type: ignore[union-attr]
+
+
+def test_every_config_gets_the_browser_worker_loaded_on_demand(tmp_path: Path) -> None:
+    """The MCP browser tools' worker (issue 18): in the defaults and in a config file
+    that declares none, with no worker until a browser tool asks; not with
+    ``[browser] enabled = false``, and not twice when the file declares one."""
+    for cfg in (default_config(), _load(tmp_path, '[[models]]\nname = "fake"\nbackend = "fake"\n')):
+        found = [mc for mc in cfg.models if mc.backend == "browser"]
+        assert [mc.name for mc in found] == [BROWSER_MODEL]
+        assert found[0].workers == 0 and found[0].loads_on_demand()
+    off = _load(tmp_path, '[browser]\nenabled = false\n[[models]]\nname = "fake"\nbackend = "fake"\n')
+    assert [mc.backend for mc in off.models] == ["fake"]
+    own = _load(tmp_path, '[[models]]\nname = "web"\nbackend = "browser"\n[browser]\nallow = ["https://*.example.com"]\n')
+    assert [mc.name for mc in own.models] == ["web"] and own.browser.allow == ["https://*.example.com"]
+    assert own.browser.evaluate is False
+
+
+def test_browser_section_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"browser\.action_timeout_s"):
+        _load(tmp_path, "[browser]\naction_timeout_s = 0\n")
+    with pytest.raises(ConfigError, match="evaluat"):
+        _load(tmp_path, "[browser]\nevaluat = true\n")
+
+
+def _load(tmp_path: Path, text: str) -> Config:
+    p = tmp_path / "browser.toml"
+    p.write_text(text)
+    return load_config(p)
