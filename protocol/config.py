@@ -229,6 +229,16 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True):
     usd_per_second: float = 0.01
 
 
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``[metrics]`` (issue 17): ``GET /metrics`` in Prometheus's text format, with the
+    token like every route. ``enabled = false``: no /metrics and nothing recorded.
+    ``port``: also serve /metrics (and nothing else) without the token on
+    127.0.0.1:``port``, for a local Prometheus (0: no such listener)."""
+
+    enabled: bool = True
+    port: int = 0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
@@ -237,6 +247,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     mcp: McpConfig = msgspec.field(default_factory=McpConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
     def resolve_model(self, name: str) -> ModelConfig | None:
         """The model a request's ``model`` string names: exact name first, then
@@ -376,7 +387,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     for m in cfg.models:
         if m.workers < 0:
             raise ConfigError(f"{p}: models.{m.name}.workers must be >= 0")
-    problem = server_problem(cfg.server)
+    problem = server_problem(cfg.server) or metrics_problem(cfg.metrics, cfg.server.port)
     if problem:
         raise ConfigError(f"{p}: {problem}")
     problems = validate(cfg)
@@ -411,6 +422,15 @@ def server_problem(s: ServerConfig) -> str:
         return "server.max_response_mb must be >= 0 (0: no bound)"
     if s.header_timeout_s < 0 or s.idle_timeout_s < 0 or s.max_connections < 0:
         return "server.header_timeout_s, idle_timeout_s and max_connections must be >= 0 (0: off)"
+    return ""
+
+
+def metrics_problem(mc: MetricsConfig, server_port: int) -> str:
+    """What is wrong with ``[metrics]`` ("" when nothing)."""
+    if not 0 <= mc.port <= 65535:
+        return "metrics.port must be between 0 (no listener) and 65535"
+    if mc.port and mc.port == server_port:
+        return f"metrics.port must differ from server.port ({server_port})"
     return ""
 
 

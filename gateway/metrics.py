@@ -1,0 +1,210 @@
+"""Prometheus metrics of the gateway and, through it, of the supervisor and the
+workers (issue 17): ``GET /metrics`` in Prometheus's text format.
+
+Two kinds of figures:
+
+* Recorded as requests happen (counters and histograms of ``prometheus_client``,
+  in a registry of this gateway's own, never the library's global one): requests
+  by route, model, endpoint and status class; TTFT; inter-token latency; prompt,
+  generated and cache-read tokens; queue wait; cancel latency; stream failures;
+  upstream errors and fallbacks. Each is updated a few times per request, never
+  per token: TTFT once, at the first token; the inter-token latency once, from the
+  Done message (the request's generation time over its tokens after the first).
+* Read at scrape time (:class:`Snapshot`, a custom collector): the supervisor's
+  ``Status`` reply over the bus (worker states, RSS, restarts, evictions and parks
+  by reason, memory) and the gateway's own worker table (in-flight requests). The
+  workers and the supervisor serve no HTTP of their own: what they know reaches
+  the gateway over the sockets it already has.
+
+Label values are bounded: routes from the router's table (``other`` for a path no
+route matches), models and endpoints from the config (``other`` for a cloud model
+the config does not list, which a client could otherwise make up), status classes
+(``2xx``...), reasons and failure kinds from fixed vocabularies (protocol/), worker
+ids from the supervisor's slots. Never a string a request chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from turnout.protocol import messages as m
+from turnout.protocol.config import Config, EndpointConfig
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds. TTFT spans a cached cloud answer (ms) and a cold 20k-token local prefill (minutes).
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0)
+CANCEL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+LOCAL = "local"  # the endpoint label of a local model
+OTHER = "other"
+NO_TARGET = ("", "")  # (model, endpoint) of a request that reached no model
+TARGET_KEY = "turnout.metrics_target"  # request key: the (model, endpoint) labels it was served by
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else OTHER
+
+
+def cloud_labels(ep: EndpointConfig, model: str) -> tuple[str, str]:
+    """(model, endpoint) labels of a cloud target: a model the endpoint's config
+    lists, else ``other`` (``endpoint/anything`` is passed through as asked)."""
+    return (model if any(x.name == model for x in ep.models) else OTHER), ep.name
+
+
+class Snapshot(Collector):
+    """What is read when Prometheus scrapes: set by :meth:`Metrics.render` just
+    before the registry is collected (the supervisor's reply and the gateway's
+    worker loads), then yielded as families."""
+
+    def __init__(self) -> None:
+        self.status: m.StatusReply | None = None
+        self.loads: list[tuple[str, str, int]] = []  # (model, worker, in flight)
+        self.dropped_frames = 0
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("turnout_supervisor_up", "1 when the supervisor answered this scrape's Status")
+        up.add_metric([], 1.0 if self.status is not None else 0.0)
+        yield up
+        infl = GaugeMetricFamily("turnout_worker_in_flight", "Requests the gateway holds on each worker",
+                                 labels=["model", "worker"])
+        for model, worker, n in self.loads:
+            infl.add_metric([model, worker], float(n))
+        yield infl
+        dropped = CounterMetricFamily("turnout_stream_frames_dropped",
+                                      "Stream frames for requests the gateway no longer tracks (or undecodable)")
+        dropped.add_metric([], float(self.dropped_frames))
+        yield dropped
+        st = self.status
+        if st is None:
+            return
+        rss = GaugeMetricFamily("turnout_worker_rss_bytes", "Resident memory of each worker's process tree",
+                                labels=["model", "worker"])
+        states = GaugeMetricFamily("turnout_workers", "Workers by state", labels=["model", "state"])
+        by_state: dict[tuple[str, str], int] = {}
+        for w in st.workers:
+            rss.add_metric([w.model, w.id], float(w.rss_bytes))
+            by_state[(w.model, w.state)] = by_state.get((w.model, w.state), 0) + 1
+        for (model, state), n in sorted(by_state.items()):
+            states.add_metric([model, state], float(n))
+        yield rss
+        yield states
+        families = {
+            "restart": CounterMetricFamily("turnout_worker_restarts", "Worker restarts by reason",
+                                           labels=["model", "reason"]),
+            "eviction": CounterMetricFamily("turnout_worker_evictions", "Workers evicted by reason",
+                                            labels=["model", "reason"]),
+            "park": CounterMetricFamily("turnout_worker_parks", "Workers parked as failed by reason",
+                                        labels=["model", "reason"]),
+        }
+        for c in st.lifecycle:
+            fam = families.get(c.kind)
+            if fam is not None:
+                fam.add_metric([c.model, c.reason], float(c.count))
+        yield from families.values()
+        gw = CounterMetricFamily("turnout_gateway_restarts", "Times the supervisor restarted the gateway")
+        gw.add_metric([], float(st.gateway_restarts))
+        yield gw
+        avail = GaugeMetricFamily("turnout_memory_available_bytes", "Available memory (psutil's available)")
+        avail.add_metric([], float(st.available_bytes))
+        yield avail
+        total = GaugeMetricFamily("turnout_memory_total_bytes", "Total memory")
+        total.add_metric([], float(st.total_bytes))
+        yield total
+        pressure = GaugeMetricFamily("turnout_memory_pressure", "1 for the memory pressure level in force",
+                                     labels=["level"])
+        for level in ("none", "soft", "hard"):
+            pressure.add_metric([level], 1.0 if st.pressure == level else 0.0)
+        yield pressure
+
+
+class Metrics:
+    """The gateway's metrics. One per gateway (an app key), passed to what records.
+
+    Options:
+        config: bounds the labels (models and endpoints it names)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter("turnout_requests", "HTTP requests answered",
+                                ["route", "model", "endpoint", "status"], registry=r)
+        self.ttft = Histogram("turnout_ttft_seconds", "Time from a request's arrival to its first token",
+                              ["model", "endpoint"], buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("turnout_inter_token_latency_seconds",
+                             "Mean time between tokens after the first, one observation per answer",
+                             ["model", "endpoint"], buckets=ITL_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("turnout_prompt_tokens", "Prompt tokens not read from a cache",
+                                     ["model", "endpoint"], registry=r)
+        self.generated_tokens = Counter("turnout_generated_tokens", "Tokens generated",
+                                        ["model", "endpoint"], registry=r)
+        self.cache_read_tokens = Counter("turnout_cache_read_tokens", "Prompt tokens read from a KV or prompt cache",
+                                         ["model", "endpoint"], registry=r)
+        self.queue_wait = Histogram("turnout_queue_wait_seconds",
+                                    "Time a local request waited for a worker (a free one, a start or a load)",
+                                    ["model"], buckets=WAIT_BUCKETS, registry=r)
+        self.cancel_latency = Histogram("turnout_cancel_seconds",
+                                        "Client gone to the worker's loop stopped (local models)",
+                                        ["model"], buckets=CANCEL_BUCKETS, registry=r)
+        self.stream_failures = Counter("turnout_stream_failures", "Answers that ended in an error after they began",
+                                       ["model", "endpoint", "kind"], registry=r)
+        self.upstream_errors = Counter("turnout_upstream_errors", "Cloud requests that failed (not cancelled)",
+                                       ["endpoint", "status"], registry=r)
+        self.fallbacks = Counter("turnout_upstream_fallbacks", "Requests moved to the next target before any byte",
+                                 ["endpoint"], registry=r)
+        self.snapshot = Snapshot()
+        r.register(self.snapshot)
+        self._local = {mc.name for mc in config.models}
+
+    # -------------------------------------------------------------- recording
+
+    def request(self, route: str, target: tuple[str, str], status: int) -> None:
+        self.requests.labels(route, target[0], target[1], status_class(status)).inc()
+
+    def answer(self, target: tuple[str, str], ttft_s: float | None, usage: Any, gen_s: float) -> None:
+        """One finished answer (its Done): TTFT, the mean inter-token latency, tokens."""
+        model, ep = target
+        if ttft_s is not None:
+            self.ttft.labels(model, ep).observe(ttft_s)
+        n = usage.output_tokens
+        if n > 1 and gen_s > 0:
+            self.itl.labels(model, ep).observe(gen_s / (n - 1))
+        if usage.input_tokens:
+            self.prompt_tokens.labels(model, ep).inc(usage.input_tokens)
+        if n:
+            self.generated_tokens.labels(model, ep).inc(n)
+        if usage.cache_read_input_tokens:
+            self.cache_read_tokens.labels(model, ep).inc(usage.cache_read_input_tokens)
+
+    def failed(self, target: tuple[str, str], kind: str) -> None:
+        self.stream_failures.labels(target[0], target[1], kind).inc()
+
+    def waited(self, model: str, seconds: float) -> None:
+        self.queue_wait.labels(model).observe(seconds)
+
+    def cancelled(self, model: str, t_cancel_ns: int, t_stop_ns: int) -> None:
+        if t_stop_ns and t_cancel_ns:
+            self.cancel_latency.labels(model).observe(max(0.0, (t_stop_ns - t_cancel_ns) / 1e9))
+
+    def upstream_error(self, endpoint: str, status: int) -> None:
+        self.upstream_errors.labels(endpoint, status_class(status) if status else "connection").inc()
+
+    def fallback(self, endpoint: str) -> None:
+        self.fallbacks.labels(endpoint).inc()
+
+    # -------------------------------------------------------------- scraping
+
+    def render(self, status: m.StatusReply | None, loads: list[tuple[str, str, int]], dropped_frames: int) -> bytes:
+        """The text exposition, with the scrape-time figures given."""
+        self.snapshot.status = status
+        self.snapshot.loads = loads
+        self.snapshot.dropped_frames = dropped_frames
+        return generate_latest(self.registry)
