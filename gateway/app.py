@@ -407,7 +407,8 @@ async def metrics_route(request: web.Request) -> web.StreamResponse:
             status = reply
     except TimeoutError:
         pass
-    loads = [(min(w.models, default=""), w.id, len(w.in_flight)) for w in bus.workers.values()]
+    names = [mc.name for mc in bus.config.models]  # a worker's models hold its aliases too
+    loads = [(next((n for n in names if n in w.models), OTHER), w.id, len(w.in_flight)) for w in bus.workers.values()]
     body = request.app[METRICS].render(status, loads, bus.dropped_frames)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

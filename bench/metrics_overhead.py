@@ -1,0 +1,202 @@
+"""What the Prometheus metrics cost on the hot path (issue 17): the gateway's added
+TTFT and 200-stream tokens/s with ``[metrics] enabled = true`` vs ``false``.
+
+Run (under the shared lock):
+
+    flock /tmp/turnout-heavy.lock .venv/bin/python -m turnout.bench.metrics_overhead
+
+Both turnouts (this tree, bench.overhead's fake config, one with metrics off and
+one with them on) run at once, so whatever else this shared 2-core machine does
+hits both alike (separate runs differ by up to 20% here):
+
+1. **Interleaved TTFT**: one client sends them streaming requests in turn, in a
+   random order per pair; added TTFT = TTFT through turnout - the fake generator's
+   own TTFT in-process. ``--blocks`` blocks of fresh processes; the block with the
+   median on ÷ off ratio stands for the run.
+2. **Alternated throughput**: 200 concurrent streams of 500 tokens to one turnout,
+   then the other (off on, then on off in the next round), every stream checked
+   token by token; the median of the rounds' on ÷ off ratios.
+
+Meanwhile /metrics of the "on" turnout is scraped every ``--scrape-every`` seconds
+(with the token), as a Prometheus would, so its cost is counted too.
+
+Writes bench/results/metrics-overhead.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from turnout.bench.overhead import CONFIG, bench_throughput, inproc_once, stream_once
+from turnout.bench.stats import summary
+from turnout.supervisor.launch import TurnoutProcess
+from turnout.workers.base import WorkerSpec
+from turnout.workers.fake import FakeBackend
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIDES = ("off", "on")
+TARGET = 0.02  # on ÷ off within 2%
+
+
+def configs() -> dict[str, str]:
+    return {side: CONFIG + f"\n[metrics]\nenabled = {'true' if side == 'on' else 'false'}\n" for side in SIDES}
+
+
+async def scraper(t: TurnoutProcess, every_s: float, stop: asyncio.Event, counts: list[int]) -> None:
+    if every_s <= 0:
+        return
+    async with aiohttp.ClientSession() as s:
+        while not stop.is_set():
+            async with s.get(t.base_url + "/metrics", headers={"x-api-key": t.token}) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"/metrics answered {r.status}")
+            counts[0] += 1
+            try:
+                await asyncio.wait_for(stop.wait(), every_s)
+            except TimeoutError:
+                pass
+
+
+async def interleaved(n: int, seed: int, every_s: float) -> dict[str, Any]:
+    procs = {side: TurnoutProcess(cfg) for side, cfg in configs().items()}
+    try:
+        for tp in procs.values():
+            tp.start()
+        fake = FakeBackend(WorkerSpec(id="b", backend="fake", model="fake", runtime_dir="/tmp", gateway_ids=[]))
+        ttft: dict[str, list[float]] = {side: [] for side in SIDES}
+        inproc: list[float] = []
+        rng = random.Random(seed)
+        stop = asyncio.Event()
+        scrapes = [0]
+        scraping = asyncio.create_task(scraper(procs["on"], every_s, stop, scrapes))
+        async with aiohttp.ClientSession() as s:
+            heads = {k: {"x-api-key": tp.token, "content-type": "application/json"} for k, tp in procs.items()}
+            urls = {k: tp.base_url + "/v1/messages" for k, tp in procs.items()}
+            for _ in range(100):  # warm up every path
+                for k in SIDES:
+                    await stream_once(s, urls[k], heads[k], "warm up", 4)
+            order = list(SIDES)
+            for i in range(n):
+                rng.shuffle(order)
+                for k in order:
+                    t, _, _ = await stream_once(s, urls[k], heads[k], f"overhead probe {i}", 4)
+                    ttft[k].append(t * 1e3)
+                inproc.append(inproc_once(fake, f"overhead probe {i}", 4)[0] * 1e3)
+        stop.set()
+        await scraping
+        base = statistics.median(inproc)
+        return {"scrapes": scrapes[0], "inprocess_ttft_ms_p50": round(base, 4),
+                **{k: {"ttft_ms": summary(v), "added_ttft_ms": summary([x - base for x in v])}
+                   for k, v in ttft.items()}}
+    finally:
+        for tp in procs.values():
+            tp.stop()
+
+
+async def alternated(rounds: int, streams: int, tokens: int, every_s: float) -> list[dict[str, Any]]:
+    procs = {side: TurnoutProcess(cfg) for side, cfg in configs().items()}
+    out = []
+    try:
+        for tp in procs.values():
+            tp.start()
+        stop = asyncio.Event()
+        scrapes = [0]
+        scraping = asyncio.create_task(scraper(procs["on"], every_s, stop, scrapes))
+        for r in range(rounds):
+            res = {}
+            for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+                res[side] = await bench_throughput(procs[side], streams, tokens)
+                if res[side]["streams_bad"]:
+                    raise RuntimeError(f"{side}: {res[side]['bad_examples']}")
+            out.append({k: v["tokens_per_s"] for k, v in res.items()})
+            print(f"round {r + 1}: tokens/s off {out[-1]['off']}, on {out[-1]['on']}", flush=True)
+        stop.set()
+        await scraping
+        out.append({"scrapes": scrapes[0]})
+    finally:
+        for tp in procs.values():
+            tp.stop()
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--interleaved", type=int, default=3000, help="requests to each turnout, interleaved, per block")
+    p.add_argument("--blocks", type=int, default=5, help="interleaved blocks (fresh turnouts each)")
+    p.add_argument("--rounds", type=int, default=8, help="alternated 200-stream throughput rounds")
+    p.add_argument("--streams", type=int, default=200)
+    p.add_argument("--tokens", type=int, default=500)
+    p.add_argument("--scrape-every", type=float, default=5.0, help="seconds between scrapes of the 'on' side (0: none)")
+    args = p.parse_args()
+
+    blocks = []
+    for k in range(args.blocks):
+        blocks.append(asyncio.run(interleaved(args.interleaved, k, args.scrape_every)))
+        b = blocks[-1]
+        print(f"interleaved block {k + 1}: added TTFT p50 off {b['off']['added_ttft_ms']['p50']} ms, "
+              f"on {b['on']['added_ttft_ms']['p50']} ms ({b['scrapes']} scrapes)", flush=True)
+    ratios = [b["on"]["added_ttft_ms"]["p50"] / b["off"]["added_ttft_ms"]["p50"] for b in blocks]
+    mid = blocks[sorted(range(len(blocks)), key=lambda i: ratios[i])[len(blocks) // 2]]
+    rounds = asyncio.run(alternated(args.rounds, args.streams, args.tokens, args.scrape_every)) if args.rounds else []
+    tps = [r for r in rounds if "on" in r]
+    tps_ratios = [r["on"] / r["off"] for r in tps]
+
+    table: list[dict[str, Any]] = []
+
+    def row(name: str, off: float, on: float, how: str) -> None:
+        table.append({"measure": name, "off": off, "on": on, "on_over_off": round(on / off, 4) if off else None,
+                      "how": how})
+
+    how = f"interleaved, the median of {args.blocks} blocks"
+    row("added TTFT p50 (ms)", mid["off"]["added_ttft_ms"]["p50"], mid["on"]["added_ttft_ms"]["p50"], how)
+    row("added TTFT p99 (ms)", mid["off"]["added_ttft_ms"]["p99"], mid["on"]["added_ttft_ms"]["p99"], how)
+    row("TTFT p50 through turnout (ms)", mid["off"]["ttft_ms"]["p50"], mid["on"]["ttft_ms"]["p50"], how)
+    if tps:
+        row(f"{args.streams} streams, tokens/s", round(statistics.median(r["off"] for r in tps)),
+            round(statistics.median(r["on"] for r in tps)), f"median of {len(tps)} alternated rounds")
+    ttft_ratio = round(statistics.median(ratios), 4)
+    tps_ratio = round(statistics.median(tps_ratios), 4) if tps_ratios else None
+    met = abs(ttft_ratio - 1) < TARGET and (tps_ratio is None or abs(tps_ratio - 1) < TARGET)
+    out = {
+        "command": " ".join(["python -m turnout.bench.metrics_overhead", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "table": table, "added_ttft_p50_ratio_per_block": [round(r, 4) for r in ratios],
+        "added_ttft_p50_ratio": ttft_ratio, "tokens_per_s_ratio_per_round": [round(r, 4) for r in tps_ratios],
+        "tokens_per_s_ratio": tps_ratio, "target": f"within {TARGET:.0%}", "met": met,
+        "interleaved": blocks, "rounds": rounds,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "metrics-overhead.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = ["# The metrics' cost on the hot path: [metrics] enabled = false (off) vs true (on)", "",
+             f"Command: `{out['command']}`  ", f"Date: {out['date']} · machine: {out['machine']}  ",
+             f"Both turnouts at once (bench.overhead's fake config); /metrics of 'on' scraped every "
+             f"{args.scrape_every:g} s. Interleaved: {args.interleaved} streaming requests to each in turn, "
+             f"{args.blocks} blocks of fresh processes, on ÷ off added TTFT p50 per block: "
+             f"{', '.join(f'{r:.3f}' for r in ratios)} (the median block is shown). Throughput: "
+             f"{args.streams} concurrent streams of {args.tokens} tokens, off and on alternated, on ÷ off per round: "
+             f"{', '.join(f'{r:.3f}' for r in tps_ratios)}.", "",
+             "| measure | off | on | on ÷ off | how |", "|---|---|---|---|---|"]
+    lines += [f"| {r['measure']} | {r['off']} | {r['on']} | {r['on_over_off']} | {r['how']} |" for r in table]
+    lines += ["", f"Added TTFT p50 on ÷ off (median of blocks) = {ttft_ratio}; tokens/s on ÷ off (median of "
+              f"rounds) = {tps_ratio}: {'within' if met else 'NOT within'} {TARGET:.0%}.", ""]
+    (RESULTS / "metrics-overhead.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
