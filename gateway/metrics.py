@@ -273,7 +273,8 @@ class Metrics(Collector):
             for model, h in sorted(series.items()):
                 fam.add_metric([model], h.cumulative(), h.sum)
             yield fam
-        fail = CounterMetricFamily("turnout_stream_failures", "Answers that ended in an error after they began",
+        fail = CounterMetricFamily("turnout_stream_failures",
+                                   "Answers their worker or upstream ended with an error (before or after the first byte)",
                                    labels=["model", "endpoint", "kind"])
         for key3, n in sorted(self.stream_failures.items()):
             fail.add_metric(list(key3), float(n))

@@ -224,3 +224,51 @@ def test_metrics_off_means_no_route(turnout_factory) -> None:  # type: ignore[no
     status, text = scrape(t.port, t.token)
     assert status == 404 and "turnout_" not in text
     assert chat(t, "/v1/messages", 3, stream=False)[0] == 200
+
+
+CLOUD = """
+[server]
+worker_wait_s = 10.0
+
+[[models]]
+name = "fake"
+backend = "fake"
+
+[[endpoints]]
+name = "oai"
+provider = "openai"
+base_url = "{url}/openai/v1"
+[[endpoints.models]]
+name = "gpt-test"
+
+[[endpoints]]
+name = "down"
+provider = "openai"
+base_url = "http://127.0.0.1:9/v1"
+key = "oai"
+
+[routing]
+retries = 0
+[routing.aliases]
+opus = ["down/gpt-x", "oai/gpt-test"]
+"""
+
+
+def test_cloud_requests_fallbacks_and_upstream_errors(turnout_factory, upstreams) -> None:  # type: ignore[no-untyped-def]
+    t = turnout_factory(CLOUD.format(url=upstreams.url), env={"TURNOUT_KEY_OAI": upstreams.keys["openai"]})
+    assert chat(t, "/v1/messages", 5, stream=False, model="opus")[0] == 200  # "down" refuses: falls back
+    assert chat(t, "/v1/messages", 5, stream=True, model="oai/gpt-test")[0] == 200
+    assert chat(t, "/v1/messages", 5, stream=False, model="oai/whatever-a-client-says")[0] == 200
+    upstreams.fail_next["openai"] = [503]
+    assert chat(t, "/v1/chat/completions", 5, stream=False, model="oai/gpt-test")[0] >= 500
+    s = metrics_of(t)
+    req = "turnout_requests_total"
+    assert value(s, req, route="/v1/messages", model="gpt-test", endpoint="oai", status="2xx") == 2
+    assert value(s, req, route="/v1/messages", model="other", endpoint="oai", status="2xx") == 1
+    assert value(s, req, route="/v1/chat/completions", model="", endpoint="", status="5xx") == 1
+    assert value(s, "turnout_upstream_fallbacks_total", endpoint="down") == 1
+    assert value(s, "turnout_upstream_errors_total", endpoint="down", status="5xx") == 1  # unreachable: a 502
+    assert value(s, "turnout_upstream_errors_total", endpoint="oai", status="5xx") == 1
+    assert value(s, "turnout_ttft_seconds_count", model="gpt-test", endpoint="oai") == 2
+    assert value(s, "turnout_generated_tokens_total", model="gpt-test", endpoint="oai") > 0
+    assert "whatever-a-client-says" not in "".join(v for _, labels in s for _, v in labels)
