@@ -20,6 +20,10 @@ hits both alike (separate runs differ by up to 20% here):
    figure is about half a lone turnout's; what counts is the ratio. (Alternating
    whole runs instead gave round ratios from 0.82 to 1.44 on this loaded host.)
 
+Beside the rates, each gateway process's CPU time (user + system, psutil) per
+request (block) and per token (round): what the metrics add to the gateway's own
+work, a figure the host's noise moves far less than a rate.
+
 Meanwhile /metrics of the "on" turnout is scraped every ``--scrape-every`` seconds
 (with the token), as a Prometheus would, so its cost is counted too.
 
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from turnout.bench.overhead import CONFIG, bench_throughput, inproc_once, stream_once
 from turnout.bench.stats import summary
@@ -54,6 +59,18 @@ from turnout.workers.fake import FakeBackend
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDES = ("off", "on")
 TARGET = 0.02  # on ÷ off within 2%
+
+
+def gateway_of(t: TurnoutProcess) -> psutil.Process:
+    for p in t.descendants():
+        if "turnout.gateway.main" in p.cmdline():
+            return p
+    raise RuntimeError("no gateway process")
+
+
+def cpu_s(p: psutil.Process) -> float:
+    c = p.cpu_times()
+    return c.user + c.system
 
 
 def configs() -> dict[str, str]:
@@ -95,18 +112,21 @@ async def interleaved(n: int, seed: int, every_s: float) -> dict[str, Any]:
                 for k in SIDES:
                     await stream_once(s, urls[k], heads[k], "warm up", 4)
             order = list(SIDES)
+            gws = {k: gateway_of(tp) for k, tp in procs.items()}
+            cpu0 = {k: cpu_s(p) for k, p in gws.items()}
             for i in range(n):
                 rng.shuffle(order)
                 for k in order:
                     t, _, _ = await stream_once(s, urls[k], heads[k], f"overhead probe {i}", 4)
                     ttft[k].append(t * 1e3)
                 inproc.append(inproc_once(fake, f"overhead probe {i}", 4)[0] * 1e3)
+            cpu_us = {k: round((cpu_s(p) - cpu0[k]) / n * 1e6, 1) for k, p in gws.items()}
         stop.set()
         await scraping
         base = statistics.median(inproc)
         return {"scrapes": scrapes[0], "inprocess_ttft_ms_p50": round(base, 4),
-                **{k: {"ttft_ms": summary(v), "added_ttft_ms": summary([x - base for x in v])}
-                   for k, v in ttft.items()}}
+                **{k: {"ttft_ms": summary(v), "added_ttft_ms": summary([x - base for x in v]),
+                       "gateway_cpu_us_per_request": cpu_us[k]} for k, v in ttft.items()}}
     finally:
         for tp in procs.values():
             tp.stop()
@@ -137,7 +157,9 @@ async def at_once(rounds: int, streams: int, tokens: int, every_s: float) -> lis
         scrapes = [0]
         scraping = asyncio.create_task(scraper(procs["on"], every_s, stop, scrapes))
         with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            gws = {k: gateway_of(tp) for k, tp in procs.items()}
             for r in range(rounds):
+                cpu0 = {k: cpu_s(p) for k, p in gws.items()}
                 start_at = time.time() + 2.0  # both clients started and warmed by then
                 order = SIDES if r % 2 == 0 else SIDES[::-1]
                 futs = {side: loop.run_in_executor(pool, _throughput_at, _Target(procs[side].base_url,
@@ -147,8 +169,11 @@ async def at_once(rounds: int, streams: int, tokens: int, every_s: float) -> lis
                 for side, x in res.items():
                     if x["streams_bad"]:
                         raise RuntimeError(f"{side}: {x['bad_examples']}")
-                out.append({k: res[k]["tokens_per_s"] for k in SIDES})
-                print(f"round {r + 1}: tokens/s at once off {out[-1]['off']}, on {out[-1]['on']}", flush=True)
+                cpu = {k: (cpu_s(p) - cpu0[k]) / res[k]["tokens_total"] * 1e6 for k, p in gws.items()}
+                out.append({**{k: res[k]["tokens_per_s"] for k in SIDES},
+                            "cpu_us_per_token": {k: round(v, 3) for k, v in cpu.items()}})
+                print(f"round {r + 1}: tokens/s at once off {out[-1]['off']}, on {out[-1]['on']}; gateway CPU "
+                      f"µs/token off {cpu['off']:.2f}, on {cpu['on']:.2f}", flush=True)
         stop.set()
         await scraping
         out.append({"scrapes": scrapes[0]})
@@ -190,9 +215,14 @@ def main() -> int:
     row("added TTFT p50 (ms)", mid["off"]["added_ttft_ms"]["p50"], mid["on"]["added_ttft_ms"]["p50"], how)
     row("added TTFT p99 (ms)", mid["off"]["added_ttft_ms"]["p99"], mid["on"]["added_ttft_ms"]["p99"], how)
     row("TTFT p50 through turnout (ms)", mid["off"]["ttft_ms"]["p50"], mid["on"]["ttft_ms"]["p50"], how)
+    row("gateway CPU per request (µs)", statistics.median(b["off"]["gateway_cpu_us_per_request"] for b in blocks),
+        statistics.median(b["on"]["gateway_cpu_us_per_request"] for b in blocks),
+        f"median of {args.blocks} blocks (4-token streams, warm-up excluded)")
     if tps:
         row(f"{args.streams} streams each, both at once, tokens/s", round(statistics.median(r["off"] for r in tps)),
             round(statistics.median(r["on"] for r in tps)), f"median of {len(tps)} rounds (ratio: median of rounds' ratios)")
+        row("gateway CPU per token (µs)", round(statistics.median(r["cpu_us_per_token"]["off"] for r in tps), 3),
+            round(statistics.median(r["cpu_us_per_token"]["on"] for r in tps), 3), f"median of {len(tps)} rounds")
     ttft_ratio = round(statistics.median(ratios), 4)
     tps_ratio = round(statistics.median(tps_ratios), 4) if tps_ratios else None
     met = abs(ttft_ratio - 1) < TARGET and (tps_ratio is None or abs(tps_ratio - 1) < TARGET)
