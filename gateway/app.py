@@ -45,7 +45,7 @@ from turnout.gateway.collect import Collected, collect
 from turnout.gateway.errors import ApiError, ApiShape, from_fail
 from turnout.gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
 from turnout.gateway.mcp import http as mcp_http
-from turnout.gateway.metrics import CONTENT_TYPE, LOCAL, NO_TARGET, OTHER, TARGET_KEY, Metrics
+from turnout.gateway.metrics import CONTENT_TYPE, NO_TARGET, OTHER, SERVED, TARGET_KEY, Metrics
 from turnout.gateway.routing import BUS, ROUTER, Source, open_source, resolve
 from turnout.protocol import messages as m
 from turnout.protocol.chat import ChatRequest
@@ -80,6 +80,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     structlog.contextvars.bind_contextvars(request_id=rid)
     t0 = time.perf_counter()
     status = 500
+    SERVED.set(NO_TARGET)  # a kept-alive connection's next request may run in the same task
     try:
         early = screen(request, request.app[ORIGINS])  # Host and Origin, before anything else
         if early is not None:
@@ -121,7 +122,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         metrics = request.app.get(METRICS)
         if metrics is not None:
             res = request.match_info.route.resource  # None: no route matched (404)
-            metrics.request(res.canonical if res is not None else OTHER, request.get(TARGET_KEY, NO_TARGET), status)
+            metrics.request(res.canonical if res is not None else OTHER, request.get(TARGET_KEY) or SERVED.get(),
+                            status)
         structlog.contextvars.unbind_contextvars("request_id")
     if not resp.prepared:
         resp.headers["request-id"] = rid
@@ -232,9 +234,6 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
         if not st.done:
             st.cancel()
     msg = batch[-1]
-    model = getattr(st, "model", None)
-    if isinstance(model, str) and getattr(st, "ep", None) is None and not isinstance(msg, m.Failed):
-        request[TARGET_KEY] = (model, LOCAL)  # a local model's own count (RequestStream.model: config)
     if isinstance(msg, m.Failed):
         raise from_fail(msg.kind, msg.message)
     if not isinstance(msg, m.Counted):

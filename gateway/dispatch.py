@@ -28,7 +28,7 @@ import zmq
 from turnout.gateway import affinity as aff
 from turnout.gateway.errors import ApiError
 from turnout.gateway.history import without_opaque
-from turnout.gateway.metrics import Metrics
+from turnout.gateway.metrics import LOCAL, SERVED, Metrics
 from turnout.gateway.streams import MessageQueue
 from turnout.protocol import messages as m
 from turnout.protocol.chat import ChatRequest
@@ -239,6 +239,7 @@ class Dispatch:
         then raises 529 with Retry-After. A model with no worker at all is loaded
         on demand (see the module docstring)."""
         rid = self._new_rid()
+        SERVED.set((mc.name, LOCAL))  # the metrics' labels for this request (gateway/metrics.py)
         req = without_opaque(req)  # a cloud provider's blocks mean nothing to a local model
         msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
         raw = self._encode(msg)
@@ -254,6 +255,7 @@ class Dispatch:
         """Send a media job (``data``: its input, as extra frames, not copied) to the
         least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
         rid = self._new_rid()
+        SERVED.set((mc.name, LOCAL))
         job = m.Job(rid, self.gateway_id, params, n_frames=len(data))
         raw = self._encode(job)
         jst = JobStream(self, rid, "", mc.name)

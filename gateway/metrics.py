@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -58,6 +59,10 @@ LOCAL = "local"  # the endpoint label of a local model
 OTHER = "other"
 NO_TARGET = ("", "")  # (model, endpoint) of a request that reached no model
 TARGET_KEY = "turnout.metrics_target"  # request key: the (model, endpoint) labels it was served by
+# The local model a request's handler sent work to (set by the bus when it opens a
+# request or a media job, in the handler's own task; read by the middleware after
+# it): how media, embeddings and token counts get their model label.
+SERVED: ContextVar[tuple[str, str]] = ContextVar("turnout_metrics_served", default=NO_TARGET)
 
 
 def status_class(status: int) -> str:

@@ -107,8 +107,8 @@ def cancel_mid_stream(t: TurnoutProcess) -> None:
 
 
 def test_metrics_count_the_requests_made(turnout_factory) -> None:  # type: ignore[no-untyped-def]
-    """3 streams, 2 whole answers, 1 unknown model, 1 cancelled stream, 1 scrape
-    without the token: each counted under its route, model, endpoint and status
+    """3 streams, 2 whole answers, 1 unknown model, 1 token count, 1 cancelled
+    stream, 1 scrape without the token: each counted under its route, model, endpoint and status
     class; the token counters add up to the answers' usage; the histograms saw
     every answer, every dispatch and the cancel."""
     t = turnout_factory(SLOW_CONFIG)  # max_tokens tokens, 20 ms apart
@@ -125,6 +125,10 @@ def test_metrics_count_the_requests_made(turnout_factory) -> None:  # type: igno
         prompt += usage["prompt_tokens"]
     status, _ = chat(t, "/v1/messages", 4, stream=False, model="no-such-model")
     assert status == 404
+    status, raw = request(t.port, "POST", "/v1/messages/count_tokens", {
+        "model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "count these words"}]},
+        {"x-api-key": t.token})
+    assert status == 200 and json.loads(raw)["input_tokens"] > 0
     cancel_mid_stream(t)
 
     status, text = scrape(t.port)  # no token
@@ -139,6 +143,8 @@ def test_metrics_count_the_requests_made(turnout_factory) -> None:  # type: igno
     assert value(s, req, route="/v1/messages", model="", endpoint="", status="4xx") == 1  # the unknown model
     assert value(s, req, route="/v1/messages", status="4xx", **FAKE) == 1  # the cancelled one (499)
     assert value(s, req, route="/metrics", model="", endpoint="", status="4xx") == 1  # the 401
+    # Counted by the model that served it (a glob alias's model, never the name sent).
+    assert value(s, req, route="/v1/messages/count_tokens", status="2xx", **FAKE) == 1
     # The requested "no-such-model" never becomes a label value.
     assert "no-such-model" not in "".join(v for _, labels in s for _, v in labels)
 
@@ -149,7 +155,7 @@ def test_metrics_count_the_requests_made(turnout_factory) -> None:  # type: igno
     assert value(s, "turnout_inter_token_latency_seconds_count", **FAKE) == 5
     # The fake sleeps 20 ms per token: the mean gap of each answer is at least that.
     assert value(s, "turnout_inter_token_latency_seconds_bucket", le="0.01", **FAKE) == 0
-    assert value(s, "turnout_queue_wait_seconds_count", model="fake") == 6  # every dispatched request
+    assert value(s, "turnout_queue_wait_seconds_count", model="fake") == 7  # every dispatched request
     assert value(s, "turnout_cancel_seconds_count", model="fake") == 1
     assert value(s, "turnout_cancel_seconds_bucket", model="fake", le="+Inf") == 1
 
