@@ -11,6 +11,7 @@ Routes:
     POST /v1/embeddings             OpenAI Embeddings (gateway/embeddings.py)
     GET  /v1/models[/{id}]          Anthropic shape when ``anthropic-version`` is sent, else OpenAI's
     GET  /admin/workers             the supervisor's worker table, with routing and cache counts
+    GET  /metrics                   Prometheus text format (gateway/metrics.py; ``[metrics] enabled``)
     GET|POST|DELETE /mcp            the MCP server, Streamable HTTP (gateway/mcp/)
 """
 
@@ -37,12 +38,14 @@ from turnout.gateway import (
     routing,
     telemetry,
 )
+from turnout.gateway.appkeys import METRICS
 from turnout.gateway.auth import check_token
 from turnout.gateway.bus import Bus
 from turnout.gateway.collect import Collected, collect
 from turnout.gateway.errors import ApiError, ApiShape, from_fail
 from turnout.gateway.http_guard import OriginPolicy, api_shape, cors_on_prepare, screen
 from turnout.gateway.mcp import http as mcp_http
+from turnout.gateway.metrics import CONTENT_TYPE, NO_TARGET, OTHER, SERVED, TARGET_KEY, Metrics
 from turnout.gateway.routing import BUS, ROUTER, Source, open_source, resolve
 from turnout.protocol import messages as m
 from turnout.protocol.chat import ChatRequest
@@ -77,6 +80,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     structlog.contextvars.bind_contextvars(request_id=rid)
     t0 = time.perf_counter()
     status = 500
+    SERVED.set(NO_TARGET)  # a kept-alive connection's next request may run in the same task
     try:
         early = screen(request, request.app[ORIGINS])  # Host and Origin, before anything else
         if early is not None:
@@ -115,6 +119,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     finally:
         log.info("http", method=request.method, path=request.path, status=status,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            res = request.match_info.route.resource  # None: no route matched (404)
+            metrics.request(res.canonical if res is not None else OTHER, request.get(TARGET_KEY) or SERVED.get(),
+                            status)
         structlog.contextvars.unbind_contextvars("request_id")
     if not resp.prepared:
         resp.headers["request-id"] = rid
@@ -174,10 +183,13 @@ async def _pump(request: web.Request, st: Source, head: bytes, first: list[m.Str
 
 
 async def _with_stream(request: web.Request, req: ChatRequest, body: Callable[[Source], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    t_arrival = time.perf_counter()
     st = await open_source(request, req)
     router = request.app.get(ROUTER)
     if router is not None:  # always, in a gateway build_app made
-        st = telemetry.observe(router.telemetry, router.config, req, st)
+        obs = telemetry.observe(router.telemetry, router.config, req, st, request.app.get(METRICS), t_arrival)
+        request[TARGET_KEY] = obs.target
+        st = obs
     try:
         return await body(st)
     except (ConnectionResetError, ConnectionError):
@@ -384,11 +396,48 @@ async def admin_workers(request: web.Request) -> web.StreamResponse:
     return _json(out)
 
 
+async def metrics_route(request: web.Request) -> web.StreamResponse:
+    """Prometheus's text format: what the gateway recorded, the supervisor's Status
+    (asked now, over the bus; without its figures if it does not answer within a
+    second) and the gateway's in-flight requests per worker."""
+    bus = request.app[BUS]
+    status: m.StatusReply | None = None
+    try:
+        reply = await bus.command(m.Status(), timeout=1.0)
+        if isinstance(reply, m.StatusReply):
+            status = reply
+    except TimeoutError:
+        pass
+    names = [mc.name for mc in bus.config.models]  # a worker's models hold its aliases too
+    loads = [(next((n for n in names if n in w.models), OTHER), w.id, len(w.in_flight)) for w in bus.workers.values()]
+    body = request.app[METRICS].render(status, loads, bus.dropped_frames)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def _loopback_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    early = screen(request, request.app[ORIGINS])  # a DNS-rebinding page names its own host
+    return early if early is not None else await handler(request)
+
+
+def build_metrics_app(bus: Bus, metrics: Metrics) -> web.Application:
+    """The unauthenticated listener (``[metrics] port``, on 127.0.0.1 only):
+    ``GET /metrics`` and nothing else; the Host must be a loopback name, and a
+    browser's request (with an Origin) is refused, as on the main port."""
+    app = web.Application(middlewares=[_loopback_host], client_max_size=1024)
+    app[ORIGINS] = OriginPolicy(check_host=True)
+    app[BUS] = bus
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_route, allow_head=False)
+    return app
+
+
 def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None = None,
-              origins: OriginPolicy | None = None) -> web.Application:
+              origins: OriginPolicy | None = None, metrics: Metrics | None = None) -> web.Application:
     """``state_path``: where routing switches are kept across restarts (routing.json).
     ``origins``: the Host and Origin policy (default: the one for a loopback bind
-    with nothing configured)."""
+    with nothing configured). ``metrics``: what /metrics serves and the routes
+    record (None: no /metrics, nothing recorded)."""
     app = web.Application(middlewares=[middleware], client_max_size=max_body_bytes)
     app[ORIGINS] = origins or OriginPolicy(check_host=True)
     app.on_response_prepare.append(cors_on_prepare(app[ORIGINS]))
@@ -413,4 +462,9 @@ def build_app(bus: Bus, token: str, max_body_bytes: int, state_path: Path | None
     embeddings.register_routes(app)
     routing.setup(app, bus.config, state_path)  # cloud endpoints: router state, /admin/endpoints, /admin/sessions
     mcp_http.register(app)  # /mcp (after routing: its tools use the router)
+    if metrics is not None:
+        app[METRICS] = metrics
+        bus.metrics = metrics  # queue wait, cancel latency
+        app[routing.ROUTER].metrics = metrics  # upstream errors, fallbacks
+        r.add_get("/metrics", metrics_route, allow_head=False)
     return app

@@ -7,5 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from turnout.gateway.bus import Bus
+from turnout.gateway.metrics import Metrics
 
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)  # set only with [metrics] enabled

@@ -58,6 +58,7 @@ import zmq
 
 from turnout.gateway import affinity as aff
 from turnout.gateway.dispatch import Dispatch, JobStream, RequestStream, WorkerRef
+from turnout.gateway.metrics import Metrics
 from turnout.protocol import messages as m
 from turnout.protocol.config import Config, ModelConfig
 from turnout.protocol.paths import peer_credentials
@@ -120,6 +121,7 @@ class Bus(Dispatch):
         self._loads: dict[str, asyncio.Future[m.FromSupervisor]] = {}  # one LoadModel per model
         self._tasks: set[asyncio.Task[None]] = set()
         self.affinity = aff.Affinity()
+        self.metrics: Metrics | None = None  # set by the app with [metrics] enabled
 
     # ---------------------------------------------------------------- set-up
 
@@ -369,8 +371,11 @@ class Bus(Dispatch):
                 self.report()  # the supervisor may stop it now
         if st.cancel_handle is not None:
             st.cancel_handle.cancel()
-        if st.t_cancel_ns and isinstance(msg, m.Done) and self.on_cancel_done is not None:
-            self.on_cancel_done(st, msg)
+        if st.t_cancel_ns and isinstance(msg, m.Done):
+            if self.metrics is not None:
+                self.metrics.cancelled(st.model, st.t_cancel_ns, msg.t_stop_ns)
+            if self.on_cancel_done is not None:
+                self.on_cancel_done(st, msg)
         st.push(msg)
 
     def _fail_worker_requests(self, w: WorkerRef, reason: str) -> None:

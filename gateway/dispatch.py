@@ -28,6 +28,7 @@ import zmq
 from turnout.gateway import affinity as aff
 from turnout.gateway.errors import ApiError
 from turnout.gateway.history import without_opaque
+from turnout.gateway.metrics import LOCAL, SERVED, Metrics
 from turnout.gateway.streams import MessageQueue
 from turnout.protocol import messages as m
 from turnout.protocol.chat import ChatRequest
@@ -90,6 +91,7 @@ class RequestStream:
         "rid",
         "seq_at_check",
         "t_cancel_ns",
+        "t_open",
         "worker_id",
     )
 
@@ -104,6 +106,7 @@ class RequestStream:
         self.t_cancel_ns = 0
         self.cancel_handle: asyncio.TimerHandle | None = None
         self.seq_at_check = 0  # expected_seq when the cancel deadline was last armed
+        self.t_open = time.perf_counter()  # for the queue-wait metric
 
     def push(self, msg: m.StreamMsg) -> None:
         self.queue.push(msg)
@@ -141,6 +144,7 @@ class Dispatch:
     streams: dict[str, RequestStream]
     model_failed: dict[str, str]
     affinity: aff.Affinity
+    metrics: Metrics | None
     router: zmq.Socket
     _enc: msgspec.msgpack.Encoder
     _ids: itertools.count[int]
@@ -216,6 +220,8 @@ class Dispatch:
         """Track ``st`` as in flight on ``w`` and send ``raw`` (an encoded message;
         media input as extra frames, not copied)."""
         st.worker_id = w.id
+        if self.metrics is not None:
+            self.metrics.waited(st.model, time.perf_counter() - st.t_open)
         self.streams[st.rid] = st
         w.in_flight.add(st.rid)
         w.last_used = time.monotonic()
@@ -233,6 +239,7 @@ class Dispatch:
         then raises 529 with Retry-After. A model with no worker at all is loaded
         on demand (see the module docstring)."""
         rid = self._new_rid()
+        SERVED.set((mc.name, LOCAL))  # the metrics' labels for this request (gateway/metrics.py)
         req = without_opaque(req)  # a cloud provider's blocks mean nothing to a local model
         msg: m.ToWorker = (m.CountTokens if count else m.Generate)(rid, self.gateway_id, req)
         raw = self._encode(msg)
@@ -248,6 +255,7 @@ class Dispatch:
         """Send a media job (``data``: its input, as extra frames, not copied) to the
         least-loaded ready worker of ``mc``; waits for one as :meth:`open` does."""
         rid = self._new_rid()
+        SERVED.set((mc.name, LOCAL))
         job = m.Job(rid, self.gateway_id, params, n_frames=len(data))
         raw = self._encode(job)
         jst = JobStream(self, rid, "", mc.name)

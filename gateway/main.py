@@ -16,11 +16,12 @@ import sys
 import structlog
 from aiohttp import web
 
-from turnout.gateway.app import build_app
+from turnout.gateway.app import build_app, build_metrics_app
 from turnout.gateway.auth import load_or_create_token
 from turnout.gateway.bus import Bus
 from turnout.gateway.dispatch import RequestStream
 from turnout.gateway.http_guard import GuardedRunner, HttpLimits, OriginPolicy, is_loopback_bind
+from turnout.gateway.metrics import Metrics
 from turnout.protocol import messages as m
 from turnout.protocol.config import decode_config
 from turnout.protocol.exits import EXIT_BIND_ERROR
@@ -70,7 +71,8 @@ async def serve(spec: GatewaySpec) -> int:
     sc = config.server
     origins = OriginPolicy(check_host=is_loopback_bind(spec.host) and "*" not in sc.allowed_hosts,
                            allowed_hosts=list(sc.allowed_hosts), cors_origins=list(sc.cors_origins))
-    app = build_app(bus, token, int(sc.max_body_mb * 1024 * 1024), state, origins)
+    metrics = Metrics(config) if config.metrics.enabled else None
+    app = build_app(bus, token, int(sc.max_body_mb * 1024 * 1024), state, origins, metrics)
     limits = HttpLimits(sc.header_timeout_s, sc.idle_timeout_s, connection_cap(sc.max_connections))
     runner = GuardedRunner(app, limits, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -86,6 +88,7 @@ async def serve(spec: GatewaySpec) -> int:
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
+    metrics_runner = await _serve_metrics(bus, metrics, config.metrics.port, limits) if metrics else None
     bus.announce_ready(port)
     log.info("gateway_started", host=spec.host, port=port)
     stop = asyncio.Event()
@@ -94,9 +97,30 @@ async def serve(spec: GatewaySpec) -> int:
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor owns Ctrl-C
     await stop.wait()
     log.info("gateway_stopping")
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await runner.cleanup()
     bus.close()
     return 0
+
+
+async def _serve_metrics(bus: Bus, metrics: Metrics, port: int, limits: HttpLimits) -> web.BaseRunner | None:
+    """``[metrics] port``: /metrics without the token, on 127.0.0.1 only (never the
+    server's host: what it shows is for this machine). One that cannot listen is
+    logged and left out; the API goes on."""
+    if not port:
+        return None
+    runner = GuardedRunner(build_metrics_app(bus, metrics), HttpLimits(limits.header_timeout_s, limits.idle_timeout_s, 64),
+                           access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
+    except OSError as e:
+        log.error("metrics_cannot_listen", host="127.0.0.1", port=port, error=e.strerror)
+        await runner.cleanup()
+        return None
+    log.info("metrics_listening", host="127.0.0.1", port=port)
+    return runner
 
 
 def main() -> int:

@@ -123,6 +123,7 @@ _OPS: list[tuple[str, str, str, str | None, str]] = [
     ("put", "/admin/sessions/{sid}", "Route a session to a target", "SessionOverride", "AnthropicError"),
     ("delete", "/admin/sessions/{sid}", "Clear a session's override", None, "AnthropicError"),
     ("get", "/healthz", "Ready once every configured worker is (no token)", None, "AnthropicError"),
+    ("get", "/metrics", "Prometheus text format ([metrics] enabled)", None, "AnthropicError"),
 ]
 
 _ERROR_STATUSES = ("400", "401", "403", "404", "405", "413", "429", "500", "503", "529")
@@ -158,6 +159,8 @@ def document(version: str = "1") -> dict[str, Any]:
             op["responses"]["200"]["content"] = {"application/json": {"schema": {"type": "object"}},
                                                   **({"text/event-stream": {"schema": {}}}
                                                      if path not in ("/v1/embeddings", "/healthz") else {})}
+        if path == "/metrics":
+            op["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
         paths.setdefault(path, {})[method] = op
     return {
         "openapi": "3.1.0",

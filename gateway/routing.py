@@ -40,6 +40,7 @@ from turnout.gateway.bus import Bus
 from turnout.gateway.errors import ApiError
 from turnout.gateway.keys import KeyCache
 from turnout.gateway.media.images import ocr_chat_images
+from turnout.gateway.metrics import LOCAL, Metrics
 from turnout.gateway.planning import Target, estimate_tokens, has_images, plan, resolve_target
 from turnout.gateway.providers import DEFAULT_BASE_URLS, provider_for
 from turnout.gateway.providers.base import CloudSource, Outcome, StaticSource, count_upstream
@@ -96,6 +97,7 @@ class Router:
         self.overrides: dict[str, str] = {}  # session id -> target (endpoint_set, scope session)
         self.global_override: str | None = None  # every session without its own (scope global)
         self.http: aiohttp.ClientSession | None = None
+        self.metrics: Metrics | None = None  # set by the app with [metrics] enabled
         # Where the overrides are kept, so a restarted gateway (a crash, an upgrade,
         # `turnout down` and `up`) routes every conversation as it was told to.
         self.state_path = state_path
@@ -184,6 +186,8 @@ class Router:
         def done(o: Outcome) -> None:
             self.telemetry.record(ep.name, ok=o.ok, ttft_s=o.ttft_s, output_tokens=o.output_tokens,
                                   gen_s=o.gen_s, cancelled=o.cancelled)
+            if self.metrics is not None and not o.ok and not o.cancelled:
+                self.metrics.upstream_error(ep.name, o.status)
             # One line per request at info only when something went wrong: the
             # access line already records each request, and a log line costs.
             (log.debug if o.ok else log.info)("upstream_done", endpoint=ep.name, model=t.model, ok=o.ok, status=o.status,
@@ -238,6 +242,8 @@ class Router:
                 if last or not (e.status == 429 or e.status >= 500):
                     raise
                 log.warning("fallback", target=t.label, status=e.status, next=targets[i + 1].label)
+                if self.metrics is not None:
+                    self.metrics.fallback(t.endpoint.name if t.endpoint is not None else LOCAL)
         raise AssertionError("unreachable")
 
 

@@ -22,12 +22,18 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from turnout.gateway.metrics import LOCAL, cloud_labels
 from turnout.protocol import messages as m
 from turnout.protocol.chat import ChatRequest
 from turnout.protocol.config import Config, EndpointConfig
 
 if TYPE_CHECKING:
+    from turnout.gateway.metrics import Metrics
     from turnout.gateway.routing import Source
+
+# What counts as the first token, for the TTFT metric (Started comes before a
+# local model's prefill; Ping is a keep-alive).
+_TOKENS = (m.TextDelta, m.ThinkingDelta, m.ToolCallStart, m.ToolArgsDelta, m.JobOutput)
 
 WINDOW = 100
 MAX_SESSIONS = 1000
@@ -193,9 +199,11 @@ class Observed:
     """A :class:`~gateway.routing.Source` seen through: passes every batch on
     unchanged and notes MCP tool_use ids, usage and (local models) speed."""
 
-    __slots__ = ("inner", "label", "local", "prices", "req", "t_first", "t_open", "telemetry", "watch_tools")
+    __slots__ = ("inner", "label", "local", "metrics", "prices", "req", "t_arrival", "t_first", "t_open", "t_token",
+                 "target", "telemetry", "watch_tools")
 
-    def __init__(self, inner: Source, telemetry: Telemetry, config: Config, req: ChatRequest) -> None:
+    def __init__(self, inner: Source, telemetry: Telemetry, config: Config, req: ChatRequest,
+                 metrics: Metrics | None = None, t_arrival: float = 0.0) -> None:
         self.inner = inner
         self.telemetry = telemetry
         self.req = req
@@ -203,10 +211,15 @@ class Observed:
         model = str(getattr(inner, "model", ""))
         self.local = ep is None
         self.label = model if ep is None else f"{ep.name}/{model}"
+        # The metrics' (model, endpoint) labels: names from the config only.
+        self.target = (model, LOCAL) if ep is None else cloud_labels(ep, model)
+        self.metrics = metrics
+        self.t_token = 0.0  # the first token's arrival (metrics only)
         self.prices = (0.0, 0.0) if ep is None else _price(config, ep, model)
         # Only a conversation that offers MCP tools can produce one of our calls.
         self.watch_tools = bool(req.session_id) and any(t.name.startswith("mcp__") for t in req.tools)
         self.t_open = time.perf_counter()
+        self.t_arrival = t_arrival or self.t_open
         self.t_first = 0.0
 
     @property
@@ -224,6 +237,12 @@ class Observed:
         batch = await self.inner.next_batch()
         if not self.t_first:
             self.t_first = time.perf_counter()
+        if not self.t_token and self.metrics is not None:
+            # Until the first token only: one or two batches of an answer.
+            for msg in batch:
+                if isinstance(msg, _TOKENS):
+                    self.t_token = time.perf_counter()
+                    break
         if self.watch_tools:
             for msg in batch:
                 if type(msg) is m.ToolCallStart and msg.name.startswith("mcp__"):
@@ -231,8 +250,11 @@ class Observed:
         last = batch[-1] if batch else None
         if type(last) is m.Done:
             self._finish(last)
-        elif type(last) is m.Failed and self.local:
-            self.telemetry.record(self.label, ok=False, ttft_s=None, output_tokens=0, gen_s=0.0)
+        elif type(last) is m.Failed:
+            if self.local:
+                self.telemetry.record(self.label, ok=False, ttft_s=None, output_tokens=0, gen_s=0.0)
+            if self.metrics is not None:
+                self.metrics.failed(self.target, last.kind)
         return batch
 
     def _finish(self, done: m.Done) -> None:
@@ -244,8 +266,15 @@ class Observed:
             now = time.perf_counter()
             self.telemetry.record(self.label, ok=True, ttft_s=self.t_first - self.t_open,
                                   output_tokens=u.output_tokens, gen_s=now - self.t_first)
+        if self.metrics is not None:
+            t_tok = self.t_token
+            self.metrics.answer(self.target, t_tok - self.t_arrival if t_tok else None, u,
+                                time.perf_counter() - t_tok if t_tok else 0.0)
 
 
-def observe(telemetry: Telemetry, config: Config, req: ChatRequest, st: Source) -> Source:
-    """``st`` seen by the bookkeeping: usage, local speed, which session made a tool call."""
-    return Observed(st, telemetry, config, req)
+def observe(telemetry: Telemetry, config: Config, req: ChatRequest, st: Source, metrics: Metrics | None = None,
+            t_arrival: float = 0.0) -> Observed:
+    """``st`` seen by the bookkeeping: usage, local speed, which session made a tool
+    call, and with ``metrics`` the Prometheus figures (``t_arrival``: when the
+    request arrived, perf_counter)."""
+    return Observed(st, telemetry, config, req, metrics, t_arrival)

@@ -257,6 +257,16 @@ class BrowserConfig(msgspec.Struct, forbid_unknown_fields=True):
     keep_alive_s: float = 900.0
 
 
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``[metrics]`` (issue 17): ``GET /metrics`` in Prometheus's text format, with the
+    token like every route. ``enabled = false``: no /metrics and nothing recorded.
+    ``port``: also serve /metrics (and nothing else) without the token on
+    127.0.0.1:``port``, for a local Prometheus (0: no such listener)."""
+
+    enabled: bool = True
+    port: int = 0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
@@ -266,6 +276,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     mcp: McpConfig = msgspec.field(default_factory=McpConfig)
     browser: BrowserConfig = msgspec.field(default_factory=BrowserConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
     def resolve_model(self, name: str) -> ModelConfig | None:
         """The model a request's ``model`` string names: exact name first, then
@@ -420,7 +431,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     for m in cfg.models:
         if m.workers < 0:
             raise ConfigError(f"{p}: models.{m.name}.workers must be >= 0")
-    problem = server_problem(cfg.server) or browser_problem(cfg.browser)
+    problem = (server_problem(cfg.server) or browser_problem(cfg.browser)
+               or metrics_problem(cfg.metrics, cfg.server.port))
     if problem:
         raise ConfigError(f"{p}: {problem}")
     problems = validate(cfg)
@@ -466,6 +478,15 @@ def browser_problem(b: BrowserConfig) -> str:
         return "browser.max_sessions must be >= 1"
     if b.keep_alive_s < 0:
         return "browser.keep_alive_s must be >= 0 (0: never stop)"
+    return ""
+
+
+def metrics_problem(mc: MetricsConfig, server_port: int) -> str:
+    """What is wrong with ``[metrics]`` ("" when nothing)."""
+    if not 0 <= mc.port <= 65535:
+        return "metrics.port must be between 0 (no listener) and 65535"
+    if mc.port and mc.port == server_port:
+        return f"metrics.port must differ from server.port ({server_port})"
     return ""
 
 

@@ -408,6 +408,35 @@ class ModelInfo(msgspec.Struct, omit_defaults=False):
     reason: str = ""  # why it has fewer workers than configured (evicted, idle...)
 
 
+# Why a worker came back, went, or was parked (issue 17: the ``turnout_worker_*_total``
+# metrics' ``reason`` label). Fixed vocabularies, so a label never carries free text.
+RestartReason = Literal[
+    "exited",  # its process exited by itself (a crash, an exit code)
+    "killed",  # killed by a signal turnout did not send (the OOM killer, a user)
+    "hung",  # no heartbeat for heartbeat_timeout_s: killed by the supervisor
+    "requested",  # RestartWorker (the gateway: a cancel not answered in time)
+]
+EvictionReason = Literal[
+    "memory_soft",  # below the soft watermark: an idle worker
+    "memory_hard",  # below the hard watermark
+    "idle",  # keep_alive_s passed
+    "make_room",  # to admit another model's load or restart
+    "requested",  # turnout evict / EvictModel
+]
+ParkReason = Literal["load_error", "crash_loop"]
+LifecycleKind = Literal["restart", "eviction", "park"]
+
+
+class LifecycleCount(msgspec.Struct, omit_defaults=False):
+    """How many times the supervisor did ``kind`` to a model's workers, for one
+    reason, since it started (issue 17)."""
+
+    model: str
+    kind: LifecycleKind
+    reason: str  # a RestartReason, EvictionReason or ParkReason
+    count: int
+
+
 class StatusReply(_Msg, tag="statusr"):
     workers: list[WorkerInfo]
     models: list[ModelInfo] = msgspec.field(default_factory=list)
@@ -422,6 +451,7 @@ class StatusReply(_Msg, tag="statusr"):
     port: int = 0
     gateway_ready: bool = False
     call_id: int = 0
+    lifecycle: list[LifecycleCount] = msgspec.field(default_factory=list)  # appended (issue 17)
 
 
 FromSupervisor = WorkersReply | Ack | ErrorReply | Refused | LoadRefused | StatusReply

@@ -171,7 +171,8 @@ class Fleet:
         self._last_eviction = now
         log.warning("memory_evict", id=slot.id, model=slot.model.name, pressure=self.level, drain=plan.drain,
                     available_mb=round(avail_mb), rss_mb=round(slot.rss_bytes / MB))
-        self.pool_of(slot).evict(slot, plan.reason, drain=True,
+        self.pool_of(slot).evict(slot, plan.reason, cause="memory_hard" if self.level == "hard" else "memory_soft",
+                                 drain=True,
                                  timeout_s=self.config.supervisor.hard_drain_s if plan.drain else None)
 
     def expected_mb(self, mc: ModelConfig) -> float:
@@ -189,7 +190,7 @@ class Fleet:
         for vid in victims:
             slot = self.slot(vid)
             assert slot is not None
-            self.pool_of(slot).evict(slot, reason, drain=True)
+            self.pool_of(slot).evict(slot, reason, cause="make_room", drain=True)
 
     def admit(self, mc: ModelConfig) -> m.CommandReply | None:
         """Admission for one more worker of ``mc``: None when it may start now, else
@@ -328,4 +329,6 @@ class Fleet:
             available_bytes=self.available_bytes, total_bytes=self.total_bytes, pressure=self.level,
             soft_available_bytes=int(self.watermarks.soft_mb * MB),
             hard_available_bytes=int(self.watermarks.hard_mb * MB), port=self.config.server.port,
-            gateway_ready=bool(gw and gw.child and gw.state == "ready"))
+            gateway_ready=bool(gw and gw.child and gw.state == "ready"),
+            lifecycle=[m.LifecycleCount(model, kind, reason, n)
+                       for (model, kind, reason), n in sorted(self.env.lifecycle.items())])

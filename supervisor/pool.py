@@ -19,7 +19,7 @@ fake process handles and a fake clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import structlog
@@ -89,6 +89,10 @@ class Slot:
     drain_started: float = 0.0
     drain_timeout_s: float = 0.0
     kill_at: float | None = None
+    # Why its process is being killed by the supervisor (hung, requested), and why
+    # it last exited (an m.RestartReason), for the restart counts (issue 17).
+    kill_cause: m.RestartReason | None = None
+    exit_cause: m.RestartReason = "exited"
 
     @property
     def load(self) -> int:
@@ -116,9 +120,16 @@ class PoolEnv:
     clock: Callable[[], float]
     publish: Callable[[Slot, int], None]
     gone: Callable[[str], None]
+    # (model, kind, reason) -> times: restarts, evictions and parks since start
+    # (StatusReply.lifecycle; the gateway's /metrics).
+    lifecycle: dict[tuple[str, m.LifecycleKind, str], int] = field(default_factory=dict)
 
     def now_ns(self) -> int:
         return int(self.clock() * 1e9)
+
+    def count(self, model: str, kind: m.LifecycleKind, reason: str) -> None:
+        key = (model, kind, reason)
+        self.lifecycle[key] = self.lifecycle.get(key, 0) + 1
 
 
 class Pool:
@@ -206,6 +217,7 @@ class Pool:
         if slot.child is not None:
             log.warning("worker_restart_requested", id=slot.id, reason=reason)
             slot.reason = reason
+            slot.kill_cause = "requested"
             slot.child.kill()
         elif slot.state == "failed":
             slot.crashes = 0
@@ -213,18 +225,23 @@ class Pool:
 
     # ----------------------------------------------------------------- stops
 
-    def evict(self, slot: Slot, reason: str, *, drain: bool, timeout_s: float | None = None) -> None:
+    def evict(self, slot: Slot, reason: str, *, cause: m.EvictionReason, drain: bool,
+              timeout_s: float | None = None) -> None:
         """Stop one worker and lower the desired count, so it is not respawned: the
-        model comes back on demand or with ``turnout load``."""
+        model comes back on demand or with ``turnout load``. ``cause``: ``reason``
+        in the metrics' vocabulary."""
         self.desired = max(0, self.desired - 1)
         self.reason = reason
+        if not slot.retiring:
+            self.env.count(self.name, "eviction", cause)
         self.retire(slot, reason, drain=drain, timeout_s=timeout_s)
 
-    def evict_all(self, reason: str) -> int:
+    def evict_all(self, reason: str, cause: m.EvictionReason = "requested") -> int:
         slots = self.active()
         self.desired = 0
         self.reason = reason
         for s in slots:
+            self.env.count(self.name, "eviction", cause)
             self.retire(s, reason, drain=True)
         return len(slots)
 
@@ -297,6 +314,8 @@ class Pool:
             if stopping:
                 continue
             reason = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+            slot.exit_cause = slot.kill_cause or ("exited" if code >= 0 else "killed")
+            slot.kill_cause = None
             if slot.retiring:
                 # Stopped on purpose: removed, never restarted, not a crash.
                 slot.state = "exited"
@@ -319,6 +338,8 @@ class Pool:
             if park:
                 slot.state = "failed"
                 slot.reason = f"{park} ({reason})"
+                if slot.kind == "worker":
+                    self.env.count(self.name, "park", "load_error" if code == EXIT_MODEL_LOAD_ERROR else "crash_loop")
                 log.error("worker_parked", id=slot.id, reason=slot.reason)
                 self.env.publish(slot, child.pid)
                 continue
@@ -336,6 +357,8 @@ class Pool:
                 if slot.kind == "worker" and not admitted(slot, now):
                     continue
                 slot.restarts += 1
+                if slot.kind == "worker":
+                    self.env.count(self.name, "restart", slot.exit_cause)
                 self.spawn(slot)
 
     def check_heartbeats(self, timeout_s: float) -> None:
@@ -351,6 +374,7 @@ class Pool:
                 log.error("worker_hung", id=slot.id, pid=slot.child.pid,
                           silent_s=round((now - slot.last_hb_ns) / 1e9, 1))
                 slot.reason = "hung: no heartbeat"
+                slot.kill_cause = "hung"
                 slot.last_hb_ns = now  # once: the kill is under way
                 slot.child.kill()
 
@@ -367,7 +391,7 @@ class Pool:
                 continue
             if policy.idle_expired(now, slot.last_used, keep, slot.load, slot.state):
                 log.info("worker_idle_unload", id=slot.id, idle_s=round(now - slot.last_used, 1))
-                self.evict(slot, f"unloaded: idle for {keep:g} s", drain=True)
+                self.evict(slot, f"unloaded: idle for {keep:g} s", cause="idle", drain=True)
 
     # ------------------------------------------------------------- snapshots
 

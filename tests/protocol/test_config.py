@@ -63,6 +63,9 @@ aliases = ["claude-haiku-4-5"]
     ("[[models]]\nname='a'\nbackend='fake'\n[[models]]\nname='a'\nbackend='fake'\n", "unique"),
     ("[server\n", "TOML"),
     ("[server]\nport = 'x'\n", "port"),
+    ("[metrics]\nport = 70000\n", "metrics.port must be between 0"),
+    ("[server]\nport = 9100\n[metrics]\nport = 9100\n", "metrics.port must differ from server.port"),
+    ("[metrics]\nenable = true\n", "enable"),
 ])
 def test_bad_config_says_what(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as ei:
@@ -135,6 +138,12 @@ def test_default_config_has_every_media_route_loaded_on_demand() -> None:
         found = cfg.resolve_model(name)
         assert found is not None and found.backend == backend, (name, found)
     assert cfg.resolve_model("claude-sonnet-4-5").backend == "llama_cpp"  # type: ignore[union-attr]
+
+
+def test_metrics_are_on_without_a_listener_of_their_own_by_default(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[metrics]\nport = 9464\n"))
+    assert cfg.metrics.enabled and cfg.metrics.port == 9464
+    assert load_config(write(tmp_path, "")).metrics.port == 0
 
 
 def test_every_config_gets_the_browser_worker_loaded_on_demand(tmp_path: Path) -> None:

@@ -472,3 +472,55 @@ def test_hello_then_ready_make_a_worker_ready_and_clear_its_models_reason() -> N
     h.handlers.handle("a-0", m.Ready(id="a-0"))
     assert h.slot("a-0").state == "ready" and h.fleet.pools["a"].reason == ""
     assert [e[1] for e in h.events if e[0] == "a-0"] == ["starting", "loading", "ready"]
+
+
+# ------------------------------------------- restarts, evictions, parks counted (issue 17)
+
+
+def lifecycle(h: Harness) -> dict[tuple[str, str, str], int]:
+    return {(c.model, c.kind, c.reason): c.count for c in h.fleet.status().lifecycle}
+
+
+def test_restarts_are_counted_by_why_the_worker_died() -> None:
+    h = harness(model("a"))
+    h.ready("a-0")
+    h.proc("a-0").code = 1  # a crash
+    h.tick()
+    assert lifecycle(h) == {}  # counted when it comes back
+    h.tick(0.05)
+    h.ready("a-0")
+    h.proc("a-0").code = -9  # the OOM killer
+    h.tick()
+    h.tick(1.0)
+    h.ready("a-0")
+    h.handlers.handle(GATEWAY_ID, m.RestartWorker("a-0", reason="did not answer a cancel in time"))
+    h.tick()
+    h.tick(2.0)
+    h.ready("a-0")
+    h.proc("a-0").silent = True
+    h.tick(10.5)
+    h.tick()
+    h.tick(5.0)
+    assert h.slot("a-0").restarts == 4
+    assert lifecycle(h) == {("a", "restart", "exited"): 1, ("a", "restart", "killed"): 1,
+                            ("a", "restart", "requested"): 1, ("a", "restart", "hung"): 1}
+
+
+def test_parks_are_counted_as_a_load_error_or_a_crash_loop() -> None:
+    h = harness(model("a"), model("b"), backoff=BackoffPolicy(first_s=0.0, base_s=0.1, jitter=0.0, park_after=2))
+    h.proc("a-0").code = EXIT_MODEL_LOAD_ERROR
+    h.crash("b-0", times=2, apart_s=1.0)
+    assert lifecycle(h) == {("a", "park", "load_error"): 1, ("b", "park", "crash_loop"): 1,
+                            ("b", "restart", "exited"): 1}
+
+
+def test_evictions_are_counted_by_cause() -> None:
+    h = harness(model("idle", keep_alive_s=30.0), model("soft", priority=0), model("asked"))
+    for sid in ("idle-0", "soft-0", "asked-0"):
+        h.ready(sid)
+    h.tick(30.0)  # idle-0's keep-alive (the others have none of their own: [supervisor] 0)
+    h.fleet.evict("asked")
+    h.set_available_mb(1500)
+    h.tick(5.0)
+    assert lifecycle(h) == {("idle", "eviction", "idle"): 1, ("asked", "eviction", "requested"): 1,
+                            ("soft", "eviction", "memory_soft"): 1}
