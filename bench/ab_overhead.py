@@ -70,37 +70,21 @@ def launcher(tree: Path) -> dict[str, Any]:
 
 async def interleaved(trees: list[Path], n: int) -> list[dict[str, Any]]:
     """Streaming TTFT (ms) of ``n`` requests to each tree's turnout, all running at once."""
-    import random
-
     import aiohttp
 
-    from turnout.bench.overhead import CONFIG, inproc_once, stream_once
+    from turnout.bench.overhead import CONFIG, Interleaved
     from turnout.bench.stats import summary
     from turnout.supervisor.launch import TurnoutProcess
-    from turnout.workers.base import WorkerSpec
-    from turnout.workers.fake import FakeBackend
 
     procs = [TurnoutProcess(CONFIG, **launcher(t)) for t in trees]
     try:
         for tp in procs:
             tp.start()
-        fake = FakeBackend(WorkerSpec(id="b", backend="fake", model="fake", runtime_dir="/tmp", gateway_ids=[]))
-        ttft: list[list[float]] = [[] for _ in trees]
-        inproc: list[float] = []
-        rng = random.Random(0)
+        side = Interleaved(procs)
         async with aiohttp.ClientSession() as s:
-            heads = [{"x-api-key": tp.token, "content-type": "application/json"} for tp in procs]
-            urls = [tp.base_url + "/v1/messages" for tp in procs]
-            for _ in range(100):  # warm up every path
-                for u, h in zip(urls, heads, strict=True):
-                    await stream_once(s, u, h, "warm up", 4)
-            order = list(range(len(trees)))
-            for i in range(n):
-                rng.shuffle(order)
-                for k in order:
-                    t, _, _ = await stream_once(s, urls[k], heads[k], f"overhead probe {i}", 4)
-                    ttft[k].append(t * 1e3)
-                inproc.append(inproc_once(fake, f"overhead probe {i}", 4)[0] * 1e3)
+            await side.warm_up(s)
+            await side.run(s, n)
+        ttft, inproc = side.ttft_ms, side.inproc_ms
         base = statistics.median(inproc)
         return [{"ttft_ms": summary(x), "added_ttft_ms": summary([v - base for v in x]),
                  "inprocess_ttft_ms_p50": round(base, 4)} for x in ttft]

@@ -38,7 +38,6 @@ import json
 import multiprocessing
 import os
 import platform
-import random
 import statistics
 import sys
 import time
@@ -50,11 +49,9 @@ from typing import Any
 import aiohttp
 import psutil
 
-from turnout.bench.overhead import CONFIG, bench_throughput, inproc_once, stream_once
+from turnout.bench.overhead import CONFIG, Interleaved, bench_throughput
 from turnout.bench.stats import summary
 from turnout.supervisor.launch import TurnoutProcess
-from turnout.workers.base import WorkerSpec
-from turnout.workers.fake import FakeBackend
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDES = ("off", "on")
@@ -98,28 +95,17 @@ async def interleaved(n: int, seed: int, every_s: float) -> dict[str, Any]:
     try:
         for tp in procs.values():
             tp.start()
-        fake = FakeBackend(WorkerSpec(id="b", backend="fake", model="fake", runtime_dir="/tmp", gateway_ids=[]))
-        ttft: dict[str, list[float]] = {side: [] for side in SIDES}
-        inproc: list[float] = []
-        rng = random.Random(seed)
+        side = Interleaved([procs[k] for k in SIDES], seed)
         stop = asyncio.Event()
         scrapes = [0]
         scraping = asyncio.create_task(scraper(procs["on"], every_s, stop, scrapes))
         async with aiohttp.ClientSession() as s:
-            heads = {k: {"x-api-key": tp.token, "content-type": "application/json"} for k, tp in procs.items()}
-            urls = {k: tp.base_url + "/v1/messages" for k, tp in procs.items()}
-            for _ in range(100):  # warm up every path
-                for k in SIDES:
-                    await stream_once(s, urls[k], heads[k], "warm up", 4)
-            order = list(SIDES)
+            await side.warm_up(s)
             gws = {k: gateway_of(tp) for k, tp in procs.items()}
             cpu0 = {k: cpu_s(p) for k, p in gws.items()}
-            for i in range(n):
-                rng.shuffle(order)
-                for k in order:
-                    t, _, _ = await stream_once(s, urls[k], heads[k], f"overhead probe {i}", 4)
-                    ttft[k].append(t * 1e3)
-                inproc.append(inproc_once(fake, f"overhead probe {i}", 4)[0] * 1e3)
+            await side.run(s, n)
+            ttft = dict(zip(SIDES, side.ttft_ms, strict=True))
+            inproc = side.inproc_ms
             cpu_us = {k: round((cpu_s(p) - cpu0[k]) / n * 1e6, 1) for k, p in gws.items()}
         stop.set()
         await scraping

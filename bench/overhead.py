@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import platform
+import random
 import socket
 import sys
 import time
@@ -100,6 +101,35 @@ def inproc_once(backend: FakeBackend, prompt: str, max_tokens: int) -> tuple[flo
                 ttft = time.perf_counter() - t0
             texts.append(text)
     return ttft, time.perf_counter() - t0, texts
+
+
+class Interleaved:
+    """TTFT side by side: streaming requests to several turnouts running at once, one
+    after another in a random order each round, so whatever else the machine does hits
+    them alike; with the fake generator's own TTFT in-process each round (the part of
+    the TTFT that is not turnout's)."""
+
+    def __init__(self, procs: list[TurnoutProcess], seed: int = 0) -> None:
+        self.urls = [tp.base_url + "/v1/messages" for tp in procs]
+        self.heads = [{"x-api-key": tp.token, "content-type": "application/json"} for tp in procs]
+        self.fake = FakeBackend(WorkerSpec(id="b", backend="fake", model="fake", runtime_dir="/tmp", gateway_ids=[]))
+        self.rng = random.Random(seed)
+        self.ttft_ms: list[list[float]] = [[] for _ in procs]
+        self.inproc_ms: list[float] = []
+
+    async def warm_up(self, s: aiohttp.ClientSession, n: int = 100) -> None:
+        for _ in range(n):
+            for u, h in zip(self.urls, self.heads, strict=True):
+                await stream_once(s, u, h, "warm up", 4)
+
+    async def run(self, s: aiohttp.ClientSession, n: int) -> None:
+        order = list(range(len(self.urls)))
+        for i in range(n):
+            self.rng.shuffle(order)
+            for k in order:
+                t, _, _ = await stream_once(s, self.urls[k], self.heads[k], f"overhead probe {i}", 4)
+                self.ttft_ms[k].append(t * 1e3)
+            self.inproc_ms.append(inproc_once(self.fake, f"overhead probe {i}", 4)[0] * 1e3)
 
 
 async def bench_overhead(t: TurnoutProcess, n: int, long_tokens: int) -> dict[str, Any]:
