@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -104,3 +106,22 @@ def _other_env() -> dict[str, str]:
         _SITE_HOOK.append(hook)
     return {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": os.pathsep.join([_SITE_HOOK[0], *site_dirs]),
             "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def cancel_mid_stream(port: int, token: str, model: str = "fake") -> None:
+    """A streaming request whose client goes away after its third text delta (it
+    closes the socket mid-stream)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/v1/messages", body=json.dumps({
+        "model": model, "max_tokens": 10000, "stream": True,
+        "messages": [{"role": "user", "content": "never ending story"}]}),
+        headers={"x-api-key": token, "content-type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200
+    deltas = 0
+    while deltas < 3:
+        if r.readline().startswith(b"event: content_block_delta"):
+            deltas += 1
+    assert conn.sock is not None
+    conn.sock.close()  # the client goes away mid-stream
+    conn.close()

@@ -14,7 +14,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FAKE_CONFIG, SLOW_CONFIG
-from tests.helpers import poll_until
+from tests.helpers import cancel_mid_stream, poll_until
 from tests.supervisor.helpers import command
 from turnout.protocol import messages as m
 from turnout.supervisor.launch import TurnoutProcess, free_port
@@ -90,22 +90,6 @@ def sse_input_tokens(raw: bytes) -> int:
     raise AssertionError("no message_start")
 
 
-def cancel_mid_stream(t: TurnoutProcess) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
-    conn.request("POST", "/v1/messages", body=json.dumps({
-        "model": "fake", "max_tokens": 10000, "stream": True,
-        "messages": [{"role": "user", "content": "never ending story"}]}),
-        headers={"x-api-key": t.token, "content-type": "application/json"})
-    r = conn.getresponse()
-    assert r.status == 200
-    deltas = 0
-    while deltas < 3:
-        if r.readline().startswith(b"event: content_block_delta"):
-            deltas += 1
-    conn.sock.close()  # the client goes away mid-stream
-    conn.close()
-
-
 def test_metrics_count_the_requests_made(turnout_factory) -> None:  # type: ignore[no-untyped-def]
     """3 streams, 2 whole answers, 1 unknown model, 1 token count, 1 cancelled
     stream, 1 scrape without the token: each counted under its route, model, endpoint and status
@@ -129,7 +113,7 @@ def test_metrics_count_the_requests_made(turnout_factory) -> None:  # type: igno
         "model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "count these words"}]},
         {"x-api-key": t.token})
     assert status == 200 and json.loads(raw)["input_tokens"] > 0
-    cancel_mid_stream(t)
+    cancel_mid_stream(t.port, t.token)
 
     status, text = scrape(t.port)  # no token
     assert status == 401 and "turnout_" not in text

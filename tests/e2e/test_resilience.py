@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import socket
@@ -13,7 +11,7 @@ import pytest
 import urllib3
 
 from tests.conftest import FAKE_CONFIG, SLOW_CONFIG
-from tests.helpers import poll_until
+from tests.helpers import cancel_mid_stream, poll_until
 from turnout.supervisor.launch import TurnoutProcess
 
 
@@ -93,19 +91,7 @@ def test_hung_worker_is_replaced(turnout_factory) -> None:  # type: ignore[no-un
 
 def test_client_disconnect_cancels_generation(turnout_factory) -> None:  # type: ignore[no-untyped-def]
     t = turnout_factory(SLOW_CONFIG)
-    conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
-    conn.request("POST", "/v1/messages", body=json.dumps({
-        "model": "fake", "max_tokens": 10000, "stream": True,
-        "messages": [{"role": "user", "content": "never ending story"}]}),
-        headers={"x-api-key": t.token, "content-type": "application/json"})
-    r = conn.getresponse()
-    assert r.status == 200
-    deltas = 0
-    while deltas < 3:
-        if r.readline().startswith(b"event: content_block_delta"):
-            deltas += 1
-    conn.sock.close()  # the client goes away mid-stream
-    conn.close()
+    cancel_mid_stream(t.port, t.token)
     ev = poll_until(lambda: [e for e in t.log_events() if e.get("event") == "request_cancelled"], timeout=5)[0]
     assert ev["cancel_ms"] >= 0
     # The worker is free again: nothing in flight, and it answers the next request.
