@@ -288,11 +288,20 @@ def test_tool_round_trip_with_the_default_model(
                for p in msg["content"] if p.get("type") == "tool_result"]
     assert [r["tool_use_id"] for r in results] == [call["id"]]
     a2 = second.answer()
-    assert a2["stop_reason"] in ("end_turn", "max_tokens"), a2
+    # The second answer is the model's own (the forcing applies to the user's text
+    # only), and the prompt differs from run to run (Claude Code's date, the temp
+    # dir), so a sampled answer may call Bash again: any of these is a right answer,
+    # and a call is as valid as the first.
+    assert a2["stop_reason"] in ("end_turn", "max_tokens", "tool_use"), a2
+    for b in a2["blocks"]:
+        if b["type"] == "tool_use":
+            assert b["name"] == "Bash" and isinstance(b["input"]["command"], str), a2
     # the second turn reused the first turn's prefix from the KV cache
     start2 = a2["start_usage"]
     assert start2["cache_read_input_tokens"] >= a1["start_usage"]["input_tokens"] - 1, (a1, a2)
-    assert res["is_error"] is False and res["num_turns"] == 2, res
+    assert res["is_error"] is False and res["num_turns"] >= 2, res
+    if a2["stop_reason"] != "tool_use":
+        assert res["num_turns"] == 2, res
 
 
 def test_supervisor_with_the_default_model_answers_and_stops_on_sigterm(model_cache: str, tmp_path: Path) -> None:
