@@ -37,7 +37,6 @@ from turnout.protocol.config import Config, ModelConfig
 log = structlog.get_logger()
 
 
-
 @dataclass
 class WorkerRef:
     id: str
@@ -208,13 +207,12 @@ class Dispatch:
 
     def _encode(self, msg: m.ToWorker) -> bytes:
         try:
-            raw = self._enc.encode(msg)
+            return self._enc.encode(msg)
         except OverflowError:
             # msgpack has 64-bit integers; JSON has any size (a tool schema's "maximum",
             # a seed): a permanent error of the request, found before it is sent.
             raise ApiError(400, "the request holds an integer beyond 64 bits, which a local model cannot "
                                 "take") from None
-        return raw
 
     def _dispatch(self, w: WorkerRef, st: RequestStream, raw: bytes, data: list[bytes | memoryview]) -> None:
         """Track ``st`` as in flight on ``w`` and send ``raw`` (an encoded message;
